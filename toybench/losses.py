@@ -1,0 +1,535 @@
+"""Every SFT and RL loss of the project, written once (torch).
+
+Design choices
+--------------
+* Pure functions of tensors. Each loss returns UNREDUCED per-token values ``[B, T]``;
+  :func:`reduce` is the one reduction step (``token_mean | seq_mean | constant | sum``).
+  The same functions serve the bandit (T = 1), the token MDP (T = horizon), the tiny
+  transformer and the LLM (where ``llm`` calls them chunk by chunk).
+* Shapes are checked on entry and bad arguments raise ``ValueError`` naming the argument.
+  Checks that would force a device sync (looking at tensor *values*) are not done on the
+  hot path; the training loops catch non-finite losses instead.
+* Masked positions never leak: :func:`reduce` selects with ``torch.where`` (NaN * 0 is NaN),
+  and :func:`pear_weights` zeroes log-ratios at masked positions before summing them.
+* Targets, teachers and weights are detached where the method says ``sg[.]``.
+* Logits in half precision are upcast to float32 inside each loss (float64 is kept), so
+  the same code is exact in float64 tests and safe in bf16 training.
+
+Equations and sources: ``shared/METHODS.md`` sections 1 and 2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "logprobs",
+    "sft_loss",
+    "entropy_sft_loss",
+    "gift_target",
+    "gift_loss",
+    "entropy_guided_temperature",
+    "curio_loss",
+    "pear_weights",
+    "dft_loss",
+    "policy_gradient_loss",
+    "clipped_surrogate_loss",
+    "clipped_mask",
+    "kl_penalty",
+    "reduce",
+    "REDUCE_MODES",
+]
+
+REDUCE_MODES = ("token_mean", "seq_mean", "constant", "sum")
+PEAR_LEVELS = ("token", "block", "sequence")
+KL_KINDS = ("k1", "k2", "k3")
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_logits(logits: Tensor, name: str = "logits") -> None:
+    if not isinstance(logits, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.ndim != 3:
+        raise ValueError(f"{name} must have shape [B, T, V], got {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {logits.dtype}")
+
+
+def _check_targets(targets: Tensor, logits: Tensor) -> None:
+    if not isinstance(targets, Tensor):
+        raise ValueError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.shape != logits.shape[:2]:
+        raise ValueError(
+            f"targets must have shape [B, T] = {tuple(logits.shape[:2])}, got {tuple(targets.shape)}"
+        )
+    if targets.dtype != torch.long:
+        raise ValueError(f"targets must be torch.long, got {targets.dtype}")
+
+
+def _check_same(x: Tensor, ref: Tensor, name: str, ref_name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.shape != ref.shape:
+        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(x.shape)}")
+
+
+def _check_bt(x: Tensor, name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape [B, T], got {tuple(x.shape)}")
+
+
+def _float(x: Tensor) -> Tensor:
+    """Upcast half precision to float32; keep float32/float64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _xlogy_safe(p: Tensor, logq: Tensor) -> Tensor:
+    """p * log q with 0 * (-inf) = 0 in value and gradient (for -inf logits)."""
+    return p * logq.clamp_min(torch.finfo(logq.dtype).min)
+
+
+def _adv_bt(adv: Tensor, like: Tensor) -> Tensor:
+    if not isinstance(adv, Tensor):
+        raise ValueError(f"adv must be a torch.Tensor, got {type(adv).__name__}")
+    if adv.shape == like.shape:
+        return adv
+    if adv.ndim == 1 and adv.shape[0] == like.shape[0]:
+        return adv[:, None].expand_as(like)
+    raise ValueError(f"adv must have shape [B] or [B, T] = {tuple(like.shape)}, got {tuple(adv.shape)}")
+
+
+# ----------------------------------------------------------------------------- SFT
+def logprobs(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-token log-probability log pi(y_t) = z_{t,y_t} - logsumexp(z_t).
+
+    Args:
+        logits: ``[B, T, V]``.
+        targets: ``[B, T]`` long.
+    Returns:
+        ``[B, T]`` (float32 or float64).
+    """
+    _check_logits(logits)
+    _check_targets(targets, logits)
+    logp_all = torch.log_softmax(_float(logits), dim=-1)  # (B, T, V)
+    return logp_all.gather(-1, targets.clamp(0, logits.shape[-1] - 1)[..., None])[..., 0]
+
+
+def sft_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Standard (zero-temperature) SFT: l_t = -log pi(y_t). Logit gradient pi - e_y.  (METHODS 1.1)
+
+    Args:
+        logits: ``[B, T, V]``.
+        targets: ``[B, T]`` long; values at masked positions are ignored by :func:`reduce`.
+    Returns:
+        Per-token loss ``[B, T]``.
+
+    >>> logits = torch.zeros(1, 1, 4)
+    >>> round(sft_loss(logits, torch.tensor([[2]])).item(), 4)  # log 4
+    1.3863
+    """
+    return -logprobs(logits, targets)
+
+
+def entropy_sft_loss(
+    logits: Tensor,
+    targets: Tensor,
+    coef: float,
+    top_k: int | None = None,
+    mask: Tensor | None = None,
+    rho: float = 1.0,
+) -> Tensor:
+    """Entropy-regularised SFT: l_t = -log pi(y_t) - coef * H(pi_t).  (METHODS 1.2)
+
+    H is over the full vocabulary by default. Documented variants: ``top_k`` takes the entropy
+    of the renormalised top-k logits; ``rho < 1`` (needs ``mask``) applies the bonus only to
+    the fraction ``rho`` of counted tokens with the highest entropy (threshold taken over the
+    whole batch). Known failure mode [2nd, CurioSFT]: mass flows toward uniform, onto
+    implausible tokens.
+
+    Args:
+        logits: ``[B, T, V]``; targets: ``[B, T]`` long; coef: lambda >= 0.
+    Returns:
+        ``[B, T]``.
+    """
+    _check_logits(logits)
+    _check_targets(targets, logits)
+    if coef < 0:
+        raise ValueError(f"coef must be >= 0, got {coef}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho must lie in (0, 1], got {rho}")
+    z = _float(logits)
+    logp_all = torch.log_softmax(z, dim=-1)  # (B, T, V)
+    nll = -logp_all.gather(-1, targets.clamp(0, z.shape[-1] - 1)[..., None])[..., 0]  # (B, T)
+    if top_k is not None and top_k < z.shape[-1]:
+        zk = torch.topk(z, top_k, dim=-1).values  # (B, T, k)
+        lk = torch.log_softmax(zk, dim=-1)
+        H = -_xlogy_safe(lk.exp(), lk).sum(-1)
+    else:
+        H = -_xlogy_safe(logp_all.exp(), logp_all).sum(-1)  # (B, T)
+    if rho < 1.0:
+        if mask is None:
+            raise ValueError("mask is required when rho < 1")
+        _check_same(mask, nll, "mask", "targets")
+        m = mask != 0
+        Hd = H.detach()
+        threshold = torch.quantile(Hd[m], 1.0 - rho) if bool(m.any()) else Hd.new_tensor(float("inf"))
+        H = torch.where(m & (Hd >= threshold), H, torch.zeros_like(H))
+    return nll - coef * H
+
+
+def gift_target(base_logits: Tensor, targets: Tensor, beta: float, smooth: float = 0.0) -> Tensor:
+    """GIFT's finite-temperature token target, computed without gradient.  (METHODS 1.3)
+
+    q_t = softmax( log((1 - s) p_base,t + s / V) + beta * e_{y_t} ).
+    Equivalently q = (1 - eps) e_y + eps p_base(. | k != y), eps = (1 - p) / (1 + (e^beta - 1) p),
+    p = p_s(y) (see ``theory.bandit.gift_target``). beta = inf gives the one-hot SFT target;
+    beta = 0 gives the (smoothed) base distribution.
+
+    Args:
+        base_logits: ``[B, T, V]`` from a FROZEN copy of the model before SFT.
+        targets: ``[B, T]`` long.
+        beta: inverse temperature >= 0 (code default 20; toys sweep [0, 10]).
+        smooth: label smoothing s of the base in [0, 1] (code: 0, 0.01 for Llama).
+    Returns:
+        Probabilities ``[B, T, V]`` (detached).
+
+    >>> q = gift_target(torch.zeros(1, 1, 3), torch.tensor([[0]]), beta=0.0)
+    >>> [round(v, 4) for v in q[0, 0].tolist()]
+    [0.3333, 0.3333, 0.3333]
+    """
+    _check_logits(base_logits, "base_logits")
+    _check_targets(targets, base_logits)
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if not 0.0 <= smooth <= 1.0:
+        raise ValueError(f"smooth must lie in [0, 1], got {smooth}")
+    with torch.no_grad():
+        z = _float(base_logits.detach())
+        V = z.shape[-1]
+        log_pb = torch.log_softmax(z, dim=-1)  # (B, T, V)
+        if smooth > 0:
+            log_pb = torch.logaddexp(
+                log_pb + torch.log1p(z.new_tensor(-smooth)), z.new_tensor(smooth / V).log()
+            )
+        y = targets.clamp(0, V - 1)[..., None]
+        if beta == float("inf"):
+            return torch.zeros_like(log_pb).scatter_(-1, y, 1.0)
+        tilt = torch.zeros_like(log_pb).scatter_(-1, y, float(beta))
+        return torch.softmax(log_pb + tilt, dim=-1)
+
+
+def gift_loss(
+    logits: Tensor, targets: Tensor, base_logits: Tensor, beta: float, smooth: float = 0.0
+) -> Tensor:
+    """GIFT loss: cross-entropy of the Gibbs target, l_t = -sum_k q_{t,k} log pi_{t,k}.  (METHODS 1.3)
+
+    Equals KL(q_t || pi_t) + H(q_t); logit gradient pi - q. At beta -> inf it is SFT.
+
+    Args:
+        logits: ``[B, T, V]`` (trained model); targets: ``[B, T]``;
+        base_logits: ``[B, T, V]`` (frozen base); beta >= 0; smooth in [0, 1].
+    Returns:
+        ``[B, T]``.
+    """
+    _check_logits(logits)
+    _check_same(base_logits, logits, "base_logits", "logits")
+    q = gift_target(base_logits, targets, beta, smooth)  # (B, T, V), checks targets
+    logp_all = torch.log_softmax(_float(logits), dim=-1)
+    return -_xlogy_safe(q.to(logp_all.dtype), logp_all).sum(-1)
+
+
+# ----------------------------------------------------------------------------- CurioSFT
+def _entropy_from_logits(z: Tensor) -> Tensor:
+    logp = torch.log_softmax(z, dim=-1)
+    return -_xlogy_safe(logp.exp(), logp).sum(-1)
+
+
+def entropy_guided_temperature(
+    teacher_logits: Tensor,
+    pivot: float = 1.2,
+    gain: float = 0.5,
+    slope: float = 2.0,
+    tau_min: float = 1.1,
+    tau_max: float = 1.5,
+    top_k: int = 512,
+    floor: float = 0.03,
+    iters: int = 20,
+) -> Tensor:
+    """CurioSFT's entropy-guided temperature per token, detached.  (METHODS 1.4)
+
+    H_t = entropy of the teacher's top-k logits; target H*_t = H_t + gain * sigmoid(slope (H_t - pivot));
+    tau_t solves H(softmax(zbar_t^{top-k} / tau)) = H*_t by ``iters`` bisection steps in
+    [tau_min, tau_max] (so it is clamped there). Tokens whose full-vocabulary entropy is
+    <= ``floor`` get tau_min. The solve uses the same top-k logits as the target (CurioSFT
+    code; stated here because the paper text does not say).
+
+    Args:
+        teacher_logits: ``[B, T, V]`` (EMA teacher, teacher-forced on the expert sequence).
+    Returns:
+        tau ``[B, T]`` in [tau_min, tau_max].
+    """
+    _check_logits(teacher_logits, "teacher_logits")
+    if not tau_min > 0:
+        raise ValueError(f"tau_min must be > 0, got {tau_min}")
+    if not tau_max >= tau_min:
+        raise ValueError(f"tau_max must be >= tau_min, got tau_max={tau_max} < tau_min={tau_min}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    with torch.no_grad():
+        z = _float(teacher_logits.detach())
+        H_full = _entropy_from_logits(z)  # (B, T)
+        zk = torch.topk(z, min(top_k, z.shape[-1]), dim=-1).values if top_k < z.shape[-1] else z
+        H_t = _entropy_from_logits(zk)
+        H_star = H_t + gain * torch.sigmoid(slope * (H_t - pivot))
+        lo = torch.full_like(H_t, tau_min)
+        hi = torch.full_like(H_t, tau_max)
+        for _ in range(iters):  # entropy is non-decreasing in tau
+            mid = 0.5 * (lo + hi)
+            below = _entropy_from_logits(zk / mid[..., None]) < H_star
+            lo = torch.where(below, mid, lo)
+            hi = torch.where(below, hi, mid)
+        tau = 0.5 * (lo + hi)
+        # Clamp exactly when the target is out of reach inside the interval.
+        tau = torch.where(_entropy_from_logits(zk / tau_max) <= H_star, torch.full_like(tau, tau_max), tau)
+        tau = torch.where(_entropy_from_logits(zk / tau_min) >= H_star, torch.full_like(tau, tau_min), tau)
+        return torch.where(H_full <= floor, torch.full_like(tau, tau_min), tau)
+
+
+def curio_loss(
+    logits: Tensor, targets: Tensor, teacher_logits: Tensor, tau: float | Tensor, alpha: float = 1.0
+) -> Tensor:
+    """CurioSFT self-exploratory distillation loss.  (METHODS 1.4)
+
+    l_t = -log pi(y_t) + (alpha / 2) (log pi(y_t) - sg[log q_t(y_t)])^2,  q_t = softmax(zbar_t / tau_t).
+    Logit gradient: w_t (pi - e_y) with w_t = 1 - alpha (log pi(y_t) - log q_t(y_t)). alpha = 0 is SFT.
+
+    Args:
+        logits: ``[B, T, V]``; targets: ``[B, T]``;
+        teacher_logits: ``[B, T, V]`` (EMA teacher, no gradient);
+        tau: float > 0 or ``[B, T]`` (e.g. from :func:`entropy_guided_temperature`); alpha >= 0.
+    Returns:
+        ``[B, T]``.
+    """
+    _check_logits(logits)
+    _check_same(teacher_logits, logits, "teacher_logits", "logits")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if isinstance(tau, Tensor):
+        if tau.shape != logits.shape[:2]:
+            raise ValueError(
+                f"tau must be a float or have shape [B, T] = {tuple(logits.shape[:2])}, "
+                f"got {tuple(tau.shape)}"
+            )
+        if tau.device.type == "cpu" and bool((tau <= 0).any()):  # no sync on accelerators
+            raise ValueError("tau must be > 0 everywhere")
+        tau_b = tau.detach()[..., None]
+    else:
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        tau_b = tau
+    logp = logprobs(logits, targets)  # (B, T), checks targets
+    with torch.no_grad():
+        zbar = _float(teacher_logits.detach())
+        logq = torch.log_softmax(zbar / tau_b, dim=-1).gather(
+            -1, targets.clamp(0, zbar.shape[-1] - 1)[..., None]
+        )
+        logq = logq[..., 0].to(logp.dtype)
+    return -logp + 0.5 * alpha * (logp - logq) ** 2
+
+
+# ----------------------------------------------------------------------------- PEAR
+def pear_weights(
+    logp: Tensor,
+    behavior_logp: Tensor,
+    mask: Tensor,
+    level: str = "token",
+    block_size: int = 4,
+    gamma: float = 0.999,
+    token_clip: tuple[float, float] = (-0.08, 0.3),
+    total_clip: tuple[float, float] = (-10.0, 5.0),
+) -> Tensor:
+    """PEAR importance weights G_t for the SFT loss sum_t sg[G_t] l_t, detached.  (METHODS 1.5)
+
+    rho_t = clip(log pi_theta(y_t) - log pi_beta(y_t), *token_clip), counted on response tokens
+    only (mask = 1); n_t is t's index among them (0-based) and L the number of them.
+      sequence: G_t = exp(clip(sum_j rho_j, *total_clip))
+      token:    G_t = gamma^(L-1-n_t) exp(clip(sum_{n_j > n_t} rho_j, *total_clip))
+      block:    blocks of ``block_size`` response tokens from the first one; e_k = last index of
+                t's block; G_t = gamma^(L-1-e_k) exp(clip(sum_{n_j > e_k} rho_j, *total_clip)).
+    block_size = 1 is the token level. Masked positions get weight 0. When pi_theta = pi_beta
+    every weight is a power of gamma (exactly 1 at gamma = 1). Clip ranges and gamma are [2nd].
+
+    Args:
+        logp, behavior_logp, mask: ``[B, T]``.
+    Returns:
+        ``[B, T]`` detached weights.
+    """
+    _check_bt(logp, "logp")
+    _check_same(behavior_logp, logp, "behavior_logp", "logp")
+    _check_same(mask, logp, "mask", "logp")
+    if level not in PEAR_LEVELS:
+        raise ValueError(f"level must be one of {PEAR_LEVELS}, got {level!r}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
+    for name, (lo, hi) in (("token_clip", token_clip), ("total_clip", total_clip)):
+        if not lo <= hi:
+            raise ValueError(f"{name} must be (low, high) with low <= high, got {(lo, hi)}")
+    with torch.no_grad():
+        m = mask != 0
+        diff = _float(logp.detach()) - _float(behavior_logp.detach())
+        rho = torch.where(m, diff.clamp(*token_clip), torch.zeros_like(diff))  # (B, T)
+        mi = m.long()
+        n = torch.cumsum(mi, dim=1) - 1  # response index at counted positions
+        L = mi.sum(dim=1, keepdim=True)  # (B, 1)
+        if level == "sequence":
+            log_g = rho.sum(dim=1, keepdim=True).clamp(*total_clip).expand_as(rho)
+            decay = torch.zeros_like(rho)
+        elif level == "token":
+            suffix = torch.flip(torch.cumsum(torch.flip(rho, [1]), dim=1), [1])  # sum_{j >= t}
+            log_g = (suffix - rho).clamp(*total_clip)
+            decay = (L - 1 - n).to(rho.dtype)
+        else:
+            k = torch.where(m, n // block_size, torch.zeros_like(n))  # block id
+            S = torch.zeros_like(rho).scatter_add_(1, k, rho)  # (B, T) block sums (<= T blocks)
+            after = torch.flip(torch.cumsum(torch.flip(S, [1]), dim=1), [1]) - S  # sum over later blocks
+            log_g = after.gather(1, k).clamp(*total_clip)
+            e = torch.minimum((k + 1) * block_size - 1, L - 1)
+            decay = (L - 1 - e).to(rho.dtype)
+        G = gamma**decay * torch.exp(log_g)
+        return torch.where(m, G, torch.zeros_like(G))
+
+
+# ----------------------------------------------------------------------------- DFT
+def dft_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Dynamic fine-tuning: l_t = -sg[pi(y_t)] log pi(y_t); logit gradient pi(y)(pi - e_y).  (METHODS 1.6)
+
+    Args:
+        logits: ``[B, T, V]``; targets: ``[B, T]``.
+    Returns:
+        ``[B, T]``.
+    """
+    logp = logprobs(logits, targets)
+    return -logp.detach().exp() * logp
+
+
+# ----------------------------------------------------------------------------- RL
+def policy_gradient_loss(logp: Tensor, adv: Tensor) -> Tensor:
+    """On-policy REINFORCE with baseline: l_t = -A * log pi(y_t).  (METHODS 2)
+
+    Args:
+        logp: ``[B, T]`` log-probabilities of the sampled tokens (with gradient).
+        adv: ``[B]`` (one per sequence) or ``[B, T]``; treated as data (detached).
+    Returns:
+        ``[B, T]``.
+    """
+    _check_bt(logp, "logp")
+    return -_adv_bt(adv, logp).detach().to(logp.dtype) * logp
+
+
+def clipped_surrogate_loss(
+    logp: Tensor, old_logp: Tensor, adv: Tensor, eps_low: float = 0.2, eps_high: float = 0.2
+) -> Tensor:
+    """PPO/GRPO clipped surrogate: l_t = -min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A).  (METHODS 2)
+
+    ratio = exp(logp - old_logp). DAPO's clip-higher sets eps_high = 0.28. At ratio = 1 its
+    gradient equals that of :func:`policy_gradient_loss`.
+
+    Args:
+        logp: ``[B, T]`` current log-probs; old_logp: ``[B, T]`` (detached); adv: ``[B]`` or ``[B, T]``.
+    Returns:
+        ``[B, T]``.
+    """
+    _check_bt(logp, "logp")
+    _check_same(old_logp, logp, "old_logp", "logp")
+    if eps_low < 0 or eps_high < 0:
+        raise ValueError(f"eps_low and eps_high must be >= 0, got eps_low={eps_low}, eps_high={eps_high}")
+    if eps_low >= 1:
+        raise ValueError(f"eps_low must be < 1, got {eps_low}")
+    A = _adv_bt(adv, logp).detach().to(logp.dtype)
+    ratio = torch.exp(logp - old_logp.detach())
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    return -torch.minimum(ratio * A, clipped * A)
+
+
+def clipped_mask(
+    logp: Tensor, old_logp: Tensor, adv: Tensor, eps_low: float = 0.2, eps_high: float = 0.2
+) -> Tensor:
+    """Where the clipped branch of :func:`clipped_surrogate_loss` is active (zero gradient), bool ``[B, T]``.
+
+    Average it with :func:`reduce` to log the clip fraction.
+    """
+    _check_bt(logp, "logp")
+    _check_same(old_logp, logp, "old_logp", "logp")
+    A = _adv_bt(adv, logp).detach()
+    ratio = torch.exp(logp.detach() - old_logp.detach())
+    return ((ratio > 1.0 + eps_high) & (A > 0)) | ((ratio < 1.0 - eps_low) & (A < 0))
+
+
+def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
+    """Per-token KL estimate to a reference policy from samples of pi.  (METHODS 2)
+
+    k1 = logp - ref_logp; k2 = (logp - ref_logp)^2 / 2; k3 = exp(ref - logp) - (ref - logp) - 1 (>= 0).
+
+    Args:
+        logp: ``[B, T]``; ref_logp: ``[B, T]`` (detached); kind: "k1" | "k2" | "k3".
+    Returns:
+        ``[B, T]``.
+    """
+    _check_bt(logp, "logp")
+    _check_same(ref_logp, logp, "ref_logp", "logp")
+    if kind not in KL_KINDS:
+        raise ValueError(f"kind must be one of {KL_KINDS}, got {kind!r}")
+    d = ref_logp.detach() - logp
+    if kind == "k1":
+        return -d
+    if kind == "k2":
+        return 0.5 * d**2
+    return torch.expm1(d) - d
+
+
+# ----------------------------------------------------------------------------- reduction
+def reduce(
+    per_token: Tensor, mask: Tensor, mode: str = "token_mean", constant: float | None = None
+) -> Tensor:
+    """Reduce per-token values ``[B, T]`` to a scalar over the counted positions (mask != 0).
+
+    Modes (the only difference between several GRPO variants, METHODS 2):
+      token_mean: sum / number of counted tokens (DAPO).
+      seq_mean:   per-sequence mean, then the mean over sequences with >= 1 counted token (GRPO).
+      constant:   sum / constant, default B * T_max (Dr. GRPO).
+      sum:        plain sum.
+    Masked positions never leak, even when they hold inf or NaN. An empty mask gives 0.
+
+    >>> x = torch.tensor([[1.0, 3.0, float("nan")], [2.0, 0.0, 0.0]])
+    >>> m = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    >>> [round(reduce(x, m, mode).item(), 4) for mode in ("token_mean", "seq_mean", "sum")]
+    [2.0, 2.0, 6.0]
+    """
+    _check_bt(per_token, "per_token")
+    _check_same(mask, per_token, "mask", "per_token")
+    if mode not in REDUCE_MODES:
+        raise ValueError(f"mode must be one of {REDUCE_MODES}, got {mode!r}")
+    m = mask != 0
+    x = torch.where(m, per_token, torch.zeros_like(per_token))
+    if mode == "sum":
+        return x.sum()
+    if mode == "token_mean":
+        return x.sum() / m.sum().clamp_min(1)
+    if mode == "constant":
+        c = float(per_token.numel()) if constant is None else float(constant)
+        if not c > 0:
+            raise ValueError(f"constant must be > 0, got {constant}")
+        return x.sum() / c
+    counts = m.sum(dim=1)  # (B,)
+    per_seq = x.sum(dim=1) / counts.clamp_min(1)
+    nonempty = counts > 0
+    return torch.where(nonempty, per_seq, torch.zeros_like(per_seq)).sum() / nonempty.sum().clamp_min(1)
