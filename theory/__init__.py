@@ -1,10 +1,11 @@
 """Closed forms and symbolic derivations (numpy / scipy / sympy only, never torch).
 
 The independent oracle that ``toybench`` is tested against. ``theory.bandit``: the one-step
-softmax bandit. ``theory.mdp``: the prefix-tree token MDP. ``theory.symbolic``: sympy.
+softmax bandit. ``theory.mdp``: the prefix-tree token MDP. ``theory.symbolic``: sympy
+(imported explicitly, because sympy is slow to import).
 """
 
-from theory import bandit
+from theory import bandit, mdp
 from theory.bandit import (
     cumulant,
     cumulant_grad,
@@ -34,6 +35,7 @@ from theory.bandit import (
 
 __all__ = [
     "bandit",
+    "mdp",
     "cumulant",
     "cumulant_grad",
     "entropy",

@@ -1,0 +1,128 @@
+"""Figures of `toybench theorems` (matplotlib, Agg backend): plotting glue only, no computation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["FIGURES", "make_figures"]
+
+FIGURES = [
+    ("t1_sft_loss_during_rl.png", "T1: SFT loss during RL from the SFT optimum, with the second-order law"),
+    ("t2_reward_during_sft.png", "T2: reward during SFT from the RL optimum"),
+    ("t1_dL_vs_dJ.png", "T1: Delta L_SFT vs Delta J at the KL-regularised optimum, with the quadratic law"),
+    ("t5_escape_time.png", "T5: PG escape time vs initial mass on the best answer"),
+    ("gift_tilt_gap.png", "GIFT: token tilt vs exact sequence Gibbs tilt per position"),
+]
+
+
+def make_figures(figs: dict, out: Path) -> list[str]:
+    """Write every figure whose data is present in ``figs`` (keyed by check name); return the file names."""
+    written = []
+    plotters = [_t1_flow, _t2_reward, _t1_dl_dj, _t5_escape, _gift_tilt]
+    for (fname, _), plot in zip(FIGURES, plotters):
+        fig = plot(figs)
+        if fig is None:
+            continue
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+        written.append(fname)
+    return written
+
+
+def _t1_flow(figs: dict):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in zip(axes, ("T1 bandit", "T1 token MDP"), ("bandit", "token MDP")):
+        d = figs.get(key, {})
+        if "t" not in d:
+            return None
+        for i in range(d["dL_flow" if "dL_flow" in d else "dL"].shape[1]):
+            dl = d["dL_flow"][:, i] if "dL_flow" in d else d["dL"][:, i]
+            ax.plot(d["t"], dl, color=f"C{i}", label=f"instance {i}: measured" if i == 0 else None)
+            ax.plot(d["t"], d["pred"][:, i], "--", color=f"C{i}", label="(t^2/2) Var law" if i == 0 else None)
+        ax.set_xlabel("RL time t (exact PG flow)")
+        ax.set_ylabel("L_SFT(t) - H(p_data)")
+        ax.set_title(f"T1, {title}")
+        ax.legend()
+    return fig
+
+
+def _t2_reward(figs: dict):
+    d = figs.get("T2 bandit", {})
+    if "J" not in d:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i in range(d["J"].shape[1]):
+        ax.plot(d["t"], d["J"][:, i], color=f"C{i}", label="J during SFT" if i == 0 else None)
+        ax.axhline(d["J_p"][i], color=f"C{i}", ls=":", label="J(p_data) (T2 end point)" if i == 0 else None)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("SFT time (lr x steps)")
+    ax.set_ylabel("expected reward J")
+    ax.set_title("T2: SFT from the KL-regularised RL optimum")
+    ax.legend()
+    return fig
+
+
+def _t1_dl_dj(figs: dict):
+    d = figs.get("T1 bandit", {})
+    if "dJ" not in d:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = d["dJ"] / np.sqrt(d["var"])
+    ax.scatter(x, d["dL"], s=6, c=np.log(d["lam"]), cmap="viridis", label="KL-reg. RL (simulated)")
+    grid = np.linspace(0, x.max(), 100)
+    ax.plot(grid, grid**2 / 2, "k--", label="quadratic law dJ^2 / (2 Var_p r) (exact as lam -> 0)")
+    ax.set_xlabel("Delta J / sd_p(r)")
+    ax.set_ylabel("Delta L_SFT = K(lam)")
+    ax.set_title("T1: SFT loss paid for reward gained (colour: log lam)")
+    ax.legend()
+    return fig
+
+
+def _t5_escape(figs: dict):
+    b, t = figs.get("T5 bandit", {}), figs.get("T5 token MDP", {})
+    if "m" not in b:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.loglog(b["m"], b["T_sim"], "o", label="bandit: simulated exact PG")
+    ax.loglog(b["m"], b["T_sym"], "-", label="bandit: closed form (sympy integral)")
+    if "T_grpo" in b:
+        ax.loglog(b["m"], b["T_grpo"], "^:", label="bandit: sampled GRPO, median (lr x steps)")
+    if "m" in t:
+        ax.loglog(t["m"], t["steps"], "s-", label="token MDP: simulated exact PG")
+    ax.set_xlabel("initial mass on the best answer / sequence")
+    ax.set_ylabel("RL time to reach the threshold")
+    ax.set_title("T5: collapsed initial mass => long plateau")
+    ax.legend()
+    return fig
+
+
+def _gift_tilt(figs: dict):
+    d = figs.get("GIFT tilt", {})
+    if "exact" not in d:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pos = np.arange(d["exact"].shape[1])
+    ax.errorbar(
+        pos,
+        d["exact"].mean(0),
+        yerr=d["exact"].std(0),
+        fmt="o-",
+        capsize=3,
+        label="exact sequence Gibbs tilt (mean ± sd)",
+    )
+    ax.plot(pos, d["token"].mean(0), "s--", label="GIFT token tilt (closed form)")
+    ax.plot(pos, d["learned"].mean(0), "x", ms=10, label="GIFT token tilt (trained, torch)")
+    ax.axhline(d["beta"], color="grey", ls=":", label="beta")
+    ax.set_xlabel("position t in the demonstration")
+    ax.set_ylabel("logit tilt on y*_t")
+    ax.set_title("GIFT: token-level tilt over-tilts early positions")
+    ax.legend()
+    return fig
