@@ -1,0 +1,74 @@
+"""Wall time of the toybench comparison: growth with seeds, V and horizon; vectorised vs per-seed loop.
+
+    python benchmarks/report_scaling.py            # full: scaling tables + default `toybench report`
+    python benchmarks/report_scaling.py --quick    # smaller sweeps, `toybench report --quick`
+
+The vectorised pipeline runs all seeds in one batch (one autograd call per step); the baseline
+runs the SAME code once per seed in a Python loop, at the same settings. Last line:
+``RESULT vectorised_speedup=<x> report_seconds=<s>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+from toybench.envs import MultiAnswerBandit, ReasoningTree  # noqa: E402
+from toybench.pipeline import PipelineConfig, run_method  # noqa: E402
+from toybench.report import ReportConfig, run_report  # noqa: E402
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sweeps and the --quick report")
+    ap.add_argument("--seeds", type=int, default=20, help="seeds for the speed-up measurement")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg = (
+        PipelineConfig(sft_steps=10, rl_steps=10) if args.quick else PipelineConfig(sft_steps=40, rl_steps=60)
+    )
+    method = "gift@2"
+
+    print(f"# wall time of one method ({method}), SFT {cfg.sft_steps} + RL {cfg.rl_steps} steps, exact PG")
+    print("\n| seeds | tree V=5 H=4 (s) | bandit V=32 (s) |\n|---|---|---|")
+    for S in (5, 10, 20) if not args.quick else (2, 4):
+        t_tree = timed(lambda S=S: run_method(ReasoningTree(range(S), V=5, H=4), method, cfg))
+        t_band = timed(lambda S=S: run_method(MultiAnswerBandit(range(S), V=32), method, cfg))
+        print(f"| {S} | {t_tree:.2f} | {t_band:.2f} |")
+    S = 4 if args.quick else 10
+    print(f"\n| tree V | H | leaves | seconds ({S} seeds) |\n|---|---|---|---|")
+    for V, H in ((3, 4), (4, 4), (5, 4), (6, 4), (4, 3), (4, 5)) if not args.quick else ((3, 3), (4, 4)):
+        t = timed(lambda V=V, H=H: run_method(ReasoningTree(range(S), V=V, H=H), method, cfg))
+        print(f"| {V} | {H} | {V**H} | {t:.2f} |")
+
+    S = args.seeds
+    print(f"\n# vectorised vs per-seed loop, {S} seeds, tree V=5 H=4 and bandit V=32")
+    t_vec = timed(lambda: run_method(ReasoningTree(range(S), V=5, H=4), method, cfg))
+    t_vec += timed(lambda: run_method(MultiAnswerBandit(range(S), V=32), method, cfg))
+    t_loop = sum(timed(lambda s=s: run_method(ReasoningTree([s], V=5, H=4), method, cfg)) for s in range(S))
+    t_loop += sum(timed(lambda s=s: run_method(MultiAnswerBandit([s], V=32), method, cfg)) for s in range(S))
+    speedup = t_loop / t_vec
+    print(f"vectorised {t_vec:.2f} s, per-seed loop {t_loop:.2f} s, speed-up {speedup:.1f}x")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print("\n# default `toybench report`" + (" --quick" if args.quick else ""))
+        t_report = timed(lambda: run_report(ReportConfig(out=Path(tmp), quick=args.quick)))
+    print(f"report wall time {t_report:.1f} s")
+    print(f"RESULT vectorised_speedup={speedup:.1f} report_seconds={t_report:.1f}")
+
+
+if __name__ == "__main__":
+    main()

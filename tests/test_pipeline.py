@@ -1,0 +1,145 @@
+"""Pipeline: smoke tests with tiny budgets, the exact-PG oracle, invariances, vectorised == per-seed loop."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from theory import mdp
+from toybench.envs import MultiAnswerBandit, ReasoningTree, SharedBandit
+from toybench.methods import parse_method
+from toybench.pipeline import PipelineConfig, _exact_pg_loss, metric_names, run_method
+from toybench.policies import TabularPolicy, make_policy
+
+TINY = PipelineConfig(sft_steps=3, rl_steps=3)
+
+
+def tree(seeds=(0, 1), **kw):
+    return ReasoningTree(list(seeds), num_prompts=3, V=3, H=3, **kw)
+
+
+def bandit(seeds=(0, 1), **kw):
+    return MultiAnswerBandit(list(seeds), num_prompts=4, V=8, num_correct=2, **kw)
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["none", "sft", "entropy_sft@0.3", "gift@2", "curio", "dft", "pear_token", "pear_block", "pear_sequence"],
+)
+def test_every_method_runs_on_the_tree(method):
+    df = run_method(tree(data_source="behavior"), method, TINY)
+    assert len(df) == 2 * (TINY.sft_steps + 1 + TINY.rl_steps + 1)
+    assert set(metric_names(TINY)) <= set(df.columns)
+    assert np.isfinite(df[metric_names(TINY)].to_numpy()).all()
+    assert ((df["J"] >= 0) & (df["J"] <= 1)).all()
+    if method == "none":  # no SFT: the SFT stage records the unchanged base policy
+        sft = df[df.stage == "sft"]
+        assert np.allclose(sft.groupby("seed")["J"].std(), 0)
+
+
+@pytest.mark.parametrize(
+    "make", [bandit, lambda **kw: SharedBandit([0, 1], num_prompts=8, sft_prompts=4, V=6, d=3, **kw)]
+)
+def test_sft_lowers_heldout_loss_and_rl_raises_reward(make):
+    df = run_method(make(wrong_demo_frac=0.0), "sft", PipelineConfig(sft_steps=10, rl_steps=10, rl_lr=0.5))
+    sft, rl = df[df.stage == "sft"], df[df.stage == "rl"]
+    first, last = sft[sft.step == 0], sft[sft.step == 10]
+    assert (last["sft_loss"].to_numpy() < first["sft_loss"].to_numpy()).all()
+    assert (rl[rl.step == 10]["J"].to_numpy() > rl[rl.step == 0]["J"].to_numpy()).all()
+
+
+def test_exact_pg_gradient_matches_theory_oracle():
+    sc = tree(seeds=(0,))
+    pol = TabularPolicy(sc)
+    params = sc.base_logits.double().requires_grad_(True)
+    sc.reward = sc.reward.double()
+    loss = _exact_pg_loss(sc, pol, params, None, PipelineConfig())
+    (grad,) = torch.autograd.grad(loss, params)
+    z = sc.base_logits[0].double().numpy()  # (P, N, V)
+    R = sc.reward[0].numpy()  # (P, L)
+    np.testing.assert_allclose(-grad[0].numpy(), mdp.policy_gradient(z, R), atol=1e-10)
+
+
+def _metrics(df):
+    return df[metric_names(TINY)].to_numpy()
+
+
+def test_gift_at_large_beta_reproduces_sft():
+    sc = tree()
+    cfg = PipelineConfig(sft_steps=5, rl_steps=3)
+    a, b = run_method(sc, "sft", cfg), run_method(sc, "gift@1000", cfg)
+    np.testing.assert_allclose(_metrics(a), _metrics(b), atol=1e-5)
+    c = run_method(sc, "gift@0.5", cfg)  # and a small beta does not (the test can fail)
+    assert np.abs(_metrics(a) - _metrics(c)).max() > 1e-2
+
+
+def test_pear_with_current_policy_as_behaviour_and_gamma_one_reproduces_sft():
+    sc = tree(data_source="behavior")
+    cfg = PipelineConfig(sft_steps=5, rl_steps=2, pear_gamma=1.0)
+    a = run_method(sc, "sft", cfg)
+    for level in ("token", "block", "sequence"):
+        np.testing.assert_allclose(
+            _metrics(a), _metrics(run_method(sc, f"pear_{level}@self", cfg)), atol=1e-6
+        )
+    assert np.abs(_metrics(a) - _metrics(run_method(sc, "pear_token", cfg))).max() > 1e-4
+
+
+@pytest.mark.parametrize("method", ["sft", "curio"])
+def test_vectorised_over_seeds_equals_per_seed_loop(method):
+    cfg = PipelineConfig(sft_steps=4, rl_steps=4, kl_coef=0.1)
+    seeds = [0, 1, 2]
+    batch = run_method(tree(seeds), method, cfg)
+    for i, s in enumerate(seeds):
+        one = run_method(tree([s]), method, cfg)
+        np.testing.assert_allclose(_metrics(batch[batch.seed == i]), _metrics(one), atol=1e-5)
+
+
+def test_shared_parameters_move_rl_prompts_during_sft():
+    sc = SharedBandit([0, 1], num_prompts=8, sft_prompts=4, V=6, d=3)
+    assert isinstance(make_policy(sc), type(make_policy(sc))) and sc.features is not None
+    df = run_method(sc, "sft", PipelineConfig(sft_steps=5, rl_steps=0))
+    kl = df[(df.stage == "sft") & (df.step == 5)]["kl_base"]  # measured on the disjoint RL prompts
+    assert (kl > 1e-3).all()
+
+
+def test_grpo_runs_and_improves_reward():
+    cfg = PipelineConfig(sft_steps=0, rl_steps=15, rl_algorithm="grpo", group_size=8, rl_lr=1.0)
+    df = run_method(bandit(seeds=(0, 1, 2)), "none", cfg)
+    rl = df[df.stage == "rl"]
+    assert rl[rl.step == 15]["J"].mean() > rl[rl.step == 0]["J"].mean() + 0.05
+    for mode in ("token_mean", "constant", "sum"):
+        out = run_method(
+            bandit(), "none", PipelineConfig(sft_steps=0, rl_steps=2, rl_algorithm="grpo", rl_reduction=mode)
+        )
+        assert np.isfinite(_metrics(out)).all()
+
+
+def test_kl_penalty_keeps_rl_near_its_start():
+    sc = bandit()
+    free = run_method(sc, "sft", PipelineConfig(sft_steps=3, rl_steps=8))
+    tied = run_method(sc, "sft", PipelineConfig(sft_steps=3, rl_steps=8, kl_coef=1.0))
+    move = lambda df: df[df.stage == "rl"].groupby("seed")["J"].agg(lambda x: x.iloc[-1] - x.iloc[0])  # noqa: E731
+    assert (move(tied).abs() < move(free).abs()).all()
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(sft_steps=-1), "sft_steps"),
+        (dict(rl_steps=-2), "rl_steps"),
+        (dict(rl_algorithm="ppo"), "rl_algorithm"),
+        (dict(rl_reduction="mean"), "rl_reduction"),
+        (dict(group_size=1), "group_size"),
+    ],
+)
+def test_bad_pipeline_config(kw, field):
+    with pytest.raises(ValueError, match=field):
+        run_method(bandit(), "sft", PipelineConfig(**kw))
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        run_method(bandit(), "sft2", TINY)
+    with pytest.raises(ValueError, match="method"):
+        parse_method("gift@hot")
+    assert isinstance(run_method(bandit(), parse_method("dft"), TINY), pd.DataFrame)

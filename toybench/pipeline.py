@@ -1,0 +1,372 @@
+"""base -> SFT(method) -> RL(exact PG or GRPO) -> eval, vectorised over seeds and prompts.
+
+Design choices
+--------------
+* One run = one method on one ``Scenario`` for all its seeds at once. Parameters carry the seed
+  axis first; the loss is the SUM over seeds of each seed's loss, so one autograd call gives
+  every seed its own gradient and plain SGD keeps the seeds independent (tested against a
+  per-seed loop). Every seed has the same number of rows and tokens, so each seed's reduction
+  is a fixed fraction of the batch reduction (``_seedwise``).
+* Exact where the setting allows it: SFT uses the finite demonstration set (all of it, every
+  step); exact PG enumerates all leaves and weights each row by sg[pi(leaf)], so
+  ``policy_gradient_loss(logp, adv = sg[pi] (r - J))`` reduced with ``sum`` has gradient
+  exactly -grad J; the exact KL term weights the k1 estimator by pi(leaf) WITH gradient,
+  which makes its gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt
+  from a seeded generator and uses ``group_advantages`` + ``clipped_surrogate_loss``.
+* Per-prompt (tabular) parameters get each prompt's own mean gradient; shared (log-linear)
+  parameters get the mean over prompts.
+* Metrics are exact (enumeration) at every step on the RL prompts: SFT loss on held-out
+  data, J = pass@1, pass@k = 1 - (1 - J)^k, entropy, coverage, mass on reward-0 and on
+  implausible answers, KL to base. Every loss comes from ``toybench.losses`` via
+  ``toybench.methods``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from toybench import losses, metrics
+from toybench.advantages import group_advantages
+from toybench.envs import Scenario
+from toybench.methods import MethodSpec, method_loss, parse_method
+from toybench.policies import Policy, TabularPolicy, make_policy, sequence_logits
+
+__all__ = ["PipelineConfig", "run_method", "evaluate", "escape_frame", "METRICS"]
+
+METRIC_BASE = (
+    "sft_loss",
+    "J",
+    "entropy",
+    "entropy_fork",
+    "coverage",
+    "wrong_mass",
+    "implausible_mass",
+    "kl_base",
+)
+
+
+@dataclass
+class PipelineConfig:
+    """Budgets and RL settings of one SFT -> RL run (shared by every method)."""
+
+    sft_steps: int = 40
+    """SFT gradient steps (full demonstration set each step)."""
+    rl_steps: int = 60
+    """RL gradient steps."""
+    sft_lr: float = 1.0
+    """SGD step size of SFT."""
+    rl_lr: float = 2.0
+    """SGD step size of RL."""
+    rl_algorithm: str = "exact_pg"
+    """'exact_pg' (enumeration, no sampling) or 'grpo' (G samples per prompt)."""
+    group_size: int = 8
+    """GRPO group size G."""
+    ppo_epochs: int = 2
+    """GRPO updates per sampled batch (clipping acts from the second one)."""
+    eps_low: float = 0.2
+    """Clip range below 1 of the GRPO ratio."""
+    eps_high: float = 0.28
+    """Clip range above 1 of the GRPO ratio (DAPO clip-higher)."""
+    adv_scale: str = "group"
+    """Advantage scale for GRPO: group | batch | none."""
+    rl_reduction: str = "seq_mean"
+    """GRPO loss reduction: token_mean | seq_mean | constant | sum."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to the RL start (exact KL for exact PG, k3 for GRPO)."""
+    pass_k: tuple[int, ...] = (1, 4, 16, 64)
+    """k values of the exact pass@k."""
+    coverage_threshold: float = 0.05
+    """A correct answer counts as covered when its probability exceeds this."""
+    curio_ema_every: int = 5
+    """CurioSFT: update the EMA teacher every this many steps."""
+    curio_ema_keep: float = 0.01
+    """CurioSFT: teacher <- keep * teacher + (1 - keep) * model."""
+    pear_block_size: int = 2
+    """PEAR block size (in tokens) for the block level."""
+    pear_gamma: float = 0.999
+    """PEAR per-token discount."""
+    grpo_seed: int = 0
+    """Seed of the GRPO sampler."""
+
+
+def _check_cfg(cfg: PipelineConfig) -> None:
+    for f in ("sft_steps", "rl_steps"):
+        if getattr(cfg, f) < 0:
+            raise ValueError(f"{f} must be >= 0, got {getattr(cfg, f)}")
+    for f in ("sft_lr", "rl_lr"):
+        if not getattr(cfg, f) > 0:
+            raise ValueError(f"{f} must be > 0, got {getattr(cfg, f)}")
+    if cfg.rl_algorithm not in ("exact_pg", "grpo"):
+        raise ValueError(f"rl_algorithm must be 'exact_pg' or 'grpo', got {cfg.rl_algorithm!r}")
+    if cfg.group_size < 2:
+        raise ValueError(f"group_size must be >= 2, got {cfg.group_size}")
+    if cfg.ppo_epochs < 1:
+        raise ValueError(f"ppo_epochs must be >= 1, got {cfg.ppo_epochs}")
+    if cfg.rl_reduction not in losses.REDUCE_MODES:
+        raise ValueError(f"rl_reduction must be one of {losses.REDUCE_MODES}, got {cfg.rl_reduction!r}")
+    if cfg.kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0, got {cfg.kl_coef}")
+    if not cfg.pass_k or min(cfg.pass_k) < 1:
+        raise ValueError(f"pass_k must be non-empty positive ints, got {cfg.pass_k}")
+
+
+def metric_names(cfg: PipelineConfig) -> list[str]:
+    return list(METRIC_BASE) + [f"pass@{k}" for k in cfg.pass_k]
+
+
+METRICS = metric_names(PipelineConfig())
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def eval_constants(sc: Scenario) -> dict[str, torch.Tensor]:
+    """Per-scenario tensors that ``evaluate`` needs at every step, computed once."""
+    g, rl = sc.geometry, sc.rl_prompts
+    base = g.leaf_logp(sc.base_logits[:, rl])  # (S, P_rl, L)
+    r = sc.reward[:, rl]
+    return dict(
+        base=base,
+        reward=r,
+        correct=r > 0,
+        wrong=(r == 0).to(base.dtype),
+        implausible=((base < -np.log(g.num_leaves)) & (r == 0)).to(base.dtype),  # less likely than uniform
+        heldout=sc.heldout,
+    )
+
+
+def evaluate(
+    sc: Scenario,
+    node_logits: torch.Tensor,
+    cfg: PipelineConfig,
+    const: dict[str, torch.Tensor] | None = None,
+    per_prompt: bool = False,
+    logp: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Exact metrics on the RL prompts, each averaged over prompts: name -> [S] ([S, P_rl] if per_prompt).
+
+    node_logits: [S, P, N, V] (all prompts). Entropy is per token along trajectories
+    (sequence entropy / H); ``entropy_fork`` is the entropy of the first token. ``const``:
+    ``eval_constants(sc)``, cached by callers that evaluate every step; ``logp``: the leaf
+    log-probs on the RL prompts [S, P_rl, L] when the caller already has them.
+    """
+    g, c = sc.geometry, const or eval_constants(sc)
+    z = node_logits[:, sc.rl_prompts]  # (S, P_rl, N, V)
+    logp = g.leaf_logp(z) if logp is None else logp  # (S, P_rl, L)
+    p = logp.exp()
+    J = (p * c["reward"]).sum(-1)  # (S, P_rl)
+    out = {
+        "sft_loss": -(c["heldout"] * logp).sum(-1) / g.H,
+        "J": J,
+        "entropy": metrics.entropy(logp) / g.H,  # sequence entropy over leaves, per token
+        "entropy_fork": metrics.entropy(z[:, :, 0]),
+        "coverage": metrics.coverage(p, c["correct"], cfg.coverage_threshold).to(p.dtype),
+        "wrong_mass": (p * c["wrong"]).sum(-1),
+        "implausible_mass": (p * c["implausible"]).sum(-1),
+        "kl_base": metrics.kl_divergence(logp, c["base"]),  # sequence-level KL(pi || pi_base)
+    }
+    for k in cfg.pass_k:
+        out[f"pass@{k}"] = metrics.pass_at_k_exact(J, k)
+    return out if per_prompt else {k: v.mean(1) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- stages
+def _seedwise(per_token: torch.Tensor, mode: str, S: int, rows_per_seed: int) -> torch.Tensor:
+    """Sum over seeds of each seed's ``losses.reduce`` (equal row/token counts per seed)."""
+    mask = torch.ones_like(per_token)
+    if mode in ("token_mean", "seq_mean"):
+        return S * losses.reduce(per_token, mask, mode)
+    if mode == "constant":
+        return losses.reduce(per_token, mask, "constant", constant=rows_per_seed * per_token.shape[1])
+    return losses.reduce(per_token, mask, "sum")
+
+
+def _sft_loss(sc, policy, params, teacher, spec: MethodSpec, cfg, base_seq):
+    S, P_sft, n = sc.demo_leaves.shape
+    z = policy.node_logits(params)[:, sc.sft_prompts]  # (S, P_sft, N, V)
+    logits, targets = sequence_logits(z, sc.demo_leaves, sc.geometry)  # (B, H, V), (B, H)
+    teacher_logits = None
+    if spec.needs_teacher:
+        zt = policy.node_logits(teacher)[:, sc.sft_prompts]
+        teacher_logits = sequence_logits(zt, sc.demo_leaves, sc.geometry)[0]
+    per_token = method_loss(
+        spec,
+        logits,
+        targets,
+        torch.ones_like(targets, dtype=logits.dtype),
+        base_logits=base_seq,
+        teacher_logits=teacher_logits,
+        behavior_logp=sc.demo_behavior_logp.reshape(-1, sc.geometry.H),
+        pear_block_size=cfg.pear_block_size,
+        pear_gamma=cfg.pear_gamma,
+    )  # (B, H)
+    # Sum over tokens, mean over a prompt's demos; shared parameters also average over prompts.
+    loss = losses.reduce(per_token, torch.ones_like(per_token), "constant", constant=n)
+    return loss if isinstance(policy, TabularPolicy) else loss / P_sft
+
+
+def _exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=None):
+    """-sum_x J(x) (+ kl_coef KL(pi || ref)) with exact gradients, by enumeration over leaves.
+
+    Each leaf is one row with its sequence log-prob (T = 1): -A log pi(y) = -A sum_t log pi(y_t)
+    has the same gradient as the per-token form and costs H times less.
+    """
+    g, rl = sc.geometry, sc.rl_prompts
+    if logp is None:
+        logp = g.leaf_logp(policy.node_logits(params)[:, rl])  # (S, P_rl, L)
+    p = logp.exp()
+    r = sc.reward[:, rl]
+    J = (p * r).sum(-1, keepdim=True)
+    adv = (p * (r - J)).detach()  # sg[pi(leaf)] A(leaf): the exact expectation as a weighted sum
+    rows = logp.reshape(-1, 1)  # (S*P_rl*L, 1)
+    ones = torch.ones_like(rows)
+    loss = losses.reduce(losses.policy_gradient_loss(rows, adv.reshape(-1)), ones, "sum")
+    if cfg.kl_coef > 0:  # exact KL(pi || ref): k1 weighted by pi(leaf) WITH gradient
+        k1 = losses.kl_penalty(rows, ref_logp.reshape(-1, 1), kind="k1")
+        loss = loss + cfg.kl_coef * losses.reduce(p.reshape(-1, 1) * k1, ones, "sum")
+    return loss if isinstance(policy, TabularPolicy) else loss / len(rl)
+
+
+def _grpo_update(sc, policy, params, ref_params, cfg, gen):
+    g, rl = sc.geometry, sc.rl_prompts
+    S, P_rl, G = sc.num_seeds, len(rl), cfg.group_size
+    with torch.no_grad():
+        p = g.leaf_logp(policy.node_logits(params)[:, rl]).exp()  # (S, P_rl, L)
+        leaves = torch.multinomial(p.reshape(S * P_rl, -1), G, replacement=True, generator=gen)
+        leaves = leaves.reshape(S, P_rl, G)
+        rewards = torch.gather(sc.reward[:, rl], 2, leaves).reshape(S * P_rl, G)
+        adv = group_advantages(rewards, scale=cfg.adv_scale).reshape(-1)  # (S*P_rl*G,)
+        zref = policy.node_logits(ref_params)[:, rl]
+        ref_logits, targets = sequence_logits(zref, leaves, g)
+        ref_logp = losses.logprobs(ref_logits, targets)
+        old_logp = None
+    scale = 1.0 if isinstance(policy, TabularPolicy) else 1.0 / P_rl
+    for _ in range(cfg.ppo_epochs):
+        params = params.detach().requires_grad_(True)
+        logits, _ = sequence_logits(policy.node_logits(params)[:, rl], leaves, g)  # (S*P_rl*G, H, V)
+        logp = losses.logprobs(logits, targets)  # (B, H)
+        if old_logp is None:
+            old_logp = logp.detach()
+        per_token = losses.clipped_surrogate_loss(logp, old_logp, adv, cfg.eps_low, cfg.eps_high)
+        if cfg.kl_coef > 0:
+            per_token = per_token + cfg.kl_coef * losses.kl_penalty(logp, ref_logp, kind="k3")
+        # Per prompt (tabular) or per seed (shared): a seed's batch is its P_rl * G sequences.
+        loss = _seedwise(per_token, cfg.rl_reduction, S, P_rl * G) * (P_rl * scale)
+        (grad,) = torch.autograd.grad(loss, params)
+        params = params.detach() - cfg.rl_lr * grad
+    return params.detach()
+
+
+# ----------------------------------------------------------------------------- driver
+def run_method(
+    sc: Scenario,
+    method: str | MethodSpec,
+    cfg: PipelineConfig,
+    policy: Policy | None = None,
+    escape_threshold: float | None = None,
+) -> pd.DataFrame:
+    """Run base -> SFT(method) -> RL on every seed of ``sc`` and record metrics at every step.
+
+    Returns a long DataFrame with one row per seed x stage x step: columns ``method``,
+    ``seed`` (index into the scenario's seeds), ``stage`` ('sft' | 'rl'), ``step`` (0 = the
+    stage's starting point), ``global_step`` and one column per metric. For method 'none' the
+    SFT stage records the unchanged base policy. With ``escape_threshold``, ``df.attrs["escape"]``
+    holds the per-prompt escape times of the RL stage (``escape_frame``).
+    """
+    _check_cfg(cfg)
+    spec = parse_method(method) if isinstance(method, str) else method
+    policy = policy or make_policy(sc)
+    S = sc.num_seeds
+    params = policy.init()
+    teacher = params.clone()
+    base_seq = sequence_logits(sc.base_logits[:, sc.sft_prompts], sc.demo_leaves, sc.geometry)[0]
+    records: list[tuple[str, int, dict]] = []
+    const = eval_constants(sc)
+
+    J_rl: list[torch.Tensor] = []  # per-prompt J along RL, for the escape-time analysis (T5)
+
+    def record(stage, step, z, logp=None):
+        m = evaluate(sc, z, cfg, const, per_prompt=True, logp=logp)
+        if stage == "rl":
+            J_rl.append(m["J"])
+        records.append((stage, step, {k: v.mean(1) for k, v in m.items()}))
+
+    record("sft", 0, policy.node_logits(params))
+    for step in range(1, cfg.sft_steps + 1):
+        if spec.kind != "none":
+            params = params.detach().requires_grad_(True)
+            loss = _sft_loss(sc, policy, params, teacher, spec, cfg, base_seq)
+            (grad,) = torch.autograd.grad(loss, params)
+            params = params.detach() - cfg.sft_lr * grad
+            if spec.needs_teacher and step % cfg.curio_ema_every == 0:
+                teacher = cfg.curio_ema_keep * teacher + (1 - cfg.curio_ema_keep) * params
+        record("sft", step, policy.node_logits(params))
+
+    ref_params = params.detach().clone()
+    with torch.no_grad():
+        ref_logp = sc.geometry.leaf_logp(policy.node_logits(ref_params)[:, sc.rl_prompts])
+    gen = torch.Generator().manual_seed(cfg.grpo_seed)
+    if cfg.rl_algorithm == "exact_pg":  # one forward pass serves both the record and the gradient
+        for step in range(cfg.rl_steps + 1):
+            params = params.detach().requires_grad_(step < cfg.rl_steps)
+            z = policy.node_logits(params)
+            logp = sc.geometry.leaf_logp(z[:, sc.rl_prompts])  # (S, P_rl, L)
+            record("rl", step, z.detach(), logp.detach())
+            if step < cfg.rl_steps:
+                loss = _exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=logp)
+                (grad,) = torch.autograd.grad(loss, params)
+                params = params.detach() - cfg.rl_lr * grad
+    else:
+        record("rl", 0, policy.node_logits(params))
+        for step in range(1, cfg.rl_steps + 1):
+            params = _grpo_update(sc, policy, params, ref_params, cfg, gen)
+            record("rl", step, policy.node_logits(params))
+    df = _to_frame(records, spec, S, cfg)
+    if escape_threshold is not None:
+        df.attrs["escape"] = escape_frame(torch.stack(J_rl), escape_threshold, spec.name)
+    return df
+
+
+def escape_frame(J: torch.Tensor, threshold: float, method: str) -> pd.DataFrame:
+    """Per (seed, prompt): J at the start of RL and the first RL step with J >= threshold (NaN if never).
+
+    J: [R, S, P] per-prompt J at RL steps 0..R-1. One row per seed x prompt.
+    """
+    R, S, P = J.shape
+    hit = J >= threshold
+    first = torch.where(
+        hit.any(0), hit.float().argmax(0).double(), torch.tensor(float("nan"), dtype=torch.float64)
+    )
+    return pd.DataFrame(
+        {
+            "method": method,
+            "seed": np.repeat(np.arange(S), P),
+            "prompt": np.tile(np.arange(P), S),
+            "initial": J[0].double().reshape(-1).numpy(),
+            "steps": first.reshape(-1).numpy(),
+            "reached": hit.any(0).reshape(-1).numpy(),
+            "budget": R - 1,
+        }
+    )
+
+
+def _to_frame(records, spec: MethodSpec, S: int, cfg: PipelineConfig) -> pd.DataFrame:
+    names = metric_names(cfg)
+    vals = np.stack(
+        [np.stack([m[k].double().numpy() for k in names], -1) for _, _, m in records]
+    )  # (R, S, M)
+    R = len(records)
+    stage = np.repeat([s for s, _, _ in records], S)
+    step = np.repeat([t for _, t, _ in records], S)
+    df = pd.DataFrame(vals.reshape(R * S, -1), columns=names)
+    df.insert(0, "global_step", np.repeat(np.arange(R), S))
+    df.insert(0, "step", step)
+    df.insert(0, "stage", stage)
+    df.insert(0, "seed", np.tile(np.arange(S), R))
+    df.insert(0, "value", np.nan if spec.value is None else spec.value)
+    df.insert(0, "kind", spec.kind)
+    df.insert(0, "method", spec.name)
+    return df

@@ -1,0 +1,89 @@
+"""Softmax policies on the prefix tree of ``toybench.envs``, producing loss-contract logits.
+
+A policy is a parameter tensor plus a pure map ``params -> node logits [S, P, N, V]`` (one
+softmax per internal node of the tree, per prompt, per seed). Two parametrisations:
+
+- tabular: the logits are the parameters (per prompt, per node); the textbook softmax policy
+  of Mei et al. (2020), for which exact policy gradients are the object of theorem T5;
+- log-linear: ``z[s, x, n, a] = theta[s] . phi[s, x, n, a]`` with one theta per seed shared by
+  all prompts, so SFT on some prompts moves the policy on the others.
+
+``sequence_logits`` gathers, for a batch of leaves (complete sequences), the node logits along
+each path: the ``[B, T, V]`` layout that every loss in ``toybench.losses`` consumes, with
+``targets [B, T]`` the sequence's tokens. Seeds are a leading batch axis everywhere: a
+parameter update on the sum of per-seed losses is the per-seed update, vectorised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from toybench.envs import Scenario, TreeGeometry
+
+__all__ = ["Policy", "TabularPolicy", "LogLinearPolicy", "make_policy", "sequence_logits"]
+
+
+@dataclass
+class Policy:
+    """Interface: ``init()`` gives parameters at pi_base; ``node_logits(params)`` gives [S, P, N, V]."""
+
+    scenario: Scenario
+
+    def init(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def node_logits(self, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TabularPolicy(Policy):
+    """Per-prompt, per-node logits; ``params`` has the shape of ``base_logits`` [S, P, N, V]."""
+
+    def init(self) -> torch.Tensor:
+        return self.scenario.base_logits.clone()
+
+    def node_logits(self, params: torch.Tensor) -> torch.Tensor:
+        return params  # (S, P, N, V)
+
+
+class LogLinearPolicy(Policy):
+    """z = theta . phi with theta [S, d] shared over prompts; needs ``scenario.features``."""
+
+    def __post_init__(self):
+        if self.scenario.features is None or self.scenario.theta0 is None:
+            raise ValueError("scenario must provide features and theta0 for a log-linear policy")
+
+    def init(self) -> torch.Tensor:
+        return self.scenario.theta0.clone()  # (S, d)
+
+    def node_logits(self, params: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("spnvd,sd->spnv", self.scenario.features, params)  # (S, P, N, V)
+
+
+def make_policy(scenario: Scenario) -> Policy:
+    """The log-linear policy when the scenario has features, else the tabular one."""
+    return LogLinearPolicy(scenario) if scenario.features is not None else TabularPolicy(scenario)
+
+
+def sequence_logits(
+    node_logits: torch.Tensor, leaves: torch.Tensor, geometry: TreeGeometry
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather the logits along the paths of ``leaves``.
+
+    Args:
+      node_logits: [S, P, N, V].
+      leaves: [S, P, n] leaf indices (n sequences per prompt).
+    Returns:
+      logits [S*P*n, H, V] and targets [S*P*n, H] (long), the loss-contract layout.
+    """
+    S, P, N, V = node_logits.shape
+    if leaves.shape[:2] != (S, P):
+        raise ValueError(f"leaves must be [S={S}, P={P}, n], got {tuple(leaves.shape)}")
+    nodes = geometry.path_nodes[leaves]  # (S, P, n, H)
+    targets = geometry.path_tokens[leaves]  # (S, P, n, H)
+    n, H = nodes.shape[2], nodes.shape[3]
+    idx = nodes.reshape(S, P, n * H, 1).expand(-1, -1, -1, V)
+    logits = torch.gather(node_logits, 2, idx).reshape(S * P * n, H, V)  # (B, T, V)
+    return logits, targets.reshape(S * P * n, H)
