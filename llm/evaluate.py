@@ -1,0 +1,99 @@
+"""Evaluation: unbiased pass@k over n samples per prompt, entropy, distinct correct answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llm.config import EvalConfig, resolve, save_config
+from llm.data import Example, collate
+from llm.loading import load_model, load_tokenizer, model_path, resolve_device
+from llm.objectives import entropy_fn
+from llm.rollout import generate, heldout_sft_loss, score
+from llm.train import seed_everything
+from toybench.losses import reduce
+from toybench.metrics import pass_at_k
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    tok,
+    examples: list[Example],
+    n: int,
+    ks: tuple[int, ...],
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    chunk_size: int = 1024,
+    enable_thinking: bool = False,
+) -> dict[str, float]:
+    """Metrics over ``n`` samples of each prompt.
+
+    pass@k: mean over prompts of the unbiased estimator (toybench.metrics.pass_at_k);
+    entropy: token-mean entropy of the sampled responses at ``temperature``;
+    distinct_correct: mean number of distinct correct final answers per prompt.
+    """
+    if any(k > n for k in ks):
+        raise ValueError(f"ks={ks}: every k must be <= n={n}")
+    device = next(model.parameters()).device
+    groups = generate(model, tok, examples, n, temperature, max_new_tokens, enable_thinking)
+    correct = np.array([[ex.reward(r.text) > 0 for r in g] for ex, g in zip(examples, groups)])  # (P, n)
+    distinct = [
+        len({ex.final(r.text) for r, ok in zip(g, row) if ok})
+        for ex, g, row in zip(examples, groups, correct)
+    ]
+    ent_sum, tok_sum = 0.0, 0.0
+    flat = [r for g in groups for r in g]
+    for s in range(0, len(flat), 64):
+        batch = {
+            k: v.to(device) for k, v in collate([r.seq for r in flat[s : s + 64]], tok.pad_token_id).items()
+        }
+        ent = score(model, batch, entropy_fn(temperature), chunk_size=chunk_size, with_targets=False)
+        ent_sum += float(reduce(ent, batch["loss_mask"], "sum"))
+        tok_sum += float(batch["loss_mask"].sum())
+    out = {f"pass@{k}": float(np.mean(pass_at_k(n, correct.sum(1), k))) for k in ks}
+    out |= {
+        "entropy": ent_sum / max(tok_sum, 1.0),
+        "distinct_correct": float(np.mean(distinct)),
+        "response_len": tok_sum / max(len(flat), 1),
+    }
+    return out
+
+
+def run_eval(cfg: EvalConfig, model=None, tok=None) -> dict:
+    """Evaluate ``cfg.model`` on the eval split; writes ``<out>/eval.json``; returns the metrics."""
+    cfg = resolve(cfg)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    path = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
+    tok = tok or load_tokenizer(path, cfg.trust_remote_code)
+    model = model or load_model(path, device, trust_remote_code=cfg.trust_remote_code)
+    from llm.sft import load_data
+
+    data = load_data(cfg)
+    res = evaluate(
+        model,
+        tok,
+        data["eval"],
+        cfg.n_samples,
+        cfg.ks,
+        cfg.temperature,
+        cfg.max_new_tokens,
+        cfg.chunk_size,
+        cfg.enable_thinking,
+    )
+    held = [e for e in data["heldout"] if e.response is not None]
+    if held:
+        res["heldout_sft_loss"] = heldout_sft_loss(
+            model, tok, held, cfg.chunk_size, enable_thinking=cfg.enable_thinking
+        )
+    out = Path(cfg.out)
+    save_config(cfg, out)
+    (out / "eval.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+__all__ = ["evaluate", "run_eval"]

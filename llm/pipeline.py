@@ -1,0 +1,167 @@
+"""``base -> SFT(method) -> GRPO -> eval`` for a list of methods: a comparison table and figures.
+
+Outputs (the format of ``toybench report``): ``<out>/results.csv`` (one row per method and stage),
+``<out>/report.md`` (the table and figure links), PNG figures, and each stage's own directory
+(config, metrics JSONL, checkpoints, final model). Analysis is pure functions of a DataFrame.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig, resolve, save_config
+from llm.evaluate import run_eval
+from llm.grpo import run_grpo
+from llm.loading import model_path
+from llm.sft import run_sft
+
+
+def _common(cfg: PipelineConfig) -> dict:
+    keys = (
+        "tiny",
+        "device",
+        "seed",
+        "trust_remote_code",
+        "enable_thinking",
+        "data",
+        "heldout_data",
+        "n_train",
+        "n_heldout",
+        "chunk_size",
+        "prompt_style",
+        "cache_dir",
+        "max_new_tokens",
+    )
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
+    """Run every stage for every method; returns the results table (also written to disk)."""
+    cfg = resolve(cfg)
+    out = Path(cfg.out)
+    save_config(cfg, out)
+    base = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
+    common = _common(cfg) | {"tiny": False, "quick": cfg.quick}
+    ev = dict(n_samples=cfg.n_samples, ks=cfg.ks)
+    rows = [
+        {
+            "method": "base",
+            "stage": "base",
+            **run_eval(EvalConfig(model=base, out=str(out / "base"), **common, **ev)),
+        }
+    ]
+    for m in cfg.methods:
+        d = out / m
+        sft = SFTConfig(
+            model=base,
+            out=str(d / "sft"),
+            method=m,
+            steps=cfg.sft_steps,
+            lr=cfg.sft_lr,
+            gift_beta=cfg.gift_beta,
+            entropy_coef=cfg.entropy_coef,
+            resume=cfg.resume,
+            **common,
+        )
+        run_sft(sft)
+        rows.append(
+            {
+                "method": m,
+                "stage": "sft",
+                **run_eval(
+                    EvalConfig(model=str(d / "sft" / "final"), out=str(d / "eval_sft"), **common, **ev)
+                ),
+            }
+        )
+        grpo = GRPOConfig(
+            model=str(d / "sft" / "final"),
+            out=str(d / "grpo"),
+            steps=cfg.grpo_steps,
+            lr=cfg.grpo_lr,
+            group_size=cfg.group_size,
+            resume=cfg.resume,
+            **common,
+        )
+        run_grpo(grpo)
+        rows.append(
+            {
+                "method": m,
+                "stage": "grpo",
+                **run_eval(
+                    EvalConfig(model=str(d / "grpo" / "final"), out=str(d / "eval_grpo"), **common, **ev)
+                ),
+            }
+        )
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "results.csv", index=False)
+    figs = make_figures(out, cfg.methods)
+    write_report(out, df, figs)
+    return df
+
+
+def load_curves(out: Path, methods, stage: str) -> pd.DataFrame:
+    """Metrics JSONL of ``stage`` (sft | grpo) of every method as one long DataFrame."""
+    frames = []
+    for m in methods:
+        p = out / m / stage / "metrics.jsonl"
+        if p.is_file():
+            recs = [json.loads(x) for x in p.read_text().splitlines() if x]
+            frames.append(pd.DataFrame(recs).assign(method=m))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def make_figures(out: Path, methods) -> list[str]:
+    """PNG figures: GRPO reward and held-out SFT loss vs step; held-out reward during SFT."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    specs = [
+        ("grpo", "grpo/reward", "GRPO reward (train prompts)"),
+        ("grpo", "heldout/sft_loss", "held-out SFT loss during GRPO (T1)"),
+        ("sft", "heldout/reward", "held-out reward during SFT (T2)"),
+        ("sft", "sft/loss", "SFT training loss"),
+    ]
+    for stage, col, title in specs:
+        df = load_curves(out, methods, stage)
+        if df.empty or col not in df:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for m, g in df.dropna(subset=[col]).groupby("method"):
+            ax.plot(g["step"], g[col], marker="o", ms=3, label=m)
+        ax.set_xlabel(f"{stage.upper()} step")
+        ax.set_ylabel(col)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"{stage}_{col.replace('/', '_')}.png"
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def comparison_table(df: pd.DataFrame) -> str:
+    """Markdown table: one row per (method, stage), metrics as columns."""
+    cols = [c for c in df.columns if c not in ("method", "stage")]
+    lines = ["| method | stage | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    for _, r in df.iterrows():
+        lines.append(f"| {r['method']} | {r['stage']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, df: pd.DataFrame, figs: list[str]) -> Path:
+    """``report.md``: the comparison table and the figures."""
+    text = ["# LLM pipeline: base -> SFT(method) -> GRPO -> eval", "", comparison_table(df), ""]
+    text += [f"![{f}]({f})" for f in figs]
+    path = out / "report.md"
+    path.write_text("\n".join(text) + "\n")
+    return path
+
+
+__all__ = ["comparison_table", "load_curves", "make_figures", "run_pipeline", "write_report"]

@@ -1,0 +1,144 @@
+"""Generation (KV-cached, HF ``generate``) and chunked scoring of token sequences.
+
+``generate`` samples from the model's own distribution at a given temperature: top-k/top-p
+defaults of the model's generation config (Qwen3 ships top_k=20, top_p=0.95) are switched off so
+the samples, the log-probs and the entropies all refer to the same policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llm.chunked import chunked_per_token, final_hidden, output_weight
+from llm.data import Example, collate, prompt_ids
+from llm.objectives import logp_fn
+from toybench.losses import reduce
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One sampled response: token ids (with EOS when it ended) and decoded text."""
+
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+    text: str
+
+    @property
+    def seq(self) -> tuple[list[int], list[int]]:
+        """``(ids, mask)`` for :func:`llm.data.collate` (mask on the response)."""
+        return list(self.prompt_ids) + list(self.response_ids), [0] * len(self.prompt_ids) + [1] * len(
+            self.response_ids
+        )
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tok,
+    examples: list[Example],
+    n: int,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    enable_thinking: bool = False,
+    greedy: bool = False,
+    batch_size: int = 64,
+) -> list[list[Rollout]]:
+    """``n`` responses per example (``[len(examples)][n]``), sampled (or greedy) with a KV cache."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not greedy and temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    device = next(model.parameters()).device
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    prompts = [prompt_ids(tok, ex, enable_thinking) for ex in examples]
+    flat = [p for p in prompts for _ in range(n)]
+    out: list[Rollout] = []
+    was_training = model.training
+    model.eval()
+    for s in range(0, len(flat), batch_size):
+        chunk = flat[s : s + batch_size]
+        P = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), P), pad, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for i, p in enumerate(chunk):  # left padding
+            ids[i, P - len(p) :] = torch.tensor(p)
+            att[i, P - len(p) :] = 1
+        kw = (
+            dict(do_sample=False)
+            if greedy
+            else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+        )
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=att.to(device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            use_cache=True,
+            **kw,
+        )[:, P:].tolist()
+        for p, r in zip(chunk, gen):
+            r = r[: r.index(eos) + 1] if eos in r else r
+            out.append(Rollout(tuple(p), tuple(r), tok.decode(r, skip_special_tokens=True)))
+    model.train(was_training)
+    return [out[i * n : (i + 1) * n] for i in range(len(examples))]
+
+
+def hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Final hidden states of the positions that predict ``targets``: ``[B, T-1, D]``."""
+    return final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
+
+
+def score(
+    model,
+    batch: dict[str, torch.Tensor],
+    fn,
+    aux_models=(),
+    chunk_size: int = 1024,
+    with_targets: bool = True,
+    hidden: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-token ``fn`` over ``batch`` through the chunked wrapper, ``[B, T-1]`` (0 off the mask).
+
+    ``aux_models`` (frozen) contribute chunk-aligned logits; pass ``hidden`` to reuse a forward.
+    """
+    h = hidden_states(model, batch) if hidden is None else hidden  # (B, T-1, D)
+    aux = []
+    for m in aux_models:
+        with torch.no_grad():
+            aux.append((hidden_states(m, batch), output_weight(m)))
+    token_args = {"targets": batch["targets"]} if with_targets else {}
+    return chunked_per_token(
+        fn,
+        h,
+        output_weight(model),
+        aux=aux,
+        token_args=token_args,
+        mask=batch["loss_mask"],
+        chunk_size=chunk_size,
+    )
+
+
+@torch.no_grad()
+def heldout_sft_loss(
+    model, tok, examples: list[Example], chunk_size: int, batch_size: int = 32, enable_thinking=False
+):
+    """Token-mean NLL of the expert responses of ``examples`` (the decoupling probe)."""
+    from llm.data import sft_ids
+
+    device = next(model.parameters()).device
+    tot, cnt = 0.0, 0.0
+    for s in range(0, len(examples), batch_size):
+        batch = collate(
+            [sft_ids(tok, ex, enable_thinking) for ex in examples[s : s + batch_size]], tok.pad_token_id
+        )
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logp = score(model, batch, logp_fn, chunk_size=chunk_size)
+        tot += float(reduce(-logp, batch["loss_mask"], "sum"))
+        cnt += float(batch["loss_mask"].sum())
+    return tot / max(cnt, 1.0)
+
+
+__all__ = ["Rollout", "generate", "heldout_sft_loss", "hidden_states", "score"]

@@ -1,0 +1,148 @@
+"""Pieces shared by the SFT and GRPO loops: seeding, optimizer + cosine schedule, the global
+reduction, the optimizer step with the non-finite guard, and the metrics log.
+
+Global reduction: a step may be split over micro-batches (gradient accumulation) and ranks. Each
+piece calls ``toybench.losses.reduce`` with normalisers counted over the WHOLE global batch, and the
+gradients are summed, so 1 x 4 == 4 x 1 == 2 ranks x 2 (up to float rounding):
+  token_mean -> reduce(., "constant", constant = global counted tokens)
+  seq_mean   -> reduce(., "seq_mean") * local non-empty sequences / global non-empty sequences
+  constant   -> reduce(., "constant", constant = global sequences * global T_max)
+  sum        -> reduce(., "sum")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llm import dist
+from toybench.losses import reduce
+
+REDUCTIONS = ("token_mean", "seq_mean", "constant", "sum")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a step's loss or gradient norm is NaN/inf; the last good checkpoint is kept."""
+
+
+def seed_everything(seed: int) -> None:
+    """The one seeding block: Python, NumPy, torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 -- libraries may use the legacy global RNG
+    torch.manual_seed(seed)
+
+
+def make_optimizer(
+    model: torch.nn.Module, lr: float, steps: int, warmup: int, min_lr_ratio: float, wd: float = 0.0
+):
+    """AdamW and a linear-warm-up + cosine-decay LambdaLR (to ``lr * min_lr_ratio`` at ``steps``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=(0.9, 0.95))
+
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / (warmup + 1)
+        frac = min(1.0, (s - warmup) / max(1, steps - warmup))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Global counts of one optimizer step (all micro-batches, all ranks)."""
+
+    tokens: float
+    seqs: float
+    t_max: float
+
+    @staticmethod
+    def of(masks: list[torch.Tensor]) -> Normaliser:
+        """Counts over this rank's micro-batch masks, summed (max for T) over ranks."""
+        x = torch.tensor(
+            [sum(float(m.sum()) for m in masks), sum(float((m.sum(1) > 0).sum()) for m in masks)],
+            dtype=torch.float64,
+        )
+        t = torch.tensor([max(m.shape[1] for m in masks)], dtype=torch.float64)
+        if masks[0].device.type == "cuda":
+            x, t = x.cuda(masks[0].device), t.cuda(masks[0].device)
+        dist.all_reduce_sum(x)
+        dist.all_reduce_max(t)
+        return Normaliser(float(x[0]), float(x[1]), float(t[0]))
+
+
+def global_reduce(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: Normaliser) -> torch.Tensor:
+    """This micro-batch's share of the global-batch reduction (see module docstring)."""
+    if mode == "token_mean":
+        return reduce(per_token, mask, "constant", constant=max(norm.tokens, 1.0))
+    if mode == "seq_mean":
+        local = float((mask.sum(1) > 0).sum())
+        return reduce(per_token, mask, "seq_mean") * (local / max(norm.seqs, 1.0))
+    if mode == "constant":
+        return reduce(per_token, mask, "constant", constant=max(norm.seqs * norm.t_max, 1.0))
+    if mode == "sum":
+        return reduce(per_token, mask, "sum")
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {mode!r}")
+
+
+def optimizer_step(
+    model, opt, sched, loss_sum: torch.Tensor, clip: float, step: int, last_ckpt: str
+) -> float:
+    """Sum grads over ranks, clip, check finiteness (one sync per step), step; returns the grad norm."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    dist.sum_gradients(params)
+    gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    loss_val, gnorm_val = float(loss_sum), float(gnorm)
+    if not (math.isfinite(loss_val) and math.isfinite(gnorm_val)):
+        opt.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss_val}) or gradient norm ({gnorm_val}) at step {step}; the run stopped "
+            f"without updating. Last good checkpoint: {last_ckpt or 'none yet'} (resume with --resume)."
+        )
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return gnorm_val
+
+
+class MetricsLog:
+    """Append-only JSONL of namespaced metrics (rank 0 writes)."""
+
+    def __init__(self, path: str | Path, enabled: bool = True, append: bool = False) -> None:
+        self.path, self.enabled = Path(path), enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not append:
+                self.path.write_text("")
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def truncate_log(path: str | Path, step: int) -> None:
+    """On resume: drop records after ``step`` (they will be re-done)."""
+    path = Path(path)
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", -1) <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+__all__ = [
+    "REDUCTIONS",
+    "MetricsLog",
+    "NonFiniteLossError",
+    "Normaliser",
+    "global_reduce",
+    "make_optimizer",
+    "optimizer_step",
+    "seed_everything",
+    "truncate_log",
+]
