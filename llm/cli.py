@@ -6,6 +6,7 @@ every field with its docstring.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -17,6 +18,7 @@ from llm.train import NonFiniteLossError
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; returns the exit code."""
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files
     cfg = tyro.extras.subcommand_cli_from_dict(
         {"sft": SFTConfig, "grpo": GRPOConfig, "eval": EvalConfig, "pipeline": PipelineConfig},
         args=sys.argv[1:] if argv is None else argv,

@@ -82,7 +82,13 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
         truncate_log(log_path, start)
     log = MetricsLog(log_path, enabled=di.main, append=start > 0)
     record: dict = {}
-    bar = tqdm(range(start, cfg.steps), desc="grpo", disable=not di.main, initial=start, total=cfg.steps)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc="grpo",
+        **({} if di.main else {"disable": True}),
+        initial=start,
+        total=cfg.steps,
+    )
     for step in bar:
         idx = batch_indices(len(prompts), step, cfg.prompts_per_step, cfg.seed + 1)
         local = [prompts[i] for i in idx[di.rank * per_rank : (di.rank + 1) * per_rank]]

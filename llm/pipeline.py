@@ -115,9 +115,6 @@ def load_curves(out: Path, methods, stage: str) -> pd.DataFrame:
 
 def make_figures(out: Path, methods) -> list[str]:
     """PNG figures: GRPO reward and held-out SFT loss vs step; held-out reward during SFT."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = []

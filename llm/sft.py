@@ -154,7 +154,7 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     bar = tqdm(
         range(start, cfg.steps),
         desc=f"sft[{cfg.method}]",
-        disable=not di.main,
+        **({} if di.main else {"disable": True}),
         initial=start,
         total=cfg.steps,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     cmd, rest = argv[0], argv[1:]
+    os.environ.setdefault("MPLBACKEND", "Agg")  # files only; notebooks keep their inline backend
     if cmd not in SUBCOMMANDS:
         print(f"toybench: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
         return 2

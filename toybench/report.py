@@ -22,7 +22,7 @@ from typing import Literal
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from toybench import analysis, plots
 from toybench.envs import MultiAnswerBandit, ReasoningTree, Scenario, SharedBandit

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from toybench import theorem_checks as tc
 from toybench import theorem_checks_mdp as tm
@@ -194,7 +194,7 @@ def run_theorems(cfg: TheoremsConfig, progress: bool = True) -> pd.DataFrame:
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead
     rows, figs, timings = [], {}, {}
     try:
-        bar = tqdm(CHECKS, desc="theorems", disable=not progress)
+        bar = tqdm(CHECKS, desc="theorems", **({} if progress else {"disable": True}))
         for (name, check), ss in zip(bar, seeds):
             bar.set_postfix_str(name)
             t0 = time.perf_counter()
