@@ -1,0 +1,190 @@
+"""Flat, typed configuration of the tiny-transformer scale (parsed by tyro at the entry point)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from toybench.model import GPTConfig
+from toybench.tasks.arith import ALPHABET, CharTokenizer
+
+__all__ = ["TinyConfig", "quick_config", "pretrain_key"]
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Every knob of base -> SFT -> GRPO -> eval at the tiny-transformer scale."""
+
+    # task
+    n_numbers: int = 3
+    """numbers per make-target puzzle."""
+    max_number: int = 9
+    """numbers are drawn from 1..max_number."""
+    max_target: int = 40
+    """targets are integers in [0, max_target] reachable by some expression."""
+    task_seed: int = 0
+    """seed of the puzzle pool (the SFT/RL/eval splits are fixed across training seeds)."""
+    n_sft_puzzles: int = 600
+    """SFT puzzles (expert demonstrations exist only for those the expert solves)."""
+    n_rl_puzzles: int = 400
+    """RL puzzles (disjoint from SFT and eval)."""
+    n_eval_puzzles: int = 96
+    """held-out evaluation puzzles."""
+    max_new_tokens: int = 14
+    """completion length budget N (including eos)."""
+    # model
+    n_layer: int = 2
+    """transformer blocks."""
+    n_head: int = 4
+    """attention heads."""
+    n_embd: int = 64
+    """residual width."""
+    # pretraining (the base model; cached on disk by a hash of these fields)
+    pretrain_texts: int = 40000
+    """size of the broad valid-expression corpus."""
+    pretrain_steps: int = 1500
+    """AdamW steps of pretraining."""
+    pretrain_batch: int = 128
+    """sequences per pretraining step."""
+    pretrain_lr: float = 3e-3
+    """peak learning rate of pretraining (cosine decay)."""
+    pretrain_seed: int = 0
+    """seed of the corpus and of the base model's initialisation."""
+    # SFT
+    methods: tuple[str, ...] = ("none", "sft", "entropy_sft@0.1", "gift@3", "curio", "pear_token", "dft")
+    """SFT methods (``toybench.methods`` names); ``none`` runs RL straight from the base."""
+    sft_steps: int = 100
+    """SFT steps on the expert demonstrations."""
+    sft_batch: int = 64
+    """sequences per SFT step."""
+    sft_lr: float = 1e-3
+    """SFT learning rate (AdamW, constant)."""
+    curio_ema_every: int = 5
+    """CurioSFT: the EMA teacher is updated every this many steps."""
+    curio_ema_keep: float = 0.01
+    """CurioSFT: theta_bar <- keep * theta_bar + (1 - keep) * theta (the released code's 0.01)."""
+    pear_behavior: str = "expert"
+    """PEAR's pi_beta: ``expert`` (the deterministic expert, log pi_beta = 0) or ``base``."""
+    # GRPO
+    rl_steps: int = 60
+    """GRPO steps on the RL puzzles."""
+    rl_prompts: int = 32
+    """prompts per GRPO step."""
+    rl_group: int = 8
+    """samples per prompt (the group G)."""
+    rl_lr: float = 3e-4
+    """GRPO learning rate (AdamW, constant)."""
+    rl_clip: float = 0.2
+    """clipped-surrogate epsilon (one update per batch, so the clip is inactive at the first epoch)."""
+    rl_kl: float = 0.0
+    """coefficient of the k3 KL penalty to the RL start (0 = none, as in DAPO/Dr. GRPO)."""
+    rl_reduce: str = "seq_mean"
+    """reduction mode of the GRPO loss (``toybench.losses.reduce``)."""
+    rl_eval_every: int = 10
+    """record held-out SFT loss and eval pass@1 every this many GRPO steps."""
+    # decoupling: further SFT after RL
+    post_sft_steps: int = 60
+    """standard-SFT steps after RL (reward is tracked during them)."""
+    post_sft_eval_every: int = 10
+    """record reward every this many post-RL SFT steps."""
+    # evaluation
+    eval_samples: int = 16
+    """samples per eval puzzle (n of the unbiased pass@k; k runs over powers of 2 up to n)."""
+    track_samples: int = 4
+    """samples per eval puzzle for the cheap pass@1 tracked during RL and post-RL SFT."""
+    temperature: float = 1.0
+    """sampling temperature for RL and evaluation."""
+    seeds: int = 5
+    """training seeds (SFT order, sampling); the base model and the splits are shared."""
+
+    def __post_init__(self) -> None:
+        may_be_zero = {"rl_kl", "sft_steps", "rl_steps", "post_sft_steps", "task_seed", "pretrain_seed"}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            if f.name in may_be_zero and v < 0:
+                raise ValueError(f"{f.name} must be >= 0, got {v}")
+            if f.name not in may_be_zero and v <= 0:
+                raise ValueError(f"{f.name} must be > 0, got {v}")
+        if self.pear_behavior not in ("expert", "base"):
+            raise ValueError(f"pear_behavior must be 'expert' or 'base', got {self.pear_behavior!r}")
+        if self.rl_group < 2:
+            raise ValueError(f"rl_group must be >= 2, got {self.rl_group}")
+        if not self.methods:
+            raise ValueError("methods must not be empty")
+
+    # derived --------------------------------------------------------------------------------
+    @property
+    def task_knobs(self) -> dict[str, int]:
+        return {"n_numbers": self.n_numbers, "max_number": self.max_number, "max_target": self.max_target}
+
+    @property
+    def prompt_len(self) -> int:
+        """P: bos + the longest compact prompt (prompts are left-padded to it)."""
+        widest = " ".join([str(self.max_number)] * self.n_numbers)
+        return 1 + len(widest) + 1 + len(str(self.max_target)) + 1
+
+    @property
+    def model_config(self) -> GPTConfig:
+        return GPTConfig(
+            vocab_size=CharTokenizer(ALPHABET).vocab_size,
+            block_size=self.prompt_len + self.max_new_tokens,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+        )
+
+
+PRETRAIN_FIELDS = (
+    "n_numbers",
+    "max_number",
+    "max_target",
+    "max_new_tokens",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "pretrain_texts",
+    "pretrain_steps",
+    "pretrain_batch",
+    "pretrain_lr",
+    "pretrain_seed",
+    "task_seed",
+    "n_eval_puzzles",
+    "n_sft_puzzles",
+    "n_rl_puzzles",
+)
+_CODE_VERSION = "tiny-base-v1"  # bump when pretraining code changes meaning
+
+
+def pretrain_key(cfg: TinyConfig) -> str:
+    """Hash of everything that determines the base model (the on-disk cache key)."""
+    d = {k: getattr(cfg, k) for k in PRETRAIN_FIELDS} | {"version": _CODE_VERSION, "alphabet": ALPHABET}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def quick_config(**overrides) -> TinyConfig:
+    """Seconds-long settings (``--quick``): the default model, short pretraining, few steps, 2 seeds."""
+    base = dict(
+        n_sft_puzzles=120,
+        n_rl_puzzles=80,
+        n_eval_puzzles=24,
+        pretrain_texts=6000,
+        pretrain_steps=400,
+        pretrain_batch=64,
+        methods=("none", "sft", "entropy_sft@0.1", "gift@3", "curio", "pear_token", "dft"),
+        sft_steps=15,
+        sft_batch=32,
+        rl_steps=6,
+        rl_prompts=8,
+        rl_group=4,
+        rl_eval_every=3,
+        post_sft_steps=6,
+        post_sft_eval_every=3,
+        eval_samples=8,
+        track_samples=2,
+        seeds=2,
+    )
+    return TinyConfig(**(base | overrides))
