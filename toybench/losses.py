@@ -219,8 +219,11 @@ def gift_target(base_logits: Tensor, targets: Tensor, beta: float, smooth: float
         y = targets.clamp(0, V - 1)[..., None]
         if beta == float("inf"):
             return torch.zeros_like(log_pb).scatter_(-1, y, 1.0)
-        tilt = torch.zeros_like(log_pb).scatter_(-1, y, float(beta))
-        return torch.softmax(log_pb + tilt, dim=-1)
+        # In place on a buffer we own (no_grad): saves two [B, T, V] temporaries at LLM scale.
+        log_pb = log_pb.scatter_add_(
+            -1, y, torch.full(y.shape, float(beta), dtype=log_pb.dtype, device=y.device)
+        )
+        return torch.softmax(log_pb, dim=-1)
 
 
 def gift_loss(
