@@ -13,7 +13,6 @@ samples as an uninterrupted one.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,19 +20,17 @@ from tqdm import tqdm
 
 from llm import dist
 from llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from llm.config import GRPOConfig, resolve, save_config
+from llm.config import GRPOConfig, resolve
 from llm.data import collate
-from llm.loading import load_model, load_tokenizer, model_path, resolve_device
 from llm.objectives import entropy_fn, logp_fn
 from llm.rollout import generate, heldout_sft_loss, hidden_states, score
-from llm.sft import batch_indices, load_data
+from llm.sft import batch_indices, setup_run
 from llm.train import (
     MetricsLog,
     Normaliser,
     global_reduce,
     make_optimizer,
     optimizer_step,
-    seed_everything,
     truncate_log,
 )
 from toybench.advantages import group_advantages
@@ -55,16 +52,7 @@ def grpo_loss_terms(model, batch, adv, old_logp, ref_logp, cfg: GRPOConfig, norm
 def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
     """Run GRPO as configured; writes metrics, checkpoints and ``<out>/final``; returns final metrics."""
     cfg = resolve(cfg)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    di = dist.init_distributed(device)
-    out = Path(cfg.out)
-    if di.main:
-        save_config(cfg, out)
-    path = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
-    tok = tok or load_tokenizer(path, cfg.trust_remote_code)
-    model = model or load_model(path, device, trust_remote_code=cfg.trust_remote_code)
-    data = load_data(cfg)
+    device, di, out, tok, model, data = setup_run(cfg, model, tok)
     prompts, held = data["rl"], [e for e in data["heldout"] if e.response is not None]
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     if cfg.prompts_per_step % di.world:

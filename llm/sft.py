@@ -101,9 +101,11 @@ def ema_update(teacher: torch.nn.Module, model: torch.nn.Module, keep: float) ->
         pt.mul_(keep).add_(pm.detach(), alpha=1.0 - keep)
 
 
-def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
-    """Run SFT as configured; writes metrics, checkpoints and ``<out>/final``; returns final metrics."""
-    cfg = resolve(cfg)
+def setup_run(cfg, model=None, tok=None):
+    """The shared start of every loop: seed, device, process group, saved config, model, tokenizer, data.
+
+    Returns ``(device, dist_info, out_dir, tokenizer, model, data)``.
+    """
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     di = dist.init_distributed(device)
@@ -113,7 +115,13 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     path = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
     tok = tok or load_tokenizer(path, cfg.trust_remote_code)
     model = model or load_model(path, device, trust_remote_code=cfg.trust_remote_code)
-    data = load_data(cfg)
+    return device, di, out, tok, model, load_data(cfg)
+
+
+def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
+    """Run SFT as configured; writes metrics, checkpoints and ``<out>/final``; returns final metrics."""
+    cfg = resolve(cfg)
+    device, di, out, tok, model, data = setup_run(cfg, model, tok)
     train, held = data["sft"], data["heldout"]
     seqs = [sft_ids(tok, ex, cfg.enable_thinking) for ex in train]
 
