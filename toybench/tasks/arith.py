@@ -284,7 +284,7 @@ def pretraining_corpus(
 
 
 # ---------------------------------------------------------------------------------------------
-# Verifier: tokenise, parse, evaluate -- never eval()
+# Verifier: tokenise, parse, evaluate with a small grammar; nothing is ever executed as Python
 # ---------------------------------------------------------------------------------------------
 class _Reject(Exception):
     pass
