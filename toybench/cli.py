@@ -82,25 +82,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"toybench {cmd}: cannot import {module_name}: {err}", file=sys.stderr)
         return 1
     runner = getattr(module, runner_name)
+    prog = f"toybench {cmd}"
     if cmd == "plot":
-        cfg = tyro.cli(PlotConfig, args=rest, prog="toybench plot", description=help_line)
-        runner(cfg.out_dir)
-        return 0
-    cfg_cls = getattr(module, cfg_name)
-    if cmd == "compare":
-        cfg = tyro.cli(
-            cfg_cls,
-            args=rest,
-            prog="toybench compare",
-            description=help_line,
-            default=cfg_cls(skip_theorems=True),
-        )
+        arg = tyro.cli(PlotConfig, args=rest, prog=prog, description=help_line).out_dir
     else:
-        cfg = tyro.cli(cfg_cls, args=rest, prog=f"toybench {cmd}", description=help_line)
+        cfg_cls = getattr(module, cfg_name)
+        default = cfg_cls(skip_theorems=True) if cmd == "compare" else None
+        arg = tyro.cli(cfg_cls, args=rest, prog=prog, description=help_line, default=default)
     try:
-        runner(cfg)
-    except ValueError as err:  # bad configuration: a clear one-line message, not a traceback
-        print(f"toybench {cmd}: {err}", file=sys.stderr)
+        runner(arg)
+    except ValueError as err:  # bad configuration or input: one clear line, not a traceback
+        print(f"{prog}: {err}", file=sys.stderr)
         return 2
     return 0
 
