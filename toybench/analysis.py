@@ -1,6 +1,6 @@
 """Analysis of ``results.csv``: pure functions of a pandas DataFrame (no torch, no I/O).
 
-The frame has one row per setting x method x seed x stage x step (see ``toybench.pipeline``).
+The frame has one row per setting x method x seed x stage x step (see ``toybench.tabular.pipeline``).
 Seeds index paired instances: every method of a setting sees the same environments and data
 for a given seed, so method differences are computed per seed (paired) before averaging.
 Confidence intervals are 95% Student-t intervals over seeds. Every sentence of a verdict is

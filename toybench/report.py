@@ -25,9 +25,9 @@ import torch
 from tqdm import tqdm
 
 from toybench import analysis, plots
-from toybench.envs import MultiAnswerBandit, ReasoningTree, Scenario, SharedBandit
 from toybench.methods import parse_method
-from toybench.pipeline import PipelineConfig, _check_cfg, run_method
+from toybench.tabular.envs import MultiAnswerBandit, ReasoningTree, Scenario, SharedBandit
+from toybench.tabular.pipeline import PipelineConfig, _check_cfg, run_method
 
 __all__ = ["ReportConfig", "run_report", "replot", "run_comparisons", "resolve", "SETTINGS"]
 
@@ -375,7 +375,7 @@ def run_report(cfg: ReportConfig) -> Path:
     df.to_csv(out / "results.csv", index=False, float_format="%.6g")
     esc.to_csv(out / "escape.csv", index=False, float_format="%.6g")
     if cfg.scale == "transformer":
-        from toybench.transformer_scale import run_transformer_section
+        from toybench.tiny.scale import run_transformer_section
 
         t0 = time.perf_counter()
         extra["transformer"] = run_transformer_section(out, cfg.quick, cfg.transformer_seeds)[0]

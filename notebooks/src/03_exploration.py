@@ -15,7 +15,7 @@
 # demonstration goes where the model already finds answers plausible.
 #
 # This notebook looks at the mechanism of each loss, at where the mass goes on a multi-answer bandit
-# (`toybench.envs.MultiAnswerBandit` run through `toybench.pipeline`), and at what it does to the RL stage
+# (`toybench.tabular.envs.MultiAnswerBandit` run through `toybench.tabular.pipeline`), and at what it does to the RL stage
 # (the entropy law T3 and the escape time T5).
 
 # %% [markdown]
@@ -42,10 +42,10 @@ from scipy.optimize import brentq
 
 from theory import bandit as tb
 from theory import symbolic
-from toybench import dynamics as dyn
+from toybench.tabular import dynamics as dyn
 from toybench import losses
-from toybench.envs import MultiAnswerBandit
-from toybench.pipeline import PipelineConfig, run_method
+from toybench.tabular.envs import MultiAnswerBandit
+from toybench.tabular.pipeline import PipelineConfig, run_method
 
 torch.set_num_threads(1)
 np.set_printoptions(precision=4, suppress=True)

@@ -41,8 +41,8 @@ import torch
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
 from toybench import analysis, losses
-from toybench.envs import TreeGeometry
-from toybench.pipeline import run_method
+from toybench.tabular.envs import TreeGeometry
+from toybench.tabular.pipeline import run_method
 from toybench.report import ReportConfig, make_scenario, pipeline_config
 
 %matplotlib inline

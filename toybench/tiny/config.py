@@ -7,8 +7,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from toybench.model import GPTConfig
 from toybench.tasks.arith import ALPHABET, CharTokenizer
+from toybench.tiny.model import GPTConfig
 
 __all__ = ["TinyConfig", "quick_config", "pretrain_key"]
 

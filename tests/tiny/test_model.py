@@ -10,7 +10,7 @@ import torch
 from theory import bandit as tb
 from toybench import losses, metrics
 from toybench.methods import method_loss, parse_method
-from toybench.model import GPT, GPTConfig, KVCache, completion_entropy, completion_logprobs, generate
+from toybench.tiny.model import GPT, GPTConfig, KVCache, completion_entropy, completion_logprobs, generate
 
 torch.set_num_threads(1)
 CFG = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)

@@ -1,4 +1,4 @@
-"""toybench.dynamics (torch, the shared losses) against the numpy oracles of theory.mdp / theory.bandit."""
+"""toybench.tabular.dynamics (torch, the shared losses) against the oracles of theory.mdp / theory.bandit."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from theory import bandit as tb
 from theory import mdp
-from toybench import dynamics as dyn
+from toybench.tabular import dynamics as dyn
 
 torch.set_num_threads(1)
 

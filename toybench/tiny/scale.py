@@ -3,7 +3,7 @@ return a Markdown section whose "does the claim reproduce" paragraphs are comput
 
 Running (``run_all``), analysis (pure functions of DataFrames: ``summary_table``, ``compare``,
 ``claims``) and plotting (``plot_*``) are kept apart. Entry point for the report:
-:func:`run_transformer_section`; standalone: ``python -m toybench.transformer_scale --help``.
+:func:`run_transformer_section`; standalone: ``python -m toybench.tiny.scale --help``.
 """
 
 from __future__ import annotations
@@ -376,7 +376,7 @@ class SectionArgs:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Standalone entry: ``python -m toybench.transformer_scale --out out/transformer [--quick]``."""
+    """Standalone entry: ``python -m toybench.tiny.scale --out out/transformer [--quick]``."""
     import tyro
 
     args = tyro.cli(SectionArgs, args=argv)

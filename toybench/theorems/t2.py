@@ -1,4 +1,4 @@
-"""The bandit checks of T2-T5 for the theorems table (row rules in ``toybench.theorem_checks``)."""
+"""The bandit checks of T2-T5 for the theorems table (row rules in ``toybench.theorems.t1``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from scipy.stats import spearmanr
 
 from theory import bandit as tb
 from theory import symbolic as sym
-from toybench import dynamics as dyn
 from toybench.metrics import entropy as entropy_t
-from toybench.theorem_checks import BANDIT, CLOSED, SIM, SYMBOLIC, _pi, _t, _z, bandit_instances, make_row
+from toybench.tabular import dynamics as dyn
+from toybench.theorems.t1 import BANDIT, CLOSED, SIM, SYMBOLIC, _pi, _t, _z, bandit_instances, make_row
 
 __all__ = ["check_t2_bandit", "check_t3_bandit", "check_t4_bandit", "check_t5_bandit"]
 

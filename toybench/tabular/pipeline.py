@@ -31,9 +31,9 @@ import torch
 
 from toybench import losses, metrics
 from toybench.advantages import group_advantages
-from toybench.envs import Scenario
 from toybench.methods import MethodSpec, method_loss, parse_method
-from toybench.policies import Policy, TabularPolicy, make_policy, sequence_logits
+from toybench.tabular.envs import Scenario
+from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logits
 
 __all__ = ["PipelineConfig", "run_method", "evaluate", "escape_frame", "METRICS"]
 

@@ -1,8 +1,8 @@
 """The token-MDP checks of the theorems table: T1, T2, T4, T5 and the GIFT token-vs-sequence tilt.
 
 Closed forms from ``theory.mdp`` (numpy, exact on the prefix tree); simulations from
-``toybench.dynamics`` on the same tabular policies (torch, the shared losses).  Row rules as in
-``toybench.theorem_checks``.
+``toybench.tabular.dynamics`` on the same tabular policies (torch, the shared losses).  Row rules as in
+``toybench.theorems.t1``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 
 from theory import bandit as tb
 from theory import mdp
-from toybench import dynamics as dyn
-from toybench.theorem_checks import CLOSED, SIM, make_row, rl_from_sft_optimum
+from toybench.tabular import dynamics as dyn
+from toybench.theorems.t1 import CLOSED, SIM, make_row, rl_from_sft_optimum
 
 __all__ = ["tree_instances", "check_t1_mdp", "check_t2_t4_mdp", "check_gift_tilt", "check_t5_mdp"]
 

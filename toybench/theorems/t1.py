@@ -2,14 +2,14 @@
 
 Each check returns ``(rows, fig)``: table rows (dicts with the columns of ``theorems.COLUMNS``) and
 the arrays its figure needs.  Closed forms come from ``theory.bandit``, derivations from
-``theory.symbolic``, simulations from ``toybench.dynamics`` (torch, the shared losses).  A row's
+``theory.symbolic``, simulations from ``toybench.tabular.dynamics`` (torch, the shared losses).  A row's
 status is decided by a stated rule, never adjusted after the fact:
   ``<=``: PASS iff value <= tolerance (largest |lhs - rhs|, or a relative error);
   ``>=``: PASS iff value >= tolerance (fraction of instances where a sign statement holds);
   ``ce``: a counterexample to a claimed statement, COUNTEREXAMPLE-SHOWN iff it is exhibited;
   ``report``: a measured frequency with no claim attached (REPORTED).
-The bandit T2-T5 checks are in ``toybench.theorem_checks_rl``, the token-MDP ones in
-``toybench.theorem_checks_mdp``.
+The bandit T2-T5 checks are in ``toybench.theorems.t2``, the token-MDP ones in
+``toybench.theorems.mdp``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from theory import bandit as tb
 from theory import symbolic as sym
-from toybench import dynamics as dyn
+from toybench.tabular import dynamics as dyn
 
 __all__ = ["make_row", "bandit_instances", "rl_from_sft_optimum", "check_symbolic", "check_t1_bandit"]
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from theory import mdp
-from toybench.envs import MultiAnswerBandit, ReasoningTree, SharedBandit
 from toybench.methods import parse_method
-from toybench.pipeline import PipelineConfig, _exact_pg_loss, metric_names, run_method
-from toybench.policies import TabularPolicy, make_policy
+from toybench.tabular.envs import MultiAnswerBandit, ReasoningTree, SharedBandit
+from toybench.tabular.pipeline import PipelineConfig, _exact_pg_loss, metric_names, run_method
+from toybench.tabular.policies import TabularPolicy, make_policy
 
 TINY = PipelineConfig(sft_steps=3, rl_steps=3)
 

@@ -2,7 +2,7 @@
 mechanism three ways (closed form, symbolic, simulation) on the bandit and the prefix-tree token MDP.
 
 One row per check (columns ``COLUMNS``); every row says how it is decided (see
-``toybench.theorem_checks``).  The table is printed, written as ``theorems.md`` and ``theorems.csv``,
+``toybench.theorems.t1``).  The table is printed, written as ``theorems.md`` and ``theorems.csv``,
 and the figures as PNG files, all into ``cfg.out`` together with the resolved config.
 Specification: METHODS.md sections 1.3 and 4.
 """
@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from toybench import theorem_checks as tc
-from toybench import theorem_checks_mdp as tm
-from toybench import theorem_checks_rl as trl
-from toybench.theorem_figures import FIGURES, make_figures
+from toybench.theorems import mdp as tm
+from toybench.theorems import t1 as tc
+from toybench.theorems import t2 as trl
+from toybench.theorems.figures import FIGURES, make_figures
 
 __all__ = ["TheoremsConfig", "COLUMNS", "run_theorems", "theorems_markdown"]
 

@@ -11,7 +11,7 @@ Design choices:
   * One implementation for both scales: the bandit is the tree with H = 1 (N = 1 node, L = V leaves).
     Logits are tabular, shape (I, N, V) for I independent random instances; every step updates all
     instances at once (the loss is summed over instances, whose parameters are disjoint).
-  * Tree indexing is the one of ``theory.mdp`` / ``toybench.envs.TreeGeometry`` (breadth-first).
+  * Tree indexing is the one of ``theory.mdp`` / ``toybench.tabular.envs.TreeGeometry`` (breadth-first).
   * Runs return the recorded statistics stacked over steps, shape (K + 1, I, ...): cheap to keep and
     to compare with the closed forms of ``theory``.
 """
@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from toybench.advantages import group_advantages
-from toybench.envs import TreeGeometry
 from toybench.losses import gift_loss, kl_penalty, logprobs, policy_gradient_loss, sft_loss
+from toybench.tabular.envs import TreeGeometry
 
 __all__ = [
     "geometry",
