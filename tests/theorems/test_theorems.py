@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from toybench.theorems import COLUMNS, TheoremsConfig, run_theorems, theorems_markdown
-from toybench.theorems.t1 import make_row
+from toybench.theorems.common import make_row
 
 
 @pytest.fixture(scope="module")

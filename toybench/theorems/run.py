@@ -2,7 +2,7 @@
 mechanism three ways (closed form, symbolic, simulation) on the bandit and the prefix-tree token MDP.
 
 One row per check (columns ``COLUMNS``); every row says how it is decided (see
-``toybench.theorems.t1``).  The table is printed, written as ``theorems.md`` and ``theorems.csv``,
+``toybench.theorems.common``).  The table is printed, written as ``theorems.md`` and ``theorems.csv``,
 and the figures as PNG files, all into ``cfg.out`` together with the resolved config.
 Specification: METHODS.md sections 1.3 and 4.
 """
@@ -20,10 +20,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from toybench.theorems import mdp as tm
-from toybench.theorems import t1 as tc
-from toybench.theorems import t2 as trl
 from toybench.theorems.figures import FIGURES, make_figures
+from toybench.theorems.gift import check_gift_tilt
+from toybench.theorems.symbolic import check_symbolic
+from toybench.theorems.t1 import check_t1_bandit, check_t1_mdp
+from toybench.theorems.t2 import check_t2_bandit, check_t2_t4_mdp
+from toybench.theorems.t3 import check_t3_bandit
+from toybench.theorems.t4 import check_t4_bandit
+from toybench.theorems.t5 import check_t5_bandit, check_t5_mdp
 
 __all__ = ["TheoremsConfig", "COLUMNS", "run_theorems", "theorems_markdown"]
 
@@ -167,16 +171,16 @@ class TheoremsConfig:
 
 
 CHECKS = [
-    ("symbolic (sympy)", tc.check_symbolic),
-    ("T1 bandit", tc.check_t1_bandit),
-    ("T1 token MDP", tm.check_t1_mdp),
-    ("T2 bandit", trl.check_t2_bandit),
-    ("T2/T4 token MDP", tm.check_t2_t4_mdp),
-    ("T3 bandit", trl.check_t3_bandit),
-    ("T4 bandit", trl.check_t4_bandit),
-    ("T5 bandit", trl.check_t5_bandit),
-    ("T5 token MDP", tm.check_t5_mdp),
-    ("GIFT tilt", tm.check_gift_tilt),
+    ("symbolic (sympy)", check_symbolic),
+    ("T1 bandit", check_t1_bandit),
+    ("T1 token MDP", check_t1_mdp),
+    ("T2 bandit", check_t2_bandit),
+    ("T2/T4 token MDP", check_t2_t4_mdp),
+    ("T3 bandit", check_t3_bandit),
+    ("T4 bandit", check_t4_bandit),
+    ("T5 bandit", check_t5_bandit),
+    ("T5 token MDP", check_t5_mdp),
+    ("GIFT tilt", check_gift_tilt),
 ]
 
 

@@ -1,16 +1,4 @@
-"""The bandit and symbolic checks of the theorems table (T1-T5, GIFT), one function per result.
-
-Each check returns ``(rows, fig)``: table rows (dicts with the columns of ``theorems.COLUMNS``) and
-the arrays its figure needs.  Closed forms come from ``theory.bandit``, derivations from
-``theory.symbolic``, simulations from ``toybench.tabular.dynamics`` (torch, the shared losses).  A row's
-status is decided by a stated rule, never adjusted after the fact:
-  ``<=``: PASS iff value <= tolerance (largest |lhs - rhs|, or a relative error);
-  ``>=``: PASS iff value >= tolerance (fraction of instances where a sign statement holds);
-  ``ce``: a counterexample to a claimed statement, COUNTEREXAMPLE-SHOWN iff it is exhibited;
-  ``report``: a measured frequency with no claim attached (REPORTED).
-The bandit T2-T5 checks are in ``toybench.theorems.t2``, the token-MDP ones in
-``toybench.theorems.mdp``.
-"""
+"""T1 (SFT loss = H(p) + KL, raised by RL from the SFT optimum), on the bandit and the token MDP."""
 
 from __future__ import annotations
 
@@ -18,58 +6,22 @@ import numpy as np
 import torch
 
 from theory import bandit as tb
-from theory import symbolic as sym
+from theory import mdp
 from toybench.tabular import dynamics as dyn
+from toybench.theorems.common import (
+    BANDIT,
+    CLOSED,
+    MDP,
+    SIM,
+    as_logits,
+    as_probs,
+    as_t,
+    bandit_instances,
+    make_row,
+    tree_instances,
+)
 
-__all__ = ["make_row", "bandit_instances", "rl_from_sft_optimum", "check_symbolic", "check_t1_bandit"]
-
-BANDIT = "bandit"
-CLOSED, SYMBOLIC, SIM = "closed form", "symbolic", "simulation"
-
-
-def make_row(result, setting, method, instances, statistic, value, tolerance, rule="<=") -> dict:
-    """One table row; the status follows ``rule`` (see the module docstring)."""
-    value = float(value)
-    if rule == "<=":
-        status = "PASS" if value <= tolerance else "FAIL"
-    elif rule == ">=":
-        status = "PASS" if value >= tolerance else "FAIL"
-    elif rule == "ce":
-        status = "COUNTEREXAMPLE-SHOWN" if value >= tolerance else "FAIL (no counterexample)"
-    else:
-        status = "REPORTED"
-    return dict(
-        result=result,
-        setting=setting,
-        method=method,
-        instances=int(instances),
-        statistic=statistic,
-        value=value,
-        tolerance=float(tolerance) if rule != "report" else float("nan"),
-        status=status,
-    )
-
-
-def bandit_instances(rng: np.random.Generator, n: int, V: int, spread: float = 1.0):
-    """Random bandits: data p, reward r in [0, 1), and an unrelated policy pi, each (n, V)."""
-    p = tb.softmax(spread * rng.normal(size=(n, V)))
-    r = rng.random((n, V))
-    pi = tb.softmax(spread * rng.normal(size=(n, V)))
-    return p, r, pi
-
-
-def _t(x: np.ndarray) -> torch.Tensor:
-    """numpy (n, V) -> torch bandit logits or values (n, 1, V) / (n, V), float64."""
-    return torch.as_tensor(np.asarray(x), dtype=torch.float64)
-
-
-def _z(p: np.ndarray) -> torch.Tensor:
-    return _t(np.log(p))[:, None, :]  # (n, 1, V)
-
-
-def _pi(zs: torch.Tensor) -> np.ndarray:
-    """Recorded bandit logits (..., n, 1, V) -> probabilities (..., n, V)."""
-    return tb.softmax(zs[..., 0, :].numpy())
+__all__ = ["rl_from_sft_optimum", "check_t1_bandit", "check_t1_mdp"]
 
 
 def rl_from_sft_optimum(cfg, setting, z0, P_data, H_p, kl_fn, R, gen, natural=True) -> list[dict]:
@@ -122,90 +74,49 @@ def rl_from_sft_optimum(cfg, setting, z0, P_data, H_p, kl_fn, R, gen, natural=Tr
     return rows
 
 
-# --------------------------------------------------------------------------- symbolic
-def check_symbolic(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
-    """Every sympy derivation: proved at V = cfg.symbolic_vocab, and lambdified vs the numpy oracle."""
-    V, n = cfg.symbolic_vocab, cfg.bandit_instances
-    p, r, pi = bandit_instances(rng, n, V)
-    z = np.log(pi)
-    lam = rng.uniform(0.1, 3.0, size=n)
-    eta = rng.uniform(0.1, 2.0, size=n)
-    A = r - tb.expected_reward(pi, r)[:, None]
-    numpy_oracle = {
-        "sft_grad": ((z, p), tb.sft_grad(p, pi)),
-        "pg": ((z, r), tb.policy_gradient(pi, r)),
-        "sft_rate": ((z, p, r), tb.sft_loss_rate_under_rl(pi, p, r)),
-        "sft_curvature": ((p, r), tb.sft_loss_curvature_at_optimum(p, r)),
-        "kl_opt_loss": ((p, r, lam), tb.cumulant(p, r, lam)),
-        "kl_opt_reward": ((p, r, lam), tb.cumulant_grad(p, r, lam)),
-        "one_step_kl": ((p, r, eta), tb.cumulant(p, r, eta)),
-        "gift_eps": ((p[:, 0], lam), tb.gift_eps(p[:, 0], lam)),
-        "gift_beta": ((lam + eta, lam), eta),
-        "entropy_pg": ((z, A), tb.entropy_change_pg(pi, A, 1.0)),
-        "entropy_npg": ((z, A), tb.entropy_change_npg(pi, A, 1.0)),
-    }
-    labels = {
-        "sft_grad": "T1 SFT logit gradient pi - p",
-        "pg": "T1 RL logit gradient pi (r - J)",
-        "sft_rate": "T1 threshold dL/dt = Cov_pi(pi - p, r)",
-        "sft_curvature": "T1 second order: L'' = Var_p[p (r - E_p r)]",
-        "kl_opt_loss": "T1 KL-reg. optimum: dL_SFT = K(lam)",
-        "kl_opt_reward": "T1/T2 KL-reg. optimum: dJ = K'(lam)",
-        "one_step_kl": "T1 one logit step: KL = log E_p exp(eta (g - E g))",
-        "gift_eps": "GIFT eps = (1-p)/(1+(e^beta-1)p)",
-        "gift_beta": "T4 consistency beta = eta - lambda",
-        "entropy_pg": "T3 PG: dH = -eta Cov(log pi, pi A)",
-        "entropy_npg": "T3 NPG: dH = -eta Cov(log pi, A)",
-    }
-    rows = []
-    for d in sym.all_derivations(V):
-        args, oracle = numpy_oracle[d.name]
-        err = np.max(np.abs(d.derived_fn(*args) - oracle))
-        rows.append(
-            make_row(labels[d.name], BANDIT, SYMBOLIC, 1, f"sympy residual == 0 (V={V})", d.proved, 1, ">=")
-        )
-        rows.append(
-            make_row(
-                labels[d.name],
-                BANDIT,
-                "symbolic vs closed form",
-                n,
-                "max|lambdified - numpy|",
-                err,
-                cfg.tol_identity,
-            )
-        )
-    return rows, {}
-
-
-# --------------------------------------------------------------------------- T1
+# --------------------------------------------------------------------------- T1, bandit
 def check_t1_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
     """T1 on the bandit: identity, second order, threshold, one exact step, KL-regularised optimum."""
     n, V = cfg.bandit_instances, cfg.bandit_vocab
     p, r, pi = bandit_instances(rng, n, V)
-    rows = []
-    # identity L = H(p) + KL(p || pi), closed form and along a real RL run from the SFT optimum
+    P, R = as_t(p), as_t(r)
+    loss = lambda z: dyn.sft_population_loss(z, P)  # measured with toybench.losses
+    pg = lambda z: dyn.pg_surrogate(z, R)
+    rows = [_bandit_identity(cfg, p, pi)]
+    flow_rows, zs, dL = _bandit_pg_flow(cfg, p, loss, pg)
+    rows += flow_rows
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    kl_fn = lambda zs_np: tb.kl(p, tb.softmax(zs_np[..., 0, :]))
+    rows += rl_from_sft_optimum(cfg, BANDIT, as_logits(p), P, tb.entropy(p), kl_fn, R, gen)
+    rows.append(_bandit_second_order_npg(cfg, p, r, loss, pg))
+    c = tb.sft_loss_curvature_at_optimum(p, r)
+    t = cfg.flow_dt * np.arange(zs.shape[0])
+    fig = dict(t=t, dL=dL[:, :4], pred=0.5 * t[:, None] ** 2 * c[None, :4])
+    rows.append(_bandit_second_order_pg(cfg, p, c, loss, pg))
+    rows += _bandit_threshold(cfg, p, r, pi, loss, pg)
+    rows.append(_bandit_one_step(cfg, p, r, loss, pg))
+    kl_rows, kl_fig = _bandit_kl_optimum(cfg, p, r)
+    rows += kl_rows
+    fig.update(**kl_fig, dL_flow=dL[:, :4])
+    return rows, fig
+
+
+def _bandit_identity(cfg, p, pi) -> dict:
+    """L = H(p) + KL(p || pi) in closed form."""
     direct = -np.sum(p * np.log(pi), -1)
-    rows.append(
-        make_row(
-            "T1 L_SFT = H(p) + KL(p||pi)",
-            BANDIT,
-            CLOSED,
-            n,
-            "max|lhs-rhs|",
-            np.max(np.abs(direct - tb.entropy(p) - tb.kl(p, pi))),
-            cfg.tol_identity,
-        )
+    err = np.max(np.abs(direct - tb.entropy(p) - tb.kl(p, pi)))
+    return make_row(
+        "T1 L_SFT = H(p) + KL(p||pi)", BANDIT, CLOSED, len(p), "max|lhs-rhs|", err, cfg.tol_identity
     )
-    P, R = _t(p), _t(r)
-    loss = lambda z: dyn.sft_population_loss(z, P)
-    _, zs = dyn.run(
-        _z(p), lambda z: dyn.pg_surrogate(z, R), cfg.flow_steps, cfg.flow_dt, record=lambda z: z.clone()
-    )
-    L = torch.stack([loss(z) for z in zs]).numpy()  # (K+1, n) measured with toybench.losses
-    dL = L - tb.entropy(p)
-    kl_path = tb.kl(p, _pi(zs))
-    rows.append(
+
+
+def _bandit_pg_flow(cfg, p, loss, pg) -> tuple[list[dict], torch.Tensor, np.ndarray]:
+    """The identity along a real exact-PG run from the SFT optimum; returns rows, logits and dL_SFT."""
+    n = len(p)
+    _, zs = dyn.run(as_logits(p), pg, cfg.flow_steps, cfg.flow_dt, record=lambda z: z.clone())
+    dL = torch.stack([loss(z) for z in zs]).numpy() - tb.entropy(p)  # (K+1, n)
+    kl_path = tb.kl(p, as_probs(zs))
+    rows = [
         make_row(
             "T1 dL_SFT = KL(p||pi_RL) along exact PG",
             BANDIT,
@@ -214,9 +125,7 @@ def check_t1_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
             "max|lhs-rhs|",
             np.max(np.abs(dL - kl_path)),
             cfg.tol_identity,
-        )
-    )
-    rows.append(
+        ),
         make_row(
             "T1 RL from SFT optimum raises L_SFT",
             BANDIT,
@@ -226,54 +135,54 @@ def check_t1_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
             np.mean(dL[-1] > 0),
             1.0,
             ">=",
-        )
-    )
-    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    kl_fn = lambda zs_np: tb.kl(p, tb.softmax(zs_np[..., 0, :]))
-    rows += rl_from_sft_optimum(cfg, BANDIT, _z(p), P, tb.entropy(p), kl_fn, R, gen)
-    # natural PG from p: dz/dt = r - E r, so L - H = (t^2 / 2) Var_p(r) + O(t^3)
+        ),
+    ]
+    return rows, zs, dL
+
+
+def _bandit_second_order_npg(cfg, p, r, loss, pg) -> dict:
+    """Natural PG from p: dz/dt = r - E r, so L - H = (t^2 / 2) Var_p(r) + O(t^3)."""
     K, T = cfg.second_order_steps, cfg.second_order_time
-    z_npg, _ = dyn.run(_z(p), lambda z: dyn.pg_surrogate(z, R), K, T / K, natural=True)
+    z_npg, _ = dyn.run(as_logits(p), pg, K, T / K, natural=True)
     var_r = np.sum(p * (r - tb.expected_reward(p, r)[:, None]) ** 2, -1)
     rel = np.abs((loss(z_npg).numpy() - tb.entropy(p)) / (0.5 * T**2 * var_r) - 1)
-    rows.append(
-        make_row(
-            "T1 second order under NPG: L - H = t^2/2 Var_p(r)",
-            BANDIT,
-            SIM,
-            n,
-            f"max rel. error at t={T:g}",
-            rel.max(),
-            cfg.tol_second_order,
-        )
+    return make_row(
+        "T1 second order under NPG: L - H = t^2/2 Var_p(r)",
+        BANDIT,
+        SIM,
+        len(p),
+        f"max rel. error at t={T:g}",
+        rel.max(),
+        cfg.tol_second_order,
     )
-    c = tb.sft_loss_curvature_at_optimum(p, r)
-    t = cfg.flow_dt * np.arange(zs.shape[0])
-    fig = dict(t=t, dL=dL[:, :4], pred=0.5 * t[:, None] ** 2 * c[None, :4])
-    # second order: a fine, short flow (Euler error is O(dt) relative, the O(t^3) term O(t) relative)
+
+
+def _bandit_second_order_pg(cfg, p, c, loss, pg) -> dict:
+    """Plain PG: a fine, short flow (Euler error is O(dt) relative, the O(t^3) term O(t) relative)."""
     K = cfg.second_order_steps
     dt = cfg.second_order_time / K
-    z_end, _ = dyn.run(_z(p), lambda z: dyn.pg_surrogate(z, R), K, dt)
+    z_end, _ = dyn.run(as_logits(p), pg, K, dt)
     rise = loss(z_end).numpy() - tb.entropy(p)
     rel = np.abs(rise / (0.5 * cfg.second_order_time**2 * c) - 1)
-    rows.append(
-        make_row(
-            "T1 second order L - H = t^2/2 Var_p[p(r-E_p r)]",
-            BANDIT,
-            SIM,
-            n,
-            f"max rel. error at t={cfg.second_order_time:g}",
-            rel.max(),
-            cfg.tol_second_order,
-        )
+    return make_row(
+        "T1 second order L - H = t^2/2 Var_p[p(r-E_p r)]",
+        BANDIT,
+        SIM,
+        len(p),
+        f"max rel. error at t={cfg.second_order_time:g}",
+        rel.max(),
+        cfg.tol_second_order,
     )
-    # threshold form away from the optimum: central difference of the measured loss along the flow
-    h = cfg.fd_step
-    z0 = _z(pi)
-    z_plus, _ = dyn.run(z0, lambda z: dyn.pg_surrogate(z, R), 1, h)
+
+
+def _bandit_threshold(cfg, p, r, pi, loss, pg) -> list[dict]:
+    """Threshold form away from the optimum: central difference of the measured loss along the flow."""
+    n, h = len(p), cfg.fd_step
+    z0 = as_logits(pi)
+    z_plus, _ = dyn.run(z0, pg, 1, h)
     rate_fd = (loss(z_plus) - loss(2 * z0 - z_plus)).numpy() / (2 * h)
     rate = tb.sft_loss_rate_under_rl(pi, p, r)
-    rows.append(
+    return [
         make_row(
             "T1 threshold dL/dt = Cov_pi(pi - p, r)",
             BANDIT,
@@ -282,9 +191,7 @@ def check_t1_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
             "max|finite diff - Cov|",
             np.max(np.abs(rate_fd - rate)),
             cfg.tol_fd,
-        )
-    )
-    rows.append(
+        ),
         make_row(
             "T1 threshold: RL lowers L_SFT of a random checkpoint",
             BANDIT,
@@ -294,31 +201,36 @@ def check_t1_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
             np.mean(rate < 0),
             0,
             "report",
-        )
-    )
-    # one exact logit step theta' = log p + eta g: KL = K_g(eta), measured after a real PG step
+        ),
+    ]
+
+
+def _bandit_one_step(cfg, p, r, loss, pg) -> dict:
+    """One exact logit step theta' = log p + eta g: KL = K_g(eta), measured after a real PG step."""
     eta = cfg.one_step_eta
     g = tb.policy_gradient(p, r)
-    z_one, _ = dyn.run(_z(p), lambda z: dyn.pg_surrogate(z, R), 1, eta)
+    z_one, _ = dyn.run(as_logits(p), pg, 1, eta)
     measured = loss(z_one).numpy() - tb.entropy(p)
-    rows.append(
-        make_row(
-            "T1 one logit step: KL = log E_p exp(eta (g - E_p g))",
-            BANDIT,
-            SIM,
-            n,
-            "max|lhs-rhs|",
-            np.max(np.abs(measured - tb.cumulant(p, g, eta))),
-            cfg.tol_identity,
-        )
+    return make_row(
+        "T1 one logit step: KL = log E_p exp(eta (g - E_p g))",
+        BANDIT,
+        SIM,
+        len(p),
+        "max|lhs-rhs|",
+        np.max(np.abs(measured - tb.cumulant(p, g, eta))),
+        cfg.tol_identity,
     )
-    # KL-regularised optimum pi* ∝ p exp(lam r): closed form, and converged KL-regularised RL
+
+
+def _bandit_kl_optimum(cfg, p, r) -> tuple[list[dict], dict]:
+    """KL-regularised optimum pi* ∝ p exp(lam r): closed form, converged KL-regularised RL, quadratic law."""
+    n = len(p)
     lams = np.asarray(cfg.lams)
     pp, rr = np.repeat(p, len(lams), 0), np.repeat(r, len(lams), 0)
     ll = np.tile(lams, n)
     pi_star = tb.softmax(np.log(pp) + ll[:, None] * rr)
     K, Kp = tb.cumulant(pp, rr, ll), tb.cumulant_grad(pp, rr, ll)
-    rows.append(
+    rows = [
         make_row(
             "T1 KL-reg. optimum dL_SFT = K(lam)",
             BANDIT,
@@ -327,9 +239,7 @@ def check_t1_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
             "max|lhs-rhs|",
             np.max(np.abs(tb.kl(pp, pi_star) - K)),
             cfg.tol_identity,
-        )
-    )
-    rows.append(
+        ),
         make_row(
             "T1 KL-reg. optimum dJ = K'(lam)",
             BANDIT,
@@ -338,11 +248,11 @@ def check_t1_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
             "max|lhs-rhs|",
             np.max(np.abs(tb.expected_reward(pi_star, rr) - tb.expected_reward(pp, rr) - Kp)),
             cfg.tol_identity,
-        )
-    )
-    Pp, Rr, zref = _t(pp), _t(rr), _z(pp)
+        ),
+    ]
+    Pp, Rr, zref = as_t(pp), as_t(rr), as_logits(pp)
     # lam * (-J) + KL has the same optimum as -J + KL / lam; natural PG on it contracts at rate 1 - lr
-    obj = lambda z: _t(ll) * dyn.pg_surrogate(z, Rr) + dyn.kl_to_reference(z, zref)
+    obj = lambda z: as_t(ll) * dyn.pg_surrogate(z, Rr) + dyn.kl_to_reference(z, zref)
     z_rl, _ = dyn.run(zref, obj, cfg.kl_rl_steps, cfg.kl_rl_lr, natural=True)
     dL_sim = dyn.sft_population_loss(z_rl, Pp).numpy() - tb.entropy(pp)
     dJ_sim = (dyn.expected_return(z_rl, Rr)).numpy() - tb.expected_reward(pp, rr)
@@ -373,5 +283,161 @@ def check_t1_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
             cfg.tol_quadratic,
         )
     )
-    fig.update(dJ=dJ_sim, dL=dL_sim, var=var, lam=ll, dL_flow=dL[:, :4])
-    return rows, fig
+    return rows, dict(dJ=dJ_sim, dL=dL_sim, var=var, lam=ll)
+
+
+# --------------------------------------------------------------------------- T1, token MDP
+def check_t1_mdp(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
+    """T1 on the tree: KL chain rule, threshold form, RL from the SFT optimum, KL-regularised optimum."""
+    zp, z, R = tree_instances(cfg, rng)
+    p, pi = mdp.policy(zp), mdp.policy(z)
+    rows = [_mdp_chain_rule(cfg, zp, pi, rng)]
+    threshold_rows, rate = _mdp_threshold_closed(cfg, p, z, R)
+    rows += threshold_rows
+    Pd, Rt = as_t(mdp.leaf_probs(p)), as_t(R)
+    loss = lambda x: dyn.sft_population_loss(x, Pd)
+    pg = lambda x: dyn.pg_surrogate(x, Rt)
+    H_p = mdp.sequence_entropy(p)
+    flow_rows, zs, dL = _mdp_pg_flow(cfg, p, loss, pg, H_p)
+    rows += flow_rows
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    kl_fn = lambda zs_np: mdp.sequence_kl(p, mdp.policy(zs_np))
+    rows += rl_from_sft_optimum(cfg, MDP, as_t(np.log(p)), Pd, H_p, kl_fn, Rt, gen, natural=False)
+    c = mdp.sft_second_order(p, R)
+    rows.append(_mdp_second_order(cfg, p, c, loss, pg, H_p))
+    rows.append(_mdp_threshold_sim(cfg, z, rate, loss, pg))
+    rows.append(_mdp_kl_optimum(cfg, p, R))
+    t = cfg.flow_dt * np.arange(zs.shape[0])
+    return rows, dict(t=t, dL=dL[:, :4], pred=0.5 * t[:, None] ** 2 * c[None, :4])
+
+
+def _mdp_chain_rule(cfg, zp, pi, rng: np.random.Generator) -> dict:
+    """Sequence KL chain rule, with prefixes the data never visits (some data logits -inf)."""
+    zp_holes = np.where(rng.random(zp.shape) < 0.2, -np.inf, zp)
+    zp_holes[..., 0] = zp[..., 0]  # keep one finite logit per node
+    ph = mdp.policy(zp_holes)
+    return make_row(
+        "T1 seq. KL = sum_s d_p(s) KL(p(.|s)||pi(.|s))",
+        MDP,
+        CLOSED,
+        len(zp),
+        "max|lhs-rhs|",
+        np.max(np.abs(mdp.sequence_kl(ph, pi) - mdp.leaf_kl(ph, pi))),
+        cfg.tol_identity,
+    )
+
+
+def _mdp_threshold_closed(cfg, p, z, R) -> tuple[list[dict], np.ndarray]:
+    """Threshold: tree Cov form = <grad L_SFT, grad J> = central finite difference (numpy)."""
+    I = len(z)
+    rate = mdp.sft_rate_cov(p, z, R)
+    h = cfg.fd_step
+    g = mdp.policy_gradient(z, R)
+    fd = mdp.sequence_cross_entropy(p, mdp.policy(z + h * g)) - mdp.sequence_cross_entropy(
+        p, mdp.policy(z - h * g)
+    )
+    rows = [
+        make_row(
+            "T1 threshold dL/dt = sum_s d_p d_pi Cov_pi(pi-p, Q)",
+            MDP,
+            CLOSED,
+            I,
+            "max|Cov form - <grad L, grad J>|",
+            np.max(np.abs(rate - mdp.sft_rate_along_pg(p, z, R))),
+            cfg.tol_identity,
+        ),
+        make_row(
+            "T1 threshold dL/dt (Cov form) vs finite difference",
+            MDP,
+            CLOSED,
+            I,
+            "max|lhs-rhs|",
+            np.max(np.abs(fd / (2 * h) - rate)),
+            cfg.tol_fd,
+        ),
+    ]
+    return rows, rate
+
+
+def _mdp_pg_flow(cfg, p, loss, pg, H_p) -> tuple[list[dict], torch.Tensor, np.ndarray]:
+    """Simulation: exact PG flow on the tree from the SFT optimum; returns rows, logits and dL_SFT."""
+    I = len(p)
+    _, zs = dyn.run(as_t(np.log(p)), pg, cfg.flow_steps, cfg.flow_dt, record=lambda x: x.clone())
+    dL = torch.stack([loss(x) for x in zs]).numpy() - H_p  # (K+1, I)
+    kl_path = mdp.sequence_kl(p, mdp.policy(zs.numpy()))
+    rows = [
+        make_row(
+            "T1 dL_SFT = seq. KL(p||pi_RL) along exact PG",
+            MDP,
+            SIM,
+            I,
+            "max|lhs-rhs|",
+            np.max(np.abs(dL - kl_path)),
+            cfg.tol_identity,
+        ),
+        make_row(
+            "T1 RL from SFT optimum raises L_SFT",
+            MDP,
+            SIM,
+            I,
+            "fraction dL_SFT > 0 at end",
+            np.mean(dL[-1] > 0),
+            1.0,
+            ">=",
+        ),
+    ]
+    return rows, zs, dL
+
+
+def _mdp_second_order(cfg, p, c, loss, pg, H_p) -> dict:
+    """L - H = t^2/2 sum_s d_p Var_p[g] after a short exact-PG flow from the SFT optimum."""
+    K = cfg.second_order_steps
+    z_end, _ = dyn.run(as_t(np.log(p)), pg, K, cfg.second_order_time / K)
+    rel = np.abs((loss(z_end).numpy() - H_p) / (0.5 * cfg.second_order_time**2 * c) - 1)
+    return make_row(
+        "T1 second order L - H = t^2/2 sum_s d_p Var_p[g]",
+        MDP,
+        SIM,
+        len(p),
+        f"max rel. error at t={cfg.second_order_time:g}",
+        rel.max(),
+        cfg.tol_second_order,
+    )
+
+
+def _mdp_threshold_sim(cfg, z, rate, loss, pg) -> dict:
+    """The threshold rate as a torch central difference of the measured loss along one PG step."""
+    h = cfg.fd_step
+    z0 = as_t(z)
+    z_plus, _ = dyn.run(z0, pg, 1, h)
+    rate_sim = (loss(z_plus) - loss(2 * z0 - z_plus)).numpy() / (2 * h)
+    return make_row(
+        "T1 threshold dL/dt (torch finite diff) = Cov form",
+        MDP,
+        SIM,
+        len(z),
+        "max|lhs-rhs|",
+        np.max(np.abs(rate_sim - rate)),
+        cfg.tol_fd,
+    )
+
+
+def _mdp_kl_optimum(cfg, p, R) -> dict:
+    """KL-regularised optimum over sequences: pi* = tabular Gibbs, dL = K_seq(lam), dJ = K'_seq(lam)."""
+    lam = cfg.t2_lam
+    star = mdp.gibbs_logits(np.log(p), R, lam)
+    P = mdp.leaf_probs(p)
+    dJ = mdp.expected_return(np.exp(star), R) - mdp.expected_return(p, R)
+    err = max(
+        np.abs(mdp.sequence_kl(p, np.exp(star)) - tb.cumulant(P, R, lam)).max(),
+        np.abs(dJ - tb.cumulant_grad(P, R, lam)).max(),
+    )
+    return make_row(
+        "T1 KL-reg. optimum: dL_SFT = K(lam), dJ = K'(lam) over sequences",
+        MDP,
+        CLOSED,
+        len(p),
+        "max|lhs-rhs|",
+        err,
+        cfg.tol_identity,
+    )
