@@ -8,7 +8,7 @@ import torch
 from theory import mdp
 from toybench.methods import parse_method
 from toybench.tabular.envs import MultiAnswerBandit, ReasoningTree, SharedBandit
-from toybench.tabular.pipeline import PipelineConfig, _exact_pg_loss, metric_names, run_method
+from toybench.tabular.pipeline import PipelineConfig, exact_pg_loss, metric_names, run_method
 from toybench.tabular.policies import TabularPolicy, make_policy
 
 TINY = PipelineConfig(sft_steps=3, rl_steps=3)
@@ -53,7 +53,7 @@ def test_exact_pg_gradient_matches_theory_oracle():
     pol = TabularPolicy(sc)
     params = sc.base_logits.double().requires_grad_(True)
     sc.reward = sc.reward.double()
-    loss = _exact_pg_loss(sc, pol, params, None, PipelineConfig())
+    loss = exact_pg_loss(sc, pol, params, None, PipelineConfig())
     (grad,) = torch.autograd.grad(loss, params)
     z = sc.base_logits[0].double().numpy()  # (P, N, V)
     R = sc.reward[0].numpy()  # (P, L)

@@ -8,10 +8,10 @@ Design choices
   per-seed loop). Every seed has the same number of rows and tokens, so each seed's reduction
   is a fixed fraction of the batch reduction (``_seedwise``).
 * Exact where the setting allows it: SFT uses the finite demonstration set (all of it, every
-  step); exact PG enumerates all leaves and weights each row by sg[pi(leaf)], so
-  ``policy_gradient_loss(logp, adv = sg[pi] (r - J))`` reduced with ``sum`` has gradient
-  exactly -grad J; the exact KL term weights the k1 estimator by pi(leaf) WITH gradient,
-  which makes its gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt
+  step); exact PG is the theorem dynamics' objective (``dynamics.leaf_pg_surrogate``): it
+  enumerates all leaves and weights each row by sg[pi(leaf)], so its gradient is exactly
+  -grad J; the exact KL term (``dynamics.leaf_kl``) weights the k1 estimator by pi(leaf) WITH
+  gradient, which makes its gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt
   from a seeded generator and uses ``group_advantages`` + ``clipped_surrogate_loss``.
 * Per-prompt (tabular) parameters get each prompt's own mean gradient; shared (log-linear)
   parameters get the mean over prompts.
@@ -32,10 +32,11 @@ import torch
 from toybench import losses, metrics
 from toybench.advantages import group_advantages
 from toybench.methods import MethodSpec, method_loss, parse_method
+from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
 from toybench.tabular.envs import Scenario
 from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logits
 
-__all__ = ["PipelineConfig", "run_method", "evaluate", "escape_frame", "METRICS"]
+__all__ = ["PipelineConfig", "run_method", "evaluate", "exact_pg_loss", "escape_frame", "METRICS"]
 
 METRIC_BASE = (
     "sft_loss",
@@ -208,25 +209,18 @@ def _sft_loss(sc, policy, params, teacher, spec: MethodSpec, cfg, base_seq):
     return loss if isinstance(policy, TabularPolicy) else loss / P_sft
 
 
-def _exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=None):
+def exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=None):
     """-sum_x J(x) (+ kl_coef KL(pi || ref)) with exact gradients, by enumeration over leaves.
 
-    Each leaf is one row with its sequence log-prob (T = 1): -A log pi(y) = -A sum_t log pi(y_t)
-    has the same gradient as the per-token form and costs H times less.
+    The objective is the theorem dynamics' own (``dynamics.leaf_pg_surrogate`` / ``dynamics.leaf_kl``)
+    applied to the RL prompts; shared (log-linear) parameters average it over prompts.
     """
     g, rl = sc.geometry, sc.rl_prompts
     if logp is None:
         logp = g.leaf_logp(policy.node_logits(params)[:, rl])  # (S, P_rl, L)
-    p = logp.exp()
-    r = sc.reward[:, rl]
-    J = (p * r).sum(-1, keepdim=True)
-    adv = (p * (r - J)).detach()  # sg[pi(leaf)] A(leaf): the exact expectation as a weighted sum
-    rows = logp.reshape(-1, 1)  # (S*P_rl*L, 1)
-    ones = torch.ones_like(rows)
-    loss = losses.reduce(losses.policy_gradient_loss(rows, adv.reshape(-1)), ones, "sum")
+    loss = leaf_pg_surrogate(logp, sc.reward[:, rl]).sum()
     if cfg.kl_coef > 0:  # exact KL(pi || ref): k1 weighted by pi(leaf) WITH gradient
-        k1 = losses.kl_penalty(rows, ref_logp.reshape(-1, 1), kind="k1")
-        loss = loss + cfg.kl_coef * losses.reduce(p.reshape(-1, 1) * k1, ones, "sum")
+        loss = loss + cfg.kl_coef * leaf_kl(logp, ref_logp).sum()
     return loss if isinstance(policy, TabularPolicy) else loss / len(rl)
 
 
@@ -316,7 +310,7 @@ def run_method(
             logp = sc.geometry.leaf_logp(z[:, sc.rl_prompts])  # (S, P_rl, L)
             record("rl", step, z.detach(), logp.detach())
             if step < cfg.rl_steps:
-                loss = _exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=logp)
+                loss = exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=logp)
                 (grad,) = torch.autograd.grad(loss, params)
                 params = params.detach() - cfg.rl_lr * grad
     else:
