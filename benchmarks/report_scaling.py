@@ -38,7 +38,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = (
-        PipelineConfig(sft_steps=10, rl_steps=10) if args.quick else PipelineConfig(sft_steps=40, rl_steps=60)
+        PipelineConfig(sft_steps=10, rl_steps=10, rl_lr=2.0)
+        if args.quick
+        else PipelineConfig(sft_steps=40, rl_steps=60, rl_lr=2.0)
     )
     method = "gift@2"
 

@@ -97,7 +97,7 @@ print("tau per token:", tau_t.numpy().round(3))
 # %%
 sc = MultiAnswerBandit(seeds=range(8), num_prompts=16, V=16, num_correct=3, base_correct_mass=0.3,
                        wrong_demo_frac=0.3)
-cfg = PipelineConfig(sft_steps=40, rl_steps=60)
+cfg = PipelineConfig(sft_steps=40, rl_steps=60, rl_lr=2.0)
 methods = ["none", "sft", "entropy_sft@0.3", "entropy_sft@1.0", "curio", "gift@3"]
 df = pd.concat([run_method(sc, m, cfg) for m in methods], ignore_index=True)
 end_sft = df[(df.stage == "sft") & (df.step == cfg.sft_steps)].groupby("method", sort=False)

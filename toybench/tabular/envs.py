@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from toybench.config import require
+
 __all__ = ["TreeGeometry", "Scenario", "MultiAnswerBandit", "SharedBandit", "ReasoningTree"]
 
 
@@ -140,11 +142,6 @@ class Scenario:
         return self.reward.amax(-1)
 
 
-def _check(name: str, value: float, lo: float, hi: float) -> None:
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-
-
 def _data(geom, reward, base_logits, behavior_logits, expert_good, expert_bad, cfg, gen):
     """Demos, their data-policy token log-probs and the held-out distribution for one seed.
 
@@ -190,24 +187,20 @@ def _stack(name, geom, per_seed, sft_prompts, rl_prompts) -> Scenario:
 
 
 def _common_cfg(num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit):
-    if num_prompts < 1:
-        raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
-    if demos_per_prompt < 1:
-        raise ValueError(f"demos_per_prompt must be >= 1, got {demos_per_prompt}")
-    if heldout_demos < 1:
-        raise ValueError(f"heldout_demos must be >= 1, got {heldout_demos}")
-    _check("wrong_demo_frac", wrong_demo_frac, 0.0, 1.0)
-    if data_source not in ("expert", "behavior"):
-        raise ValueError(f"data_source must be 'expert' or 'behavior', got {data_source!r}")
-    if error_unit not in ("prompt", "demo"):
-        raise ValueError(f"error_unit must be 'prompt' or 'demo', got {error_unit!r}")
-    return dict(
+    cfg = dict(
         wrong_demo_frac=wrong_demo_frac,
         demos_per_prompt=demos_per_prompt,
         heldout_demos=heldout_demos,
         data_source=data_source,
         error_unit=error_unit,
     )
+    require(
+        dict(cfg, num_prompts=num_prompts),
+        at_least=dict.fromkeys(("num_prompts", "demos_per_prompt", "heldout_demos"), 1),
+        probability=("wrong_demo_frac",),
+        one_of={"data_source": ("expert", "behavior"), "error_unit": ("prompt", "demo")},
+    )
+    return cfg
 
 
 def _shift_to_mass(z: torch.Tensor, good: torch.Tensor, mass: float) -> torch.Tensor:
@@ -247,7 +240,7 @@ class MultiAnswerBandit(Scenario):
         )
         if not 1 <= num_correct < V:
             raise ValueError(f"num_correct must be in [1, V-1], got {num_correct}")
-        _check("base_correct_mass", base_correct_mass, 1e-6, 1 - 1e-6)
+        require({"base_correct_mass": base_correct_mass}, within={"base_correct_mass": (1e-6, 1 - 1e-6)})
         if len(seeds) < 1:
             raise ValueError("seeds must be a non-empty sequence of ints")
         geom = TreeGeometry(V, 1)

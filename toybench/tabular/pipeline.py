@@ -31,6 +31,7 @@ import torch
 
 from toybench import losses, metrics
 from toybench.advantages import group_advantages
+from toybench.config import require
 from toybench.methods import MethodSpec, method_loss, parse_method
 from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
 from toybench.tabular.envs import Scenario
@@ -60,7 +61,7 @@ class PipelineConfig:
     """RL gradient steps."""
     sft_lr: float = 1.0
     """SGD step size of SFT."""
-    rl_lr: float = 2.0
+    rl_lr: float = 1.0
     """SGD step size of RL."""
     rl_algorithm: str = "exact_pg"
     """'exact_pg' (enumeration, no sampling) or 'grpo' (G samples per prompt)."""
@@ -93,26 +94,18 @@ class PipelineConfig:
     grpo_seed: int = 0
     """Seed of the GRPO sampler."""
 
-
-def _check_cfg(cfg: PipelineConfig) -> None:
-    for f in ("sft_steps", "rl_steps"):
-        if getattr(cfg, f) < 0:
-            raise ValueError(f"{f} must be >= 0, got {getattr(cfg, f)}")
-    for f in ("sft_lr", "rl_lr"):
-        if not getattr(cfg, f) > 0:
-            raise ValueError(f"{f} must be > 0, got {getattr(cfg, f)}")
-    if cfg.rl_algorithm not in ("exact_pg", "grpo"):
-        raise ValueError(f"rl_algorithm must be 'exact_pg' or 'grpo', got {cfg.rl_algorithm!r}")
-    if cfg.group_size < 2:
-        raise ValueError(f"group_size must be >= 2, got {cfg.group_size}")
-    if cfg.ppo_epochs < 1:
-        raise ValueError(f"ppo_epochs must be >= 1, got {cfg.ppo_epochs}")
-    if cfg.rl_reduction not in losses.REDUCE_MODES:
-        raise ValueError(f"rl_reduction must be one of {losses.REDUCE_MODES}, got {cfg.rl_reduction!r}")
-    if cfg.kl_coef < 0:
-        raise ValueError(f"kl_coef must be >= 0, got {cfg.kl_coef}")
-    if not cfg.pass_k or min(cfg.pass_k) < 1:
-        raise ValueError(f"pass_k must be non-empty positive ints, got {cfg.pass_k}")
+    def validate(self, prefix: str = "") -> None:
+        """Raise ValueError naming the first bad field (``prefix`` names the config it is nested in)."""
+        require(
+            self,
+            non_negative=("sft_steps", "rl_steps", "kl_coef"),
+            positive=("sft_lr", "rl_lr"),
+            at_least={"group_size": 2, "ppo_epochs": 1},
+            one_of={"rl_algorithm": ("exact_pg", "grpo"), "rl_reduction": losses.REDUCE_MODES},
+            prefix=prefix,
+        )
+        if not self.pass_k or not min(self.pass_k) >= 1:
+            raise ValueError(f"{prefix}pass_k must be non-empty positive ints, got {self.pass_k}")
 
 
 def metric_names(cfg: PipelineConfig) -> list[str]:
@@ -270,7 +263,7 @@ def run_method(
     SFT stage records the unchanged base policy. With ``escape_threshold``, ``df.attrs["escape"]``
     holds the per-prompt escape times of the RL stage (``escape_frame``).
     """
-    _check_cfg(cfg)
+    cfg.validate()
     spec = parse_method(method) if isinstance(method, str) else method
     policy = policy or make_policy(sc)
     S = sc.num_seeds
