@@ -216,15 +216,6 @@ def run_comparisons(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 # ----------------------------------------------------------------------------- markdown
-def _md_table(t: pd.DataFrame) -> str:
-    """A DataFrame as a Markdown table (index included), without the optional tabulate dependency."""
-    t = t.reset_index()
-    head = "| " + " | ".join(str(c) for c in t.columns) + " |"
-    sep = "|" + "|".join("---" for _ in t.columns) + "|"
-    rows = ["| " + " | ".join(str(v) for v in r) + " |" for r in t.itertuples(index=False)]
-    return "\n".join([head, sep, *rows])
-
-
 def headline_table(df: pd.DataFrame, k: int) -> pd.DataFrame:
     """Rows: methods; columns: settings; cells: post-RL pass@1 and pass@k (mean ± 95% CI)."""
     rl = analysis.stage_end(df, "rl")
@@ -312,7 +303,7 @@ def write_markdown(
         "",
         f"## Headline: post-RL pass@1 (mean ± 95% CI) / pass@{k}",
         "",
-        _md_table(headline_table(df, k)),
+        analysis.markdown_table(headline_table(df, k).reset_index()),
         "",
         "Settings: `bandit` = per-prompt softmax over answers, expert demonstrations on one correct answer; "
         "`bandit_shared` = log-linear policy over prompt features, SFT and RL on disjoint prompts; `tree` = "
@@ -331,7 +322,7 @@ def write_markdown(
             continue
         md += [f"## {title}", ""]
         for c in cs:
-            md += [f"### {c.title}", "", _md_table(c.table), "", c.paragraph, ""]
+            md += [f"### {c.title}", "", analysis.markdown_table(c.table.reset_index()), "", c.paragraph, ""]
         if (out / fig).exists():
             md += [f"![{title}]({fig})", ""]
     if (out / "fig_curves.png").exists():

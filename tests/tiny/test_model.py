@@ -129,7 +129,7 @@ def test_loss_gradients_through_model_logits_match_theory(name):
     (g,) = torch.autograd.grad(per_token.sum(), logits)
     z, yy, zo = logits.detach()[:, 0].numpy(), y[:, 0].numpy(), other[:, 0].numpy()
     if spec.kind == "sft":
-        want = tb.grad_sft(z, yy)
+        want = tb.sft_token_grad(z, yy)
     elif spec.kind == "entropy_sft":
         want = tb.grad_entropy_sft(z, yy, coef=0.3)
     elif spec.kind == "gift":

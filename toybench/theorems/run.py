@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from toybench.analysis import markdown_table
 from toybench.theorems.figures import FIGURES, make_figures
 from toybench.theorems.gift import check_gift_tilt
 from toybench.theorems.symbolic import check_symbolic
@@ -224,17 +225,15 @@ def run_theorems(cfg: TheoremsConfig, progress: bool = True) -> pd.DataFrame:
 
 
 def _fmt(x) -> str:
-    """A table cell: numbers to 3 significant digits, NaN as '-', pipes escaped for Markdown."""
+    """A table cell: numbers to 3 significant digits, NaN as '-'."""
     if isinstance(x, float) and np.isnan(x):
         return "-"
-    text = f"{x:.3g}" if isinstance(x, float) else str(x)
-    return text.replace("|", "\\|")
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
 def theorems_markdown(df: pd.DataFrame, fig_dir_rel: str = ".", fig_files: list[str] | None = None) -> str:
     """The Markdown table of the checks and links to the figures (relative to ``fig_dir_rel``)."""
-    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    body = "".join("| " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |\n" for _, row in df.iterrows())
+    table = markdown_table(df[COLUMNS], _fmt)
     counts = df.status.value_counts().to_dict()
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     legend = (
@@ -245,4 +244,4 @@ def theorems_markdown(df: pd.DataFrame, fig_dir_rel: str = ".", fig_files: list[
     )
     files = fig_files if fig_files is not None else [f for f, _ in FIGURES]
     figs = "".join(f"![{cap}]({fig_dir_rel.rstrip('/')}/{f})\n\n" for f, cap in FIGURES if f in files)
-    return f"## Theorems\n\n{summary}\n\n{legend}\n{head}{body}\n{figs}"
+    return f"## Theorems\n\n{summary}\n\n{legend}\n{table}\n\n{figs}"

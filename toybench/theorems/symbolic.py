@@ -20,7 +20,7 @@ def check_symbolic(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
     eta = rng.uniform(0.1, 2.0, size=n)
     A = r - tb.expected_reward(pi, r)[:, None]
     numpy_oracle = {
-        "sft_grad": ((z, p), tb.sft_grad(p, pi)),
+        "sft_grad": ((z, p), tb.sft_population_grad(p, pi)),
         "pg": ((z, r), tb.policy_gradient(pi, r)),
         "sft_rate": ((z, p, r), tb.sft_loss_rate_under_rl(pi, p, r)),
         "sft_curvature": ((p, r), tb.sft_loss_curvature_at_optimum(p, r)),
