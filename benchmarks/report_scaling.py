@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from toybench.report import ReportConfig, run_report  # noqa: E402
-from toybench.tabular.envs import MultiAnswerBandit, ReasoningTree  # noqa: E402
+from toybench.tabular import MultiAnswerBandit, ReasoningTree  # noqa: E402
 from toybench.tabular.pipeline import PipelineConfig, run_method  # noqa: E402
 
 

@@ -27,8 +27,10 @@ from tqdm import tqdm
 from toybench import analysis, plots
 from toybench.config import require
 from toybench.methods import parse_method
-from toybench.tabular.envs import MultiAnswerBandit, ReasoningTree, Scenario, SharedBandit
+from toybench.tabular.bandit import MultiAnswerBandit, SharedBandit
+from toybench.tabular.envs import Scenario
 from toybench.tabular.pipeline import PipelineConfig, run_method
+from toybench.tabular.tree import ReasoningTree
 from toybench.theorems import TheoremsConfig, run_theorems, theorems_markdown
 from toybench.tiny.config import TinyConfig, quick_config
 

@@ -44,7 +44,7 @@ from theory import bandit as tb
 from theory import symbolic
 from toybench.tabular import dynamics as dyn
 from toybench import losses
-from toybench.tabular.envs import MultiAnswerBandit
+from toybench.tabular import MultiAnswerBandit
 from toybench.tabular.pipeline import PipelineConfig, run_method
 
 torch.set_num_threads(1)

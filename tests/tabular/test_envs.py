@@ -8,7 +8,7 @@ import torch
 
 from theory import mdp
 from toybench.metrics import entropy
-from toybench.tabular.envs import MultiAnswerBandit, ReasoningTree, SharedBandit, TreeGeometry
+from toybench.tabular import MultiAnswerBandit, ReasoningTree, SharedBandit, TreeGeometry
 
 SEEDS = [3, 4, 5]
 ENVS = {

@@ -7,7 +7,7 @@ import torch
 
 from theory import mdp
 from toybench.methods import parse_method
-from toybench.tabular.envs import MultiAnswerBandit, ReasoningTree, SharedBandit
+from toybench.tabular import MultiAnswerBandit, ReasoningTree, SharedBandit
 from toybench.tabular.pipeline import PipelineConfig, exact_pg_loss, metric_names, run_method
 from toybench.tabular.policies import TabularPolicy, make_policy
 

@@ -1,9 +1,11 @@
 """The exact tabular scales: environments (bandits, reasoning-tree token MDP), softmax policies on
 the prefix tree, the seed-vectorised SFT -> RL pipeline and the theorem dynamics."""
 
-from toybench.tabular.envs import MultiAnswerBandit, ReasoningTree, Scenario, SharedBandit, TreeGeometry
+from toybench.tabular.bandit import MultiAnswerBandit, SharedBandit
+from toybench.tabular.envs import Scenario, TreeGeometry
 from toybench.tabular.pipeline import PipelineConfig, escape_frame, evaluate, run_method
 from toybench.tabular.policies import LogLinearPolicy, Policy, TabularPolicy, make_policy
+from toybench.tabular.tree import ReasoningTree
 
 __all__ = [
     "LogLinearPolicy",
