@@ -20,9 +20,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from toybench.envs import MultiAnswerBandit, ReasoningTree  # noqa: E402
-from toybench.pipeline import PipelineConfig, run_method  # noqa: E402
 from toybench.report import ReportConfig, run_report  # noqa: E402
+from toybench.tabular import MultiAnswerBandit, ReasoningTree  # noqa: E402
+from toybench.tabular.pipeline import PipelineConfig, run_method  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -38,7 +38,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = (
-        PipelineConfig(sft_steps=10, rl_steps=10) if args.quick else PipelineConfig(sft_steps=40, rl_steps=60)
+        PipelineConfig(sft_steps=10, rl_steps=10, rl_lr=2.0)
+        if args.quick
+        else PipelineConfig(sft_steps=40, rl_steps=60, rl_lr=2.0)
     )
     method = "gift@2"
 

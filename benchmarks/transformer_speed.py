@@ -14,8 +14,8 @@ import time
 import torch
 
 from toybench import losses
-from toybench.model import GPT, completion_logprobs, generate
 from toybench.tiny.config import TinyConfig
+from toybench.tiny.model import GPT, completion_logprobs, generate
 
 
 def _best(fn, repeats: int) -> float:

@@ -17,6 +17,7 @@ from llm.evaluate import run_eval
 from llm.grpo import run_grpo
 from llm.loading import model_path
 from llm.sft import run_sft
+from toybench.analysis import markdown_table
 
 
 def _common(cfg: PipelineConfig) -> dict:
@@ -146,10 +147,7 @@ def make_figures(out: Path, methods) -> list[str]:
 def comparison_table(df: pd.DataFrame) -> str:
     """Markdown table: one row per (method, stage), metrics as columns."""
     cols = [c for c in df.columns if c not in ("method", "stage")]
-    lines = ["| method | stage | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
-    for _, r in df.iterrows():
-        lines.append(f"| {r['method']} | {r['stage']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |")
-    return "\n".join(lines)
+    return markdown_table(df[["method", "stage", *cols]], lambda v: v if isinstance(v, str) else f"{v:.4f}")
 
 
 def write_report(out: Path, df: pd.DataFrame, figs: list[str]) -> Path:

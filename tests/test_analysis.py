@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from toybench import analysis
-from toybench.pipeline import escape_frame
+from toybench.tabular.pipeline import escape_frame
 
 
 def frame(values: dict[str, tuple[float, float]], setting="s", seeds=12, noise=0.01, extra=None, rng=0):

@@ -65,7 +65,7 @@ CASES = [
     ("beta", lambda: tb.gift_eps(0.5, -1.0)),
     ("beta", lambda: tb.kl_regularised_optimum(np.array([0.5, 0.5]), np.zeros(2), 0.0)),
     ("tau", lambda: tb.grad_curio(np.zeros(3), 0, np.zeros(3), 0.0)),
-    ("targets", lambda: tb.grad_sft(np.zeros(3), 3)),
+    ("targets", lambda: tb.sft_token_grad(np.zeros(3), 3)),
 ]
 
 

@@ -6,20 +6,21 @@ import pandas as pd
 import pytest
 
 from toybench.report import ReportConfig, replot, resolve, run_report
+from toybench.tabular.pipeline import PipelineConfig
 
 
 @pytest.mark.parametrize(
     "kw, field",
     [
-        (dict(sft_steps=-1), "sft_steps"),
-        (dict(rl_steps=-5), "rl_steps"),
+        (dict(pipeline=PipelineConfig(sft_steps=-1)), "sft_steps"),
+        (dict(pipeline=PipelineConfig(rl_steps=-5)), "rl_steps"),
         (dict(methods=("none", "sft", "magic")), "methods"),
         (dict(gift_betas=(-1.0,)), "methods"),
-        (dict(pass_k=(1, 128), eval_samples=64), "pass_k"),
+        (dict(pipeline=PipelineConfig(pass_k=(1, 128)), eval_samples=64), "pass_k"),
         (dict(headline_k=8), "headline_k"),
         (dict(settings=("bandit", "atari")), "settings"),
         (dict(seeds=1), "seeds"),
-        (dict(rl_algorithm="ppo"), "rl_algorithm"),
+        (dict(pipeline=PipelineConfig(rl_algorithm="ppo")), "rl_algorithm"),
     ],
 )
 def test_bad_config_fails_at_start(kw, field, tmp_path):
@@ -30,7 +31,7 @@ def test_bad_config_fails_at_start(kw, field, tmp_path):
 
 def test_quick_preset_shrinks_budgets():
     cfg = resolve(ReportConfig(quick=True))
-    assert cfg.seeds <= 4 and cfg.sft_steps <= 8 and cfg.rl_steps <= 12
+    assert cfg.seeds <= 4 and cfg.pipeline.sft_steps <= 8 and cfg.pipeline.rl_steps <= 12
 
 
 def test_tiny_report_end_to_end(tmp_path):
@@ -42,8 +43,7 @@ def test_tiny_report_end_to_end(tmp_path):
         entropy_coefs=(0.3,),
         gift_betas=(1.0, 8.0),
         pear_levels=("token",),
-        sft_steps=3,
-        rl_steps=4,
+        pipeline=PipelineConfig(sft_steps=3, rl_steps=4),
         bandit_prompts=4,
         bandit_V=8,
         tree_prompts=3,

@@ -84,8 +84,11 @@ def sft_loss(p: ArrayLike, pi: ArrayLike) -> Array:
     return entropy(p) + kl(p, pi)
 
 
-def sft_grad(p: ArrayLike, pi: ArrayLike) -> Array:
-    """dL_SFT/dz = pi - p (the population gradient of cross-entropy in logits)."""
+def sft_population_grad(p: ArrayLike, pi: ArrayLike) -> Array:
+    """Population SFT gradient dL_SFT/dz = pi - p, from the data distribution p and the policy pi.
+
+    Per sample (logits and one target token) it is :func:`sft_token_grad`.
+    """
     return np.asarray(pi, dtype=np.float64) - np.asarray(p, dtype=np.float64)
 
 
@@ -96,15 +99,18 @@ def _onehot(y: ArrayLike, V: int) -> Array:
     return (np.arange(V) == y[..., None]).astype(np.float64)
 
 
-def grad_sft(z: ArrayLike, y: ArrayLike) -> Array:
-    """Token-level gradient of l = -log pi(y) in logits: pi - e_y."""
+def sft_token_grad(z: ArrayLike, y: ArrayLike) -> Array:
+    """Per-token SFT gradient of l = -log pi(y) in the logits z: softmax(z) - e_y.
+
+    Averaged over y ~ p it is :func:`sft_population_grad`.
+    """
     pi = softmax(z)
     return pi - _onehot(y, pi.shape[-1])
 
 
 def grad_weighted_sft(z: ArrayLike, y: ArrayLike, w: ArrayLike) -> Array:
     """Gradient of the PEAR-weighted token loss sg[w] * (-log pi(y)): w (pi - e_y)   (METHODS 1.5)."""
-    return np.asarray(w, dtype=np.float64)[..., None] * grad_sft(z, y)
+    return np.asarray(w, dtype=np.float64)[..., None] * sft_token_grad(z, y)
 
 
 def grad_entropy_sft(z: ArrayLike, y: ArrayLike, coef: float) -> Array:

@@ -50,7 +50,7 @@ __all__ = [
     "leaf_kl",
     "sequence_cross_entropy",
     "sequence_entropy",
-    "sft_grad",
+    "sft_population_grad",
     "sft_rate_along_pg",
     "sft_rate_cov",
     "sft_second_order",
@@ -308,7 +308,7 @@ def sequence_entropy(p: np.ndarray) -> np.ndarray:
     return sequence_cross_entropy(p, p)
 
 
-def sft_grad(p: np.ndarray, pi: np.ndarray) -> np.ndarray:
+def sft_population_grad(p: np.ndarray, pi: np.ndarray) -> np.ndarray:
     """dL_SFT/dtheta_{s,a} = d_p(s) (pi(a|s) - p(a|s)), shape (..., N, V)."""
     return occupancy(p)[..., None] * (pi - p)
 
@@ -316,7 +316,7 @@ def sft_grad(p: np.ndarray, pi: np.ndarray) -> np.ndarray:
 def sft_rate_along_pg(p: np.ndarray, logits: np.ndarray, R: np.ndarray) -> np.ndarray:
     """dL_SFT/dt along the exact PG flow dtheta/dt = dJ/dtheta, as an inner product of gradients."""
     pi = policy(logits)
-    return np.sum(sft_grad(p, pi) * policy_gradient(logits, R), axis=(-2, -1))
+    return np.sum(sft_population_grad(p, pi) * policy_gradient(logits, R), axis=(-2, -1))
 
 
 def sft_rate_cov(p: np.ndarray, logits: np.ndarray, R: np.ndarray) -> np.ndarray:

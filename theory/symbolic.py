@@ -26,6 +26,7 @@ import sympy as sp
 
 __all__ = [
     "Derivation",
+    "residual",
     "sft_gradient",
     "rl_gradient",
     "sft_rate_along_rl",
@@ -123,7 +124,8 @@ def _simplex(p: list) -> dict:
     return {p[-1]: 1 - sum(p[:-1])}
 
 
-def _residual(derived, claimed, subs: dict | None = None) -> sp.Expr:
+def residual(derived, claimed, subs: dict | None = None) -> sp.Expr:
+    """derived - claimed (elementwise for lists), after ``subs``, simplified: 0 iff the identity is proved."""
     diff = sp.Matrix(derived) - sp.Matrix(claimed) if isinstance(derived, list) else derived - claimed
     if subs:
         diff = diff.subs(subs)
@@ -148,7 +150,7 @@ def sft_gradient(V: int = 3) -> Derivation:
     derived = sp.Matrix([sp.diff(L, zk) for zk in z])
     claimed = sp.Matrix([pk_pi - pk for pk_pi, pk in zip(pi, p)])
     return Derivation(
-        "sft_grad", derived, claimed, (z, p), _residual(list(derived), list(claimed), _simplex(p))
+        "sft_grad", derived, claimed, (z, p), residual(list(derived), list(claimed), _simplex(p))
     )
 
 
@@ -160,7 +162,7 @@ def rl_gradient(V: int = 3) -> Derivation:
     J = _E(pi, r)
     derived = sp.Matrix([sp.diff(J, zk) for zk in z])
     claimed = sp.Matrix([pk * (rk - J) for pk, rk in zip(pi, r)])
-    return Derivation("pg", derived, claimed, (z, r), _residual(list(derived), list(claimed)))
+    return Derivation("pg", derived, claimed, (z, r), residual(list(derived), list(claimed)))
 
 
 @cache
@@ -172,7 +174,7 @@ def sft_rate_along_rl(V: int = 3) -> Derivation:
     J = _E(pi, r)
     derived = sum(sp.diff(L, zk) * sp.diff(J, zk) for zk in z)
     claimed = _cov(pi, [a - b for a, b in zip(pi, p)], r)
-    return Derivation("sft_rate", derived, claimed, (z, p, r), _residual(derived, claimed, _simplex(p)))
+    return Derivation("sft_rate", derived, claimed, (z, p, r), residual(derived, claimed, _simplex(p)))
 
 
 @cache
@@ -192,7 +194,7 @@ def sft_curvature_at_optimum(V: int = 3) -> Derivation:
     derived = second.subs({zk: sp.log(pk) for zk, pk in zip(z, p)})
     g = [pk * (rk - _E(p, r)) for pk, rk in zip(p, r)]
     claimed = _cov(p, g, g)
-    return Derivation("sft_curvature", derived, claimed, (p, r), _residual(derived, claimed, _simplex(p)))
+    return Derivation("sft_curvature", derived, claimed, (p, r), residual(derived, claimed, _simplex(p)))
 
 
 # --------------------------------------------------------------------------- KL-regularised optimum (T1, T2)
@@ -223,9 +225,7 @@ def kl_optimum_reward(V: int = 3) -> Derivation:
     p, r, lam, pi_star, K = _tilt(V)
     derived = _E(pi_star, r) - _E(p, r)
     claimed = sp.diff(K, lam)
-    return Derivation(
-        "kl_opt_reward", derived, claimed, (p, r, lam), _residual(derived, claimed, _simplex(p))
-    )
+    return Derivation("kl_opt_reward", derived, claimed, (p, r, lam), residual(derived, claimed, _simplex(p)))
 
 
 @cache
@@ -296,7 +296,7 @@ def entropy_change(V: int = 3, natural: bool = False) -> Derivation:
     derived = sp.diff(H, eta).subs(eta, 0)
     claimed = -_cov(pi, [sp.log(q) for q in pi], u)
     name = "entropy_npg" if natural else "entropy_pg"
-    return Derivation(name, derived, claimed, (z, A), _residual(derived, claimed))
+    return Derivation(name, derived, claimed, (z, A), residual(derived, claimed))
 
 
 # --------------------------------------------------------------------------- escape time (T5)

@@ -2,7 +2,8 @@
 
 Public API: ``toybench.losses`` (SFT and RL per-token losses and ``reduce``),
 ``toybench.advantages`` (``group_advantages``) and ``toybench.metrics`` (pass@k, entropy,
-coverage). Heavier parts (environments, pipeline, report, model) are imported explicitly.
+coverage). Heavier parts are imported explicitly: ``toybench.tabular`` (environments, policies,
+pipeline, dynamics), ``toybench.theorems``, ``toybench.tiny`` (the transformer scale), ``toybench.report``.
 """
 
 from toybench import advantages, losses, metrics

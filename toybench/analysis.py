@@ -1,6 +1,6 @@
 """Analysis of ``results.csv``: pure functions of a pandas DataFrame (no torch, no I/O).
 
-The frame has one row per setting x method x seed x stage x step (see ``toybench.pipeline``).
+The frame has one row per setting x method x seed x stage x step (see ``toybench.tabular.pipeline``).
 Seeds index paired instances: every method of a setting sees the same environments and data
 for a given seed, so method differences are computed per seed (paired) before averaging.
 Confidence intervals are 95% Student-t intervals over seeds. Every sentence of a verdict is
@@ -13,7 +13,9 @@ threshold vs the initial mass on correct answers (theorem T5).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,7 @@ __all__ = [
     "compare_escape",
     "steps_to_threshold",
     "fmt_ci",
+    "markdown_table",
 ]
 
 
@@ -51,6 +54,22 @@ class Comparison:
     def __post_init__(self):
         if not self.verdict:
             self.verdict = "reproduces" if self.reproduces else "does not reproduce"
+
+
+def markdown_table(t: pd.DataFrame, fmt: Callable[[Any], str] = str) -> str:
+    """The one Markdown-table writer: the columns as header, one line per row (the index is dropped:
+    ``t.reset_index()`` keeps it), each cell written by ``fmt``, pipes escaped; no trailing newline.
+
+    >>> print(markdown_table(pd.DataFrame({"a": [1], "b": ["x|y"]})))
+    | a | b |
+    |---|---|
+    | 1 | x\\|y |
+    """
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    head = "| " + " | ".join(cell(c) for c in t.columns) + " |"
+    sep = "|" + "---|" * len(t.columns)
+    rows = ["| " + " | ".join(cell(fmt(v)) for v in r) + " |" for r in t.itertuples(index=False)]
+    return "\n".join([head, sep, *rows])
 
 
 def ci95(x) -> tuple[float, float]:

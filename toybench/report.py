@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -25,9 +25,14 @@ import torch
 from tqdm import tqdm
 
 from toybench import analysis, plots
-from toybench.envs import MultiAnswerBandit, ReasoningTree, Scenario, SharedBandit
+from toybench.config import require
 from toybench.methods import parse_method
-from toybench.pipeline import PipelineConfig, _check_cfg, run_method
+from toybench.tabular.bandit import MultiAnswerBandit, SharedBandit
+from toybench.tabular.envs import Scenario
+from toybench.tabular.pipeline import PipelineConfig, run_method
+from toybench.tabular.tree import ReasoningTree
+from toybench.theorems import TheoremsConfig, run_theorems, theorems_markdown
+from toybench.tiny.config import TinyConfig, quick_config
 
 __all__ = ["ReportConfig", "run_report", "replot", "run_comparisons", "resolve", "SETTINGS"]
 
@@ -36,22 +41,27 @@ SETTINGS = ("bandit", "bandit_shared", "tree", "tree_offpolicy")
 
 @dataclass
 class ReportConfig:
-    """The main job: theorems + the SFT-method comparison (CPU, minutes)."""
+    """The main job: theorems + the SFT-method comparison (CPU, minutes).
+
+    The budgets and RL settings of the comparison, the theorem checks and the tiny-transformer
+    scale are the nested configs ``pipeline``, ``theorems`` and ``tiny`` (``--pipeline.sft-steps``,
+    ``--theorems.bandit-instances``, ``--tiny.rl-steps``, ...), each with its own defaults.
+    """
 
     out: Path = Path("out/report")
     """Output directory (report.md, results.csv, config.json, figures)."""
     quick: bool = False
-    """Smoke-test preset: few seeds, short budgets, small sweeps (about 15 s)."""
+    """Smoke-test preset: few seeds, short budgets, small sweeps (about 15 s); also the quick theorems and
+    tiny-transformer settings (other ``--tiny.*`` knobs are then ignored)."""
     seeds: int = 20
     """Independent random instances (environment + data) per setting; CIs are over these."""
     scale: Literal["toy", "transformer"] = "toy"
     """'transformer' adds the tiny-transformer section to the toy scales."""
-    transformer_seeds: int = 5
-    """Seeds of the tiny-transformer section (each trains every method; ~1 min per seed on 2 cores)."""
     skip_theorems: bool = False
     """Do not run the theorems section."""
     seed: int = 0
-    """Seed of the first instance; instance i uses seed + i."""
+    """Seed of the first instance (instance i uses seed + i); also sets ``pipeline.grpo_seed``,
+    ``theorems.seed``, ``tiny.task_seed`` and ``tiny.pretrain_seed``."""
     settings: tuple[str, ...] = SETTINGS
     """Settings to run (subset of bandit, bandit_shared, tree, tree_offpolicy)."""
     methods: tuple[str, ...] = ("none", "sft", "curio", "dft")
@@ -62,30 +72,10 @@ class ReportConfig:
     """GIFT inverse temperatures (one method gift@beta each); SFT is beta = inf."""
     pear_levels: tuple[str, ...] = ("token", "block", "sequence")
     """PEAR levels, run in the token-MDP settings (at T = 1 they reduce to SFT or a scalar weight)."""
-    sft_steps: int = 40
-    """SFT steps (full batch of demonstrations)."""
-    rl_steps: int = 60
-    """RL steps."""
-    sft_lr: float = 1.0
-    """SFT step size (SGD)."""
-    rl_lr: float = 1.0
-    """RL step size (SGD)."""
-    rl_algorithm: Literal["exact_pg", "grpo"] = "exact_pg"
-    """Exact policy gradient (enumeration) or sampled GRPO."""
-    group_size: int = 8
-    """GRPO group size G."""
-    kl_coef: float = 0.0
-    """KL penalty to the RL starting point."""
-    rl_reduction: str = "seq_mean"
-    """GRPO reduction: token_mean | seq_mean | constant | sum."""
-    pass_k: tuple[int, ...] = (1, 4, 16, 64)
-    """k of the exact pass@k metrics."""
     eval_samples: int = 64
-    """Samples per prompt that the exact pass@k stands for; every k must be <= this."""
+    """Samples per prompt that the exact pass@k stands for; every k of pipeline.pass_k must be <= this."""
     headline_k: int = 4
-    """The pass@k shown next to pass@1 in the comparisons (must be in pass_k)."""
-    coverage_threshold: float = 0.05
-    """A correct answer is covered when its probability exceeds this."""
+    """The pass@k shown next to pass@1 in the comparisons (must be in pipeline.pass_k)."""
     reward_threshold: float = 0.9
     """Comparison (e): RL steps until the mean pass@1 reaches this."""
     wrong_demo_frac: float = 0.2
@@ -114,33 +104,51 @@ class ReportConfig:
     """Token MDP: vocabulary (= number of strategies)."""
     tree_H: int = 4
     """Token MDP: horizon (strategy, H-2 execution tokens, answer)."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """Budgets and RL settings of every SFT -> RL run of the comparison."""
+    theorems: TheoremsConfig = field(default_factory=TheoremsConfig)
+    """The theorems section (its ``out`` is OUT/theorems, its ``quick`` follows ``--quick``)."""
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+    """The tiny-transformer section (``--scale transformer``); ``tiny.seeds`` training seeds per method."""
 
 
+# The --quick preset: integers shrink to at most these values, other fields are replaced.
 QUICK = dict(
     seeds=4,
-    transformer_seeds=2,
-    sft_steps=8,
-    rl_steps=12,
     entropy_coefs=(0.3,),
     gift_betas=(1.0, 4.0, 16.0),
     bandit_prompts=8,
     tree_prompts=4,
     tree_V=4,
 )
+QUICK_PIPELINE = dict(sft_steps=8, rl_steps=12)
+QUICK_TINY_SEEDS = 2
+
+
+def _shrink(cfg, preset: dict):
+    return dataclasses.replace(
+        cfg, **{k: min(getattr(cfg, k), v) if isinstance(v, int) else v for k, v in preset.items()}
+    )
 
 
 def resolve(cfg: ReportConfig) -> ReportConfig:
-    """Apply the quick preset and validate; a bad field raises ValueError naming it."""
+    """Apply the quick preset, forward the seed, and validate; a bad field raises ValueError naming it."""
+    tiny = cfg.tiny
     if cfg.quick:
-        cfg = dataclasses.replace(
-            cfg, **{k: min(getattr(cfg, k), v) if isinstance(v, int) else v for k, v in QUICK.items()}
-        )
-    for f in ("sft_steps", "rl_steps", "seed"):
-        if getattr(cfg, f) < 0:
-            raise ValueError(f"{f} must be >= 0, got {getattr(cfg, f)}")
-    for f in ("seeds", "transformer_seeds"):
-        if getattr(cfg, f) < 2:
-            raise ValueError(f"{f} must be >= 2 (confidence intervals need two), got {getattr(cfg, f)}")
+        cfg = dataclasses.replace(_shrink(cfg, QUICK), pipeline=_shrink(cfg.pipeline, QUICK_PIPELINE))
+        tiny = quick_config(seeds=min(tiny.seeds, QUICK_TINY_SEEDS))
+    cfg = dataclasses.replace(
+        cfg,
+        pipeline=dataclasses.replace(cfg.pipeline, grpo_seed=cfg.seed),
+        theorems=dataclasses.replace(
+            cfg.theorems, out=Path(cfg.out) / "theorems", quick=cfg.quick or cfg.theorems.quick, seed=cfg.seed
+        ),
+        tiny=dataclasses.replace(tiny, task_seed=cfg.seed, pretrain_seed=cfg.seed),
+    )
+    require(cfg, non_negative=("seed",), at_least={"seeds": 2})  # confidence intervals need two seeds
+    require(cfg.tiny, at_least={"seeds": 2}, prefix="tiny.")
+    if not 0 < cfg.reward_threshold <= 1:
+        raise ValueError(f"reward_threshold must be in (0, 1], got {cfg.reward_threshold}")
     for s in cfg.settings:
         if s not in SETTINGS:
             raise ValueError(f"settings: unknown setting {s!r}; choose from {SETTINGS}")
@@ -151,13 +159,14 @@ def resolve(cfg: ReportConfig) -> ReportConfig:
             raise ValueError(f"methods: {err}") from None
     if "sft" not in cfg.methods:
         raise ValueError("methods must include 'sft' (every comparison is against it)")
-    if max(cfg.pass_k) > cfg.eval_samples:
-        raise ValueError(f"pass_k: k = {max(cfg.pass_k)} is larger than eval_samples = {cfg.eval_samples}")
-    if cfg.headline_k not in cfg.pass_k:
-        raise ValueError(f"headline_k = {cfg.headline_k} must be one of pass_k = {cfg.pass_k}")
-    if not 0 < cfg.reward_threshold <= 1:
-        raise ValueError(f"reward_threshold must be in (0, 1], got {cfg.reward_threshold}")
-    _check_cfg(pipeline_config(cfg))
+    cfg.pipeline.validate(prefix="pipeline.")
+    pass_k = cfg.pipeline.pass_k
+    if max(pass_k) > cfg.eval_samples:
+        raise ValueError(
+            f"pipeline.pass_k: k = {max(pass_k)} is larger than eval_samples = {cfg.eval_samples}"
+        )
+    if cfg.headline_k not in pass_k:
+        raise ValueError(f"headline_k = {cfg.headline_k} must be one of pipeline.pass_k = {pass_k}")
     return cfg
 
 
@@ -167,11 +176,6 @@ def all_methods(cfg: ReportConfig, setting: str) -> list[str]:
     if setting.startswith("tree"):
         ms += [f"pear_{lvl}" for lvl in cfg.pear_levels]
     return ms
-
-
-def pipeline_config(cfg: ReportConfig) -> PipelineConfig:
-    names = {f.name for f in dataclasses.fields(PipelineConfig)}
-    return PipelineConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names})
 
 
 def make_scenario(cfg: ReportConfig, setting: str, seeds: list[int]) -> Scenario:
@@ -197,14 +201,13 @@ def run_comparisons(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     Returns the long results frame (results.csv) and the per-prompt RL escape times (escape.csv).
     """
     torch.manual_seed(cfg.seed)  # nothing below draws from the global generator; set for safety
-    pcfg = pipeline_config(cfg)
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
     jobs = [(s, m) for s in cfg.settings for m in all_methods(cfg, s)]
     frames, escapes, scenarios = [], [], {}
     for s, m in tqdm(jobs, desc="compare", unit="run"):
         if s not in scenarios:
             scenarios[s] = make_scenario(cfg, s, seeds)
-        df = run_method(scenarios[s], m, pcfg, escape_threshold=cfg.reward_threshold)
+        df = run_method(scenarios[s], m, cfg.pipeline, escape_threshold=cfg.reward_threshold)
         escapes.append(df.attrs.pop("escape").assign(setting=s))
         df.insert(0, "setting", s)
         frames.append(df)
@@ -215,15 +218,6 @@ def run_comparisons(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 # ----------------------------------------------------------------------------- markdown
-def _md_table(t: pd.DataFrame) -> str:
-    """A DataFrame as a Markdown table (index included), without the optional tabulate dependency."""
-    t = t.reset_index()
-    head = "| " + " | ".join(str(c) for c in t.columns) + " |"
-    sep = "|" + "|".join("---" for _ in t.columns) + "|"
-    rows = ["| " + " | ".join(str(v) for v in r) + " |" for r in t.itertuples(index=False)]
-    return "\n".join([head, sep, *rows])
-
-
 def headline_table(df: pd.DataFrame, k: int) -> pd.DataFrame:
     """Rows: methods; columns: settings; cells: post-RL pass@1 and pass@k (mean ± 95% CI)."""
     rl = analysis.stage_end(df, "rl")
@@ -291,16 +285,17 @@ def write_markdown(
     """Assemble report.md from the results frame, the resolved config and optional sections."""
     comps = comparisons(df, cfg, esc)
     k = cfg["headline_k"]
+    pipe = cfg.get("pipeline", cfg)  # runs written before the configs were nested hold it flat
     seeds, settings = df["seed"].nunique(), list(dict.fromkeys(df["setting"]))
     md = [
         "# How should SFT be done so that RL works best? (toybench report)",
         "",
         f"Exact tabular comparison of every SFT method as an initialiser for RL: {len(settings)} settings "
         f"({', '.join(settings)}), {df['method'].nunique()} methods, {seeds} seeds each, SFT "
-        f"{cfg['sft_steps']} steps then RL ({cfg['rl_algorithm']}) {cfg['rl_steps']} steps. All metrics are "
-        "exact expectations (enumeration over answers/sequences); intervals are 95% Student-t intervals over "
-        "seeds, method differences are paired by seed (same instance and data). Raw records: `results.csv`; "
-        "resolved config: `config.json`; re-plot with `toybench plot DIR`.",
+        f"{pipe['sft_steps']} steps then RL ({pipe['rl_algorithm']}) {pipe['rl_steps']} steps. All metrics "
+        "are exact expectations (enumeration over answers/sequences); intervals are 95% Student-t intervals "
+        "over seeds, method differences are paired by seed (same instance and data). Raw records: "
+        "`results.csv`; resolved config: `config.json`; re-plot with `toybench plot DIR`.",
         "",
         "## Verdicts",
         "",
@@ -310,7 +305,7 @@ def write_markdown(
         "",
         f"## Headline: post-RL pass@1 (mean ± 95% CI) / pass@{k}",
         "",
-        _md_table(headline_table(df, k)),
+        analysis.markdown_table(headline_table(df, k).reset_index()),
         "",
         "Settings: `bandit` = per-prompt softmax over answers, expert demonstrations on one correct answer; "
         "`bandit_shared` = log-linear policy over prompt features, SFT and RL on disjoint prompts; `tree` = "
@@ -329,7 +324,7 @@ def write_markdown(
             continue
         md += [f"## {title}", ""]
         for c in cs:
-            md += [f"### {c.title}", "", _md_table(c.table), "", c.paragraph, ""]
+            md += [f"### {c.title}", "", analysis.markdown_table(c.table.reset_index()), "", c.paragraph, ""]
         if (out / fig).exists():
             md += [f"![{title}]({fig})", ""]
     if (out / "fig_curves.png").exists():
@@ -345,12 +340,7 @@ def write_markdown(
 
 # ----------------------------------------------------------------------------- entry points
 def _theorems_section(cfg: ReportConfig) -> str:
-    try:
-        from toybench.theorems import TheoremsConfig, run_theorems, theorems_markdown
-    except ImportError as err:
-        return f"_Theorems section unavailable: `toybench.theorems` could not be imported ({err})._"
-    df = run_theorems(TheoremsConfig(out=cfg.out / "theorems", quick=cfg.quick))
-    return theorems_markdown(df, "theorems")
+    return theorems_markdown(run_theorems(cfg.theorems), "theorems")
 
 
 def run_report(cfg: ReportConfig) -> Path:
@@ -363,7 +353,7 @@ def run_report(cfg: ReportConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     timing, extra = {}, {}
-    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    resolved = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # paths as strings
     (out / "config.json").write_text(json.dumps(resolved, indent=2))
     if not cfg.skip_theorems:
         t0 = time.perf_counter()
@@ -375,10 +365,10 @@ def run_report(cfg: ReportConfig) -> Path:
     df.to_csv(out / "results.csv", index=False, float_format="%.6g")
     esc.to_csv(out / "escape.csv", index=False, float_format="%.6g")
     if cfg.scale == "transformer":
-        from toybench.transformer_scale import run_transformer_section
+        from toybench.tiny.scale import run_transformer_section
 
         t0 = time.perf_counter()
-        extra["transformer"] = run_transformer_section(out, cfg.quick, cfg.transformer_seeds)[0]
+        extra["transformer"] = run_transformer_section(out, cfg.quick, cfg.tiny.seeds, cfg=cfg.tiny)[0]
         timing["transformer"] = time.perf_counter() - t0
     for key, text in extra.items():  # kept so that replot can rebuild report.md without re-running
         (out / f"section_{key}.md").write_text(text)

@@ -13,7 +13,7 @@
 # a softmax over logits $z$: $\pi = \mathrm{softmax}(z)$. The demonstrations come from a data
 # distribution $p$ (what SFT imitates); the reward $r(y) \in \{0, 1\}$ says which answers are correct.
 # Everything below is *exact*: no sampling, just closed forms (`theory.bandit`) and gradient flows run
-# on the exact objectives (`toybench.dynamics`, which calls the losses of `toybench.losses`).
+# on the exact objectives (`toybench.tabular.dynamics`, which calls the losses of `toybench.losses`).
 #
 # You only need softmax and cross-entropy. RL here is plain gradient ascent on the expected reward
 # $J(\pi) = \sum_y \pi(y) r(y)$.
@@ -48,7 +48,7 @@ from IPython.display import Math, display
 
 from theory import bandit as tb
 from theory import symbolic
-from toybench import dynamics as dyn
+from toybench.tabular import dynamics as dyn
 
 torch.set_num_threads(1)
 np.set_printoptions(precision=4, suppress=True)
@@ -63,13 +63,13 @@ np.set_printoptions(precision=4, suppress=True)
 answers = ["A", "B", "C"]
 p = np.array([0.6, 0.3, 0.1])  # SFT data distribution
 r = np.array([1.0, 0.0, 1.0])  # reward: A and C are correct
-P, R = torch.tensor(p)[None], torch.tensor(r)[None]  # (I=1, V) for toybench.dynamics
+P, R = torch.tensor(p)[None], torch.tensor(r)[None]  # (I=1, V) for toybench.tabular.dynamics
 print(f"H(p) = {tb.entropy(p):.4f}   J(p) = {tb.expected_reward(p, r):.3f}   Var_p r = {p @ r**2 - (p @ r)**2:.3f}")
 
 # %% [markdown]
 # ### $L_{\mathrm{SFT}} = H(p) + \mathrm{KL}(p\|\pi)$, checked two ways
 #
-# `theory.bandit.sft_loss` is the numpy closed form; `toybench.dynamics.sft_population_loss` averages the
+# `theory.bandit.sft_loss` is the numpy closed form; `toybench.tabular.dynamics.sft_population_loss` averages the
 # torch per-token `toybench.losses.sft_loss` over the data. Both must agree with $H(p) + \mathrm{KL}$ for
 # random policies.
 

@@ -43,7 +43,7 @@ from IPython.display import Math, display
 
 from theory import bandit as tb
 from theory import mdp, symbolic
-from toybench import dynamics as dyn
+from toybench.tabular import dynamics as dyn
 from toybench import losses, metrics
 
 torch.set_num_threads(1)

@@ -15,7 +15,7 @@
 # demonstration goes where the model already finds answers plausible.
 #
 # This notebook looks at the mechanism of each loss, at where the mass goes on a multi-answer bandit
-# (`toybench.envs.MultiAnswerBandit` run through `toybench.pipeline`), and at what it does to the RL stage
+# (`toybench.tabular.envs.MultiAnswerBandit` run through `toybench.tabular.pipeline`), and at what it does to the RL stage
 # (the entropy law T3 and the escape time T5).
 
 # %% [markdown]
@@ -42,10 +42,10 @@ from scipy.optimize import brentq
 
 from theory import bandit as tb
 from theory import symbolic
-from toybench import dynamics as dyn
+from toybench.tabular import dynamics as dyn
 from toybench import losses
-from toybench.envs import MultiAnswerBandit
-from toybench.pipeline import PipelineConfig, run_method
+from toybench.tabular import MultiAnswerBandit
+from toybench.tabular.pipeline import PipelineConfig, run_method
 
 torch.set_num_threads(1)
 np.set_printoptions(precision=4, suppress=True)
@@ -97,7 +97,7 @@ print("tau per token:", tau_t.numpy().round(3))
 # %%
 sc = MultiAnswerBandit(seeds=range(8), num_prompts=16, V=16, num_correct=3, base_correct_mass=0.3,
                        wrong_demo_frac=0.3)
-cfg = PipelineConfig(sft_steps=40, rl_steps=60)
+cfg = PipelineConfig(sft_steps=40, rl_steps=60, rl_lr=2.0)
 methods = ["none", "sft", "entropy_sft@0.3", "entropy_sft@1.0", "curio", "gift@3"]
 df = pd.concat([run_method(sc, m, cfg) for m in methods], ignore_index=True)
 end_sft = df[(df.stage == "sft") & (df.step == cfg.sft_steps)].groupby("method", sort=False)

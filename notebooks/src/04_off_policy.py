@@ -41,9 +41,9 @@ import torch
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
 from toybench import analysis, losses
-from toybench.envs import TreeGeometry
-from toybench.pipeline import run_method
-from toybench.report import ReportConfig, make_scenario, pipeline_config
+from toybench.report import ReportConfig, make_scenario
+from toybench.tabular.envs import TreeGeometry
+from toybench.tabular.pipeline import PipelineConfig, run_method
 
 %matplotlib inline
 # (toybench.report imports toybench.plots, which selects the Agg backend; the magic above restores inline plots)
@@ -156,9 +156,9 @@ table  # exact std and mean of the weight of the FIRST token
 # `SFT -> exact RL` on 8 seeds; `analysis.compare_pear` reports PEAR minus SFT with 95% CIs paired by seed.
 
 # %%
-rcfg = ReportConfig(seeds=8, sft_steps=40, rl_steps=40)
+rcfg = ReportConfig(seeds=8, pipeline=PipelineConfig(sft_steps=40, rl_steps=40))
 sc = make_scenario(rcfg, "tree_offpolicy", seeds=list(range(8)))
-pcfg = pipeline_config(rcfg)
+pcfg = rcfg.pipeline
 methods = ["sft", "pear_token", "pear_block", "pear_sequence"]
 df = pd.concat([run_method(sc, m, pcfg) for m in methods], ignore_index=True)
 df.insert(0, "setting", "tree_offpolicy")

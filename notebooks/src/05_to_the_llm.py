@@ -47,7 +47,7 @@ import torch
 from IPython.display import Image, Markdown, display
 
 from toybench import losses, metrics
-from toybench.model import completion_logprobs
+from toybench.tiny.model import completion_logprobs
 from toybench.tiny import prepare, quick_config, run_method
 from toybench.tiny.data import TOK
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
+from toybench.config import require
+
 __all__ = [
     "ALPHABET",
     "MAX_TEXT_LEN",
@@ -197,9 +199,7 @@ def generate_puzzles(
 
 def split_puzzles(seed: int, n_sft: int, n_rl: int, n_eval: int, **knobs: int) -> dict[str, list[Puzzle]]:
     """Disjoint ``{"sft", "rl", "eval"}`` puzzle sets from one seeded pool (knobs as in generate)."""
-    for name, v in (("n_sft", n_sft), ("n_rl", n_rl), ("n_eval", n_eval)):
-        if v < 0:
-            raise ValueError(f"{name} must be >= 0, got {v}")
+    require(dict(n_sft=n_sft, n_rl=n_rl, n_eval=n_eval), non_negative=("n_sft", "n_rl", "n_eval"))
     pool = generate_puzzles(n_sft + n_rl + n_eval, seed, **knobs)
     return {"sft": pool[:n_sft], "rl": pool[n_sft : n_sft + n_rl], "eval": pool[n_sft + n_rl :]}
 

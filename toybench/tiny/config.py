@@ -7,8 +7,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from toybench.model import GPTConfig
+from toybench.config import require
 from toybench.tasks.arith import ALPHABET, CharTokenizer
+from toybench.tiny.model import GPTConfig
 
 __all__ = ["TinyConfig", "quick_config", "pretrain_key"]
 
@@ -100,19 +101,15 @@ class TinyConfig:
     """training seeds (SFT order, sampling); the base model and the splits are shared."""
 
     def __post_init__(self) -> None:
-        may_be_zero = {"rl_kl", "sft_steps", "rl_steps", "post_sft_steps", "task_seed", "pretrain_seed"}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                continue
-            if f.name in may_be_zero and v < 0:
-                raise ValueError(f"{f.name} must be >= 0, got {v}")
-            if f.name not in may_be_zero and v <= 0:
-                raise ValueError(f"{f.name} must be > 0, got {v}")
-        if self.pear_behavior not in ("expert", "base"):
-            raise ValueError(f"pear_behavior must be 'expert' or 'base', got {self.pear_behavior!r}")
-        if self.rl_group < 2:
-            raise ValueError(f"rl_group must be >= 2, got {self.rl_group}")
+        may_be_zero = ("rl_kl", "sft_steps", "rl_steps", "post_sft_steps", "task_seed", "pretrain_seed")
+        numbers = [f.name for f in dataclasses.fields(self) if type(getattr(self, f.name)) in (int, float)]
+        require(
+            self,
+            non_negative=may_be_zero,
+            positive=[n for n in numbers if n not in may_be_zero],
+            at_least={"rl_group": 2},
+            one_of={"pear_behavior": ("expert", "base")},
+        )
         if not self.methods:
             raise ValueError("methods must not be empty")
 

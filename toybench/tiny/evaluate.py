@@ -7,9 +7,9 @@ import numpy as np
 import torch
 
 from toybench import metrics
-from toybench.model import GPT, completion_logprobs, generate
 from toybench.tasks.arith import Puzzle, expert_solution
 from toybench.tiny.data import TOK, rewards
+from toybench.tiny.model import GPT, completion_logprobs, generate
 
 __all__ = ["evaluate", "tracked_pass1", "pass_ks"]
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from toybench.model import GPT
 from toybench.tasks.arith import Puzzle, split_puzzles
 from toybench.tiny.config import TinyConfig
 from toybench.tiny.data import SeqData, encode_prompts, expert_data
 from toybench.tiny.evaluate import evaluate, tracked_pass1
+from toybench.tiny.model import GPT
 from toybench.tiny.train import completion_nll, pretrain_base, run_grpo, run_sft
 
 __all__ = ["Setup", "prepare", "run_method"]

@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 from toybench import losses
 from toybench.advantages import group_advantages
 from toybench.methods import method_loss, parse_method
-from toybench.model import GPT, completion_logprobs, generate
 from toybench.tasks.arith import Puzzle, pretraining_corpus
 from toybench.tiny.config import TinyConfig, pretrain_key
 from toybench.tiny.data import TOK, SeqData, rewards, text_pairs_data
+from toybench.tiny.model import GPT, completion_logprobs, generate
 
 __all__ = ["default_cache_dir", "pretrain_base", "run_sft", "run_grpo", "completion_nll"]
 

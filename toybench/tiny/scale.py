@@ -3,7 +3,7 @@ return a Markdown section whose "does the claim reproduce" paragraphs are comput
 
 Running (``run_all``), analysis (pure functions of DataFrames: ``summary_table``, ``compare``,
 ``claims``) and plotting (``plot_*``) are kept apart. Entry point for the report:
-:func:`run_transformer_section`; standalone: ``python -m toybench.transformer_scale --help``.
+:func:`run_transformer_section`; standalone: ``python -m toybench.tiny.scale --help``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: writing PNGs never touches the user's backend
 from tqdm.auto import tqdm
 
+from toybench.analysis import markdown_table
 from toybench.tiny.config import TinyConfig, quick_config
 from toybench.tiny.evaluate import pass_ks
 from toybench.tiny.pipeline import prepare, run_method
@@ -67,17 +68,14 @@ def _mean_se(x: pd.Series) -> tuple[float, float]:
 
 def summary_table(summary: pd.DataFrame, columns: dict[str, str]) -> str:
     """Markdown table: one row per method, ``mean ± s.e.`` over seeds of each column."""
+
+    def cell(x: pd.Series) -> str:
+        mu, se = _mean_se(x)
+        return f"{mu:.3f}" + ("" if math.isnan(se) else f" ± {se:.3f}")
+
     methods = list(dict.fromkeys(summary["method"]))
-    head = "| method | " + " | ".join(columns.values()) + " |"
-    lines = [head, "|" + "---|" * (len(columns) + 1)]
-    for m in methods:
-        sub = summary[summary["method"] == m]
-        cells = []
-        for c in columns:
-            mu, se = _mean_se(sub[c])
-            cells.append(f"{mu:.3f}" + ("" if math.isnan(se) else f" ± {se:.3f}"))
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[m, *(cell(summary.loc[summary["method"] == m, c]) for c in columns)] for m in methods]
+    return markdown_table(pd.DataFrame(rows, columns=["method", *columns.values()]))
 
 
 @dataclass(frozen=True)
@@ -135,105 +133,130 @@ def _sign_test(mu: float, se: float, expected: str) -> bool | None:
 def claims(summary: pd.DataFrame, k_max: int) -> list[str]:
     """One paragraph per comparison with the papers' claims, decided from the data."""
     methods = list(dict.fromkeys(summary["method"]))
-    out = []
     kk = f"pass@{k_max}"
     sft = _find(methods, "sft")
     if sft is None:
         return ["No `sft` run: no comparison with the papers' claims is possible."]
-
-    def says(ok: bool | None) -> str:
-        if ok is None:
-            return "is **inconclusive** (differences within noise)"
-        return "**reproduces**" if ok else "**does not reproduce**"
-
-    gift = _find(methods, "gift")
-    if gift:
-        a = compare(summary, gift, sft, "sft_pass@1")
-        b = compare(summary, gift, sft, f"sft_{kk}")
-        c = compare(summary, gift, sft, "rl_pass@1")
-        out.append(
-            f"*GIFT* ({gift} vs {sft}; claim: a better RL start, with higher pass@k before RL and higher "
-            f"pass@1 after RL). Before RL {kk} {_fmt(b)} ({b.verdict}); after GRPO pass@1 {_fmt(c)} "
-            f"({c.verdict}). The claim {says(decide([(b, 'higher'), (c, 'higher')]))} at this scale. "
-            f"Side observation of the paper, pass@1 before RL lower than SFT's: {_fmt(a)} ({a.verdict}), "
-            f"which {says(decide([(a, 'lower')]))}."
-        )
-    curio = _find(methods, "curio")
-    if curio:
-        a = compare(summary, curio, sft, "sft_pass@1")
-        c = compare(summary, curio, sft, "rl_pass@1")
-        ok = decide([(a, "higher"), (c, "higher")])
-        out.append(
-            f"*CurioSFT* ({curio} vs {sft}; claim: better after SFT and after GRPO). pass@1 after SFT "
-            f"{_fmt(a)} ({a.verdict}), after GRPO {_fmt(c)} ({c.verdict}). The claim {says(ok)}."
-        )
-    pear = next((m for m in methods if m.startswith("pear_")), None)
-    if pear:
-        c = compare(summary, pear, sft, f"rl_{kk}")
-        a = compare(summary, pear, sft, "sft_pass@1")
-        out.append(
-            f"*PEAR* ({pear} vs {sft}; claim: higher pass@k after RL). {kk} after GRPO {_fmt(c)} "
-            f"({c.verdict}); pass@1 after SFT {_fmt(a)} ({a.verdict}). The claim "
-            f"{says(decide([(c, 'higher')]))}."
-        )
-    ent = _find(methods, "entropy_sft")
-    if ent:
-        h = compare(summary, ent, sft, "sft_entropy")
-        d = compare(summary, ent, sft, "sft_distinct")
-        v = compare(summary, ent, sft, "sft_valid")
-        ok = decide([(h, "higher"), (d, "not higher")])
-        out.append(
-            f"*Entropy-SFT failure mode* ({ent} vs {sft}; claim: entropy rises without more distinct "
-            f"correct solutions). After SFT: entropy {_fmt(h)} ({h.verdict}), distinct correct per "
-            f"puzzle {_fmt(d)} ({d.verdict}), well-formed fraction {_fmt(v)} ({v.verdict}). The claim "
-            f"{says(ok)}."
-        )
+    method_claims = (
+        (_find(methods, "gift"), _claim_gift),
+        (_find(methods, "curio"), _claim_curio),
+        (next((m for m in methods if m.startswith("pear_")), None), _claim_pear),
+        (_find(methods, "entropy_sft"), _claim_entropy_sft),
+    )
+    out = [claim(summary, m, sft, kk) for m, claim in method_claims if m]
     if "none" in methods:
-        vs = {m: compare(summary, m, "none", "rl_pass@1") for m in methods if m != "none"}
-        better = [m for m, c in vs.items() if c.verdict == "higher"]
-        worse = [m for m, c in vs.items() if c.verdict == "lower"]
-        by_rl = summary.groupby("method")["rl_pass@1"].mean().sort_values(ascending=False)
-        out.append(
-            "*Does SFT on the expert help the RL stage here?* pass@1 after GRPO, ranked: "
-            + ", ".join(f"{m} {v:.3f}" for m, v in by_rl.items())
-            + f". Better than GRPO from the base (`none`): {', '.join(better) or 'no method'}; worse: "
-            f"{', '.join(worse) or 'no method'}."
-        )
-    sub = summary[summary["method"] == sft]
-    mu, se = _mean_se(sub["rl_delta_sft_loss"])
+        out.append(_claim_sft_helps_rl(summary, methods))
+    out += [_claim_sft_then_rl(summary, sft), _claim_rl_then_sft(summary, sft)]
+    ranking = _claim_ranking(summary, kk)
+    return out + ([ranking] if ranking else [])
+
+
+def _says(ok: bool | None) -> str:
+    if ok is None:
+        return "is **inconclusive** (differences within noise)"
+    return "**reproduces**" if ok else "**does not reproduce**"
+
+
+def _claim_gift(summary: pd.DataFrame, gift: str, sft: str, kk: str) -> str:
+    a = compare(summary, gift, sft, "sft_pass@1")
+    b = compare(summary, gift, sft, f"sft_{kk}")
+    c = compare(summary, gift, sft, "rl_pass@1")
+    return (
+        f"*GIFT* ({gift} vs {sft}; claim: a better RL start, with higher pass@k before RL and higher "
+        f"pass@1 after RL). Before RL {kk} {_fmt(b)} ({b.verdict}); after GRPO pass@1 {_fmt(c)} "
+        f"({c.verdict}). The claim {_says(decide([(b, 'higher'), (c, 'higher')]))} at this scale. "
+        f"Side observation of the paper, pass@1 before RL lower than SFT's: {_fmt(a)} ({a.verdict}), "
+        f"which {_says(decide([(a, 'lower')]))}."
+    )
+
+
+def _claim_curio(summary: pd.DataFrame, curio: str, sft: str, kk: str) -> str:
+    a = compare(summary, curio, sft, "sft_pass@1")
+    c = compare(summary, curio, sft, "rl_pass@1")
+    ok = decide([(a, "higher"), (c, "higher")])
+    return (
+        f"*CurioSFT* ({curio} vs {sft}; claim: better after SFT and after GRPO). pass@1 after SFT "
+        f"{_fmt(a)} ({a.verdict}), after GRPO {_fmt(c)} ({c.verdict}). The claim {_says(ok)}."
+    )
+
+
+def _claim_pear(summary: pd.DataFrame, pear: str, sft: str, kk: str) -> str:
+    c = compare(summary, pear, sft, f"rl_{kk}")
+    a = compare(summary, pear, sft, "sft_pass@1")
+    return (
+        f"*PEAR* ({pear} vs {sft}; claim: higher pass@k after RL). {kk} after GRPO {_fmt(c)} "
+        f"({c.verdict}); pass@1 after SFT {_fmt(a)} ({a.verdict}). The claim "
+        f"{_says(decide([(c, 'higher')]))}."
+    )
+
+
+def _claim_entropy_sft(summary: pd.DataFrame, ent: str, sft: str, kk: str) -> str:
+    h = compare(summary, ent, sft, "sft_entropy")
+    d = compare(summary, ent, sft, "sft_distinct")
+    v = compare(summary, ent, sft, "sft_valid")
+    ok = decide([(h, "higher"), (d, "not higher")])
+    return (
+        f"*Entropy-SFT failure mode* ({ent} vs {sft}; claim: entropy rises without more distinct "
+        f"correct solutions). After SFT: entropy {_fmt(h)} ({h.verdict}), distinct correct per "
+        f"puzzle {_fmt(d)} ({d.verdict}), well-formed fraction {_fmt(v)} ({v.verdict}). The claim "
+        f"{_says(ok)}."
+    )
+
+
+def _claim_sft_helps_rl(summary: pd.DataFrame, methods: list[str]) -> str:
+    vs = {m: compare(summary, m, "none", "rl_pass@1") for m in methods if m != "none"}
+    better = [m for m, c in vs.items() if c.verdict == "higher"]
+    worse = [m for m, c in vs.items() if c.verdict == "lower"]
+    by_rl = summary.groupby("method")["rl_pass@1"].mean().sort_values(ascending=False)
+    return (
+        "*Does SFT on the expert help the RL stage here?* pass@1 after GRPO, ranked: "
+        + ", ".join(f"{m} {v:.3f}" for m, v in by_rl.items())
+        + f". Better than GRPO from the base (`none`): {', '.join(better) or 'no method'}; worse: "
+        f"{', '.join(worse) or 'no method'}."
+    )
+
+
+def _claim_sft_then_rl(summary: pd.DataFrame, sft: str) -> str:
+    mu, se = _mean_se(summary.loc[summary["method"] == sft, "rl_delta_sft_loss"])
     ok = _sign_test(mu, se, "higher")
     all_mu = summary.groupby("method")["rl_delta_sft_loss"].mean()
-    out.append(
+    return (
         f"*Non-decoupling, SFT then RL* (claim: the SFT loss on held-out expert data rises during RL). "
         f"For {sft}: change {mu:+.3f} ± {se:.3f} nats/token; it rises for "
-        f"{int((all_mu > 0).sum())} of {len(all_mu)} methods. The claim {says(ok)}."
+        f"{int((all_mu > 0).sum())} of {len(all_mu)} methods. The claim {_says(ok)}."
     )
-    mu, se = _mean_se(sub["post_sft_delta_reward"])
+
+
+def _claim_rl_then_sft(summary: pd.DataFrame, sft: str) -> str:
+    mu, se = _mean_se(summary.loc[summary["method"] == sft, "post_sft_delta_reward"])
     ok = _sign_test(mu, se, "lower")
     all_mu = summary.groupby("method")["post_sft_delta_reward"].mean()
-    out.append(
+    return (
         f"*Non-decoupling, RL then SFT* (claim: reward falls during a further SFT stage). For {sft}: "
         f"pass@1 change {mu:+.3f} ± {se:.3f}; it falls for {int((all_mu < 0).sum())} of {len(all_mu)} "
-        f"methods. The claim {says(ok)}."
+        f"methods. The claim {_says(ok)}."
     )
+
+
+def _claim_ranking(summary: pd.DataFrame, kk: str) -> str | None:
+    """PEAR's thesis across methods (None with fewer than three methods)."""
     by = summary.groupby("method")[["sft_pass@1", f"rl_{kk}"]].mean()
-    if len(by) >= 3:
-        rho = by["sft_pass@1"].rank().corr(by[f"rl_{kk}"].rank())
-        best_sft, best_rl = by["sft_pass@1"].idxmax(), by[f"rl_{kk}"].idxmax()
-        if by["sft_pass@1"].nunique() == 1 or by[f"rl_{kk}"].nunique() == 1:
-            out.append("*A stronger SFT checkpoint is not always a better RL start*: undecidable, all ties.")
-            return out
-        out.append(
-            f"*A stronger SFT checkpoint is not always a better RL start* (PEAR's thesis). Rank correlation "
-            f"across methods between pass@1 after SFT and {kk} after GRPO: {rho:+.2f}; best after SFT: "
-            f"{best_sft}, best after GRPO: {best_rl}. "
-            + (
-                "Consistent with the thesis."
-                if best_sft != best_rl
-                else "Not seen here: the same method wins both."
-            )
+    if len(by) < 3:
+        return None
+    if by["sft_pass@1"].nunique() == 1 or by[f"rl_{kk}"].nunique() == 1:
+        return "*A stronger SFT checkpoint is not always a better RL start*: undecidable, all ties."
+    rho = by["sft_pass@1"].rank().corr(by[f"rl_{kk}"].rank())
+    best_sft, best_rl = by["sft_pass@1"].idxmax(), by[f"rl_{kk}"].idxmax()
+    return (
+        f"*A stronger SFT checkpoint is not always a better RL start* (PEAR's thesis). Rank correlation "
+        f"across methods between pass@1 after SFT and {kk} after GRPO: {rho:+.2f}; best after SFT: "
+        f"{best_sft}, best after GRPO: {best_rl}. "
+        + (
+            "Consistent with the thesis."
+            if best_sft != best_rl
+            else "Not seen here: the same method wins both."
         )
-    return out
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +399,7 @@ class SectionArgs:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Standalone entry: ``python -m toybench.transformer_scale --out out/transformer [--quick]``."""
+    """Standalone entry: ``python -m toybench.tiny.scale --out out/transformer [--quick]``."""
     import tyro
 
     args = tyro.cli(SectionArgs, args=argv)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from theory import mdp
-from toybench.envs import MultiAnswerBandit, ReasoningTree, SharedBandit, TreeGeometry
 from toybench.metrics import entropy
+from toybench.tabular import MultiAnswerBandit, ReasoningTree, SharedBandit, TreeGeometry
 
 SEEDS = [3, 4, 5]
 ENVS = {

@@ -1,4 +1,4 @@
-"""Softmax policies on the prefix tree of ``toybench.envs``, producing loss-contract logits.
+"""Softmax policies on the prefix tree of ``toybench.tabular.envs``, producing loss-contract logits.
 
 A policy is a parameter tensor plus a pure map ``params -> node logits [S, P, N, V]`` (one
 softmax per internal node of the tree, per prompt, per seed). Two parametrisations:
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from toybench.envs import Scenario, TreeGeometry
+from toybench.tabular.envs import Scenario, TreeGeometry
 
 __all__ = ["Policy", "TabularPolicy", "LogLinearPolicy", "make_policy", "sequence_logits"]
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from theory import mdp
-from toybench.envs import MultiAnswerBandit, ReasoningTree, SharedBandit
 from toybench.methods import parse_method
-from toybench.pipeline import PipelineConfig, _exact_pg_loss, metric_names, run_method
-from toybench.policies import TabularPolicy, make_policy
+from toybench.tabular import MultiAnswerBandit, ReasoningTree, SharedBandit
+from toybench.tabular.pipeline import PipelineConfig, exact_pg_loss, metric_names, run_method
+from toybench.tabular.policies import TabularPolicy, make_policy
 
-TINY = PipelineConfig(sft_steps=3, rl_steps=3)
+TINY = PipelineConfig(sft_steps=3, rl_steps=3, rl_lr=2.0)
 
 
 def tree(seeds=(0, 1), **kw):
@@ -53,7 +53,7 @@ def test_exact_pg_gradient_matches_theory_oracle():
     pol = TabularPolicy(sc)
     params = sc.base_logits.double().requires_grad_(True)
     sc.reward = sc.reward.double()
-    loss = _exact_pg_loss(sc, pol, params, None, PipelineConfig())
+    loss = exact_pg_loss(sc, pol, params, None, PipelineConfig())
     (grad,) = torch.autograd.grad(loss, params)
     z = sc.base_logits[0].double().numpy()  # (P, N, V)
     R = sc.reward[0].numpy()  # (P, L)
@@ -66,7 +66,7 @@ def _metrics(df):
 
 def test_gift_at_large_beta_reproduces_sft():
     sc = tree()
-    cfg = PipelineConfig(sft_steps=5, rl_steps=3)
+    cfg = PipelineConfig(sft_steps=5, rl_steps=3, rl_lr=2.0)
     a, b = run_method(sc, "sft", cfg), run_method(sc, "gift@1000", cfg)
     np.testing.assert_allclose(_metrics(a), _metrics(b), atol=1e-5)
     c = run_method(sc, "gift@0.5", cfg)  # and a small beta does not (the test can fail)
@@ -75,7 +75,7 @@ def test_gift_at_large_beta_reproduces_sft():
 
 def test_pear_with_current_policy_as_behaviour_and_gamma_one_reproduces_sft():
     sc = tree(data_source="behavior")
-    cfg = PipelineConfig(sft_steps=5, rl_steps=2, pear_gamma=1.0)
+    cfg = PipelineConfig(sft_steps=5, rl_steps=2, pear_gamma=1.0, rl_lr=2.0)
     a = run_method(sc, "sft", cfg)
     for level in ("token", "block", "sequence"):
         np.testing.assert_allclose(
@@ -86,7 +86,7 @@ def test_pear_with_current_policy_as_behaviour_and_gamma_one_reproduces_sft():
 
 @pytest.mark.parametrize("method", ["sft", "curio"])
 def test_vectorised_over_seeds_equals_per_seed_loop(method):
-    cfg = PipelineConfig(sft_steps=4, rl_steps=4, kl_coef=0.1)
+    cfg = PipelineConfig(sft_steps=4, rl_steps=4, kl_coef=0.1, rl_lr=2.0)
     seeds = [0, 1, 2]
     batch = run_method(tree(seeds), method, cfg)
     for i, s in enumerate(seeds):
@@ -109,15 +109,17 @@ def test_grpo_runs_and_improves_reward():
     assert rl[rl.step == 15]["J"].mean() > rl[rl.step == 0]["J"].mean() + 0.05
     for mode in ("token_mean", "constant", "sum"):
         out = run_method(
-            bandit(), "none", PipelineConfig(sft_steps=0, rl_steps=2, rl_algorithm="grpo", rl_reduction=mode)
+            bandit(),
+            "none",
+            PipelineConfig(sft_steps=0, rl_steps=2, rl_algorithm="grpo", rl_reduction=mode, rl_lr=2.0),
         )
         assert np.isfinite(_metrics(out)).all()
 
 
 def test_kl_penalty_keeps_rl_near_its_start():
     sc = bandit()
-    free = run_method(sc, "sft", PipelineConfig(sft_steps=3, rl_steps=8))
-    tied = run_method(sc, "sft", PipelineConfig(sft_steps=3, rl_steps=8, kl_coef=1.0))
+    free = run_method(sc, "sft", PipelineConfig(sft_steps=3, rl_steps=8, rl_lr=2.0))
+    tied = run_method(sc, "sft", PipelineConfig(sft_steps=3, rl_steps=8, kl_coef=1.0, rl_lr=2.0))
     move = lambda df: df[df.stage == "rl"].groupby("seed")["J"].agg(lambda x: x.iloc[-1] - x.iloc[0])  # noqa: E731
     assert (move(tied).abs() < move(free).abs()).all()
 

@@ -10,7 +10,7 @@ import torch
 from theory import bandit as tb
 from toybench import losses, metrics
 from toybench.methods import method_loss, parse_method
-from toybench.model import GPT, GPTConfig, KVCache, completion_entropy, completion_logprobs, generate
+from toybench.tiny.model import GPT, GPTConfig, KVCache, completion_entropy, completion_logprobs, generate
 
 torch.set_num_threads(1)
 CFG = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)
@@ -129,7 +129,7 @@ def test_loss_gradients_through_model_logits_match_theory(name):
     (g,) = torch.autograd.grad(per_token.sum(), logits)
     z, yy, zo = logits.detach()[:, 0].numpy(), y[:, 0].numpy(), other[:, 0].numpy()
     if spec.kind == "sft":
-        want = tb.grad_sft(z, yy)
+        want = tb.sft_token_grad(z, yy)
     elif spec.kind == "entropy_sft":
         want = tb.grad_entropy_sft(z, yy, coef=0.3)
     elif spec.kind == "gift":

@@ -11,7 +11,7 @@ Design choices:
   * One implementation for both scales: the bandit is the tree with H = 1 (N = 1 node, L = V leaves).
     Logits are tabular, shape (I, N, V) for I independent random instances; every step updates all
     instances at once (the loss is summed over instances, whose parameters are disjoint).
-  * Tree indexing is the one of ``theory.mdp`` / ``toybench.envs.TreeGeometry`` (breadth-first).
+  * Tree indexing is the one of ``theory.mdp`` / ``toybench.tabular.envs.TreeGeometry`` (breadth-first).
   * Runs return the recorded statistics stacked over steps, shape (K + 1, I, ...): cheap to keep and
     to compare with the closed forms of ``theory``.
 """
@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from toybench.advantages import group_advantages
-from toybench.envs import TreeGeometry
 from toybench.losses import gift_loss, kl_penalty, logprobs, policy_gradient_loss, sft_loss
+from toybench.tabular.envs import TreeGeometry
 
 __all__ = [
     "geometry",
@@ -34,6 +34,8 @@ __all__ = [
     "expected_return",
     "sft_population_loss",
     "gift_demo_loss",
+    "leaf_pg_surrogate",
+    "leaf_kl",
     "pg_surrogate",
     "kl_to_reference",
     "grpo_surrogate",
@@ -117,28 +119,47 @@ def gift_demo_loss(z: Tensor, base_z: Tensor, y_star: Tensor, beta: float, smoot
     return per_token.sum(-1)
 
 
-def pg_surrogate(z: Tensor, R: Tensor) -> Tensor:
-    """Exact PG surrogate: sum_y sg[P(y)] * policy_gradient_loss(log P(y), R(y) - J); grad = -dJ/dz.
+def leaf_pg_surrogate(leaf_logp: Tensor, R: Tensor) -> Tensor:
+    """The exact PG surrogate from leaf log-probs; its gradient is -dJ (the one exact-PG objective).
 
-    Shape (I,).  The advantage R(y) - J is the sequence advantage, broadcast to every token.
+    ``sum_y sg[P(y)] * policy_gradient_loss(log P(y), R(y) - J)`` with P = exp(leaf_logp) and
+    J = sum_y P(y) R(y).  Each leaf is one row with its sequence log-prob (T = 1): -A log P(y) =
+    -A sum_t log pi(y_t) has the same gradient as the per-token form and costs H times less.
+    Used by ``pg_surrogate`` (theorem dynamics) and ``toybench.tabular.pipeline`` (comparisons).
+
+    Args:
+        leaf_logp: (..., L) log P(y) of every leaf (with gradient).  R: (..., L) rewards.
+    Returns:
+        (...) per-instance surrogate (summed over leaves).
     """
-    logits, targets, g = _paths(z)
-    logp = logprobs(logits, targets)  # (I*L, H)
-    P = logp.sum(-1).exp().reshape(-1, g.num_leaves)  # (I, L)
-    adv = (R - (P * R).sum(-1, keepdim=True)).reshape(-1)  # (I*L,)
-    per_token = policy_gradient_loss(logp, adv) * P.detach().reshape(-1, 1)  # (I*L, H)
-    return per_token.reshape(z.shape[0], -1).sum(-1)
+    P = leaf_logp.exp()  # (..., L)
+    J = (P * R).sum(-1, keepdim=True)
+    rows = leaf_logp.reshape(-1, 1)  # (B*L, 1)
+    per_row = policy_gradient_loss(rows, (R - J).reshape(-1)) * P.detach().reshape(-1, 1)  # (B*L, 1)
+    return per_row.reshape(leaf_logp.shape).sum(-1)
+
+
+def leaf_kl(leaf_logp: Tensor, ref_leaf_logp: Tensor) -> Tensor:
+    """Exact sequence KL(P_pi || P_ref) = sum_y P_pi(y) k1(y) from leaf log-probs, P_pi WITH gradient.
+
+    Its gradient is exactly grad KL(pi || ref).  Args: (..., L) each.  Returns (...).
+    """
+    rows, ref_rows = leaf_logp.reshape(-1, 1), ref_leaf_logp.reshape(-1, 1)  # (B*L, 1)
+    k1 = kl_penalty(rows, ref_rows, kind="k1")
+    return (leaf_logp.exp().reshape(-1, 1) * k1).reshape(leaf_logp.shape).sum(-1)
+
+
+def pg_surrogate(z: Tensor, R: Tensor) -> Tensor:
+    """Exact PG surrogate of tabular logits (``leaf_pg_surrogate`` of their leaf log-probs); grad = -dJ/dz.
+
+    Shape (I,).  The advantage R(y) - J is the sequence advantage.
+    """
+    return leaf_pg_surrogate(leaf_logp(z), R)
 
 
 def kl_to_reference(z: Tensor, ref_z: Tensor) -> Tensor:
-    """Exact sequence KL(P_pi || P_ref) = sum_y P_pi(y) sum_t k1_t (P_pi carries gradient), shape (I,)."""
-    logits, targets, g = _paths(z)
-    ref_logits, _, _ = _paths(ref_z)
-    logp = logprobs(logits, targets)  # (I*L, H)
-    ref_logp = logprobs(ref_logits, targets)
-    P = logp.sum(-1).exp()[:, None]  # (I*L, 1)
-    per_token = P * kl_penalty(logp, ref_logp, kind="k1")
-    return per_token.reshape(z.shape[0], -1).sum(-1)
+    """Exact sequence KL(P_pi || P_ref) of tabular logits (``leaf_kl``; P_pi carries gradient), shape (I,)."""
+    return leaf_kl(leaf_logp(z), leaf_logp(ref_z))
 
 
 def grpo_surrogate(

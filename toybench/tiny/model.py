@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toybench import losses, metrics
+from toybench.config import require
 
 __all__ = ["GPTConfig", "GPT", "KVCache", "generate", "completion_logprobs", "completion_entropy"]
 
@@ -46,9 +47,7 @@ class GPTConfig:
     """residual stream width; must be divisible by ``n_head``."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require(self, at_least=dict.fromkeys(("vocab_size", "block_size", "n_layer", "n_head", "n_embd"), 1))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 

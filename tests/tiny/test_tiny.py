@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from toybench.model import GPT
 from toybench.tiny import (
     TinyConfig,
     evaluate,
@@ -19,7 +18,8 @@ from toybench.tiny import (
     run_sft,
 )
 from toybench.tiny.data import TOK, rewards
-from toybench.transformer_scale import Comparison, compare, decide, run_transformer_section
+from toybench.tiny.model import GPT
+from toybench.tiny.scale import Comparison, compare, decide, run_transformer_section
 
 torch.set_num_threads(1)
 METHODS = ("none", "sft", "entropy_sft@0.1", "gift@3", "curio", "pear_token", "dft")
@@ -215,7 +215,7 @@ def test_decide_claim_verdicts():
 
 
 def test_standalone_entry_point(tmp_path, monkeypatch):
-    from toybench.transformer_scale import main
+    from toybench.tiny.scale import main
 
     monkeypatch.setenv("TOYBENCH_CACHE", str(tmp_path / "cache"))
     small = {

@@ -1,4 +1,4 @@
-"""toybench.dynamics (torch, the shared losses) against the numpy oracles of theory.mdp / theory.bandit."""
+"""toybench.tabular.dynamics (torch, the shared losses) against the oracles of theory.mdp / theory.bandit."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from theory import bandit as tb
 from theory import mdp
-from toybench import dynamics as dyn
+from toybench.tabular import dynamics as dyn
 
 torch.set_num_threads(1)
 
@@ -41,7 +41,7 @@ def test_population_losses_match_the_oracle():
     np.testing.assert_allclose(kl.numpy(), mdp.sequence_kl(pi, p), atol=1e-13)
     zt.requires_grad_(True)
     (g,) = torch.autograd.grad(dyn.sft_population_loss(zt, torch.as_tensor(mdp.leaf_probs(p))).sum(), zt)
-    np.testing.assert_allclose(g.numpy(), mdp.sft_grad(p, pi), atol=1e-14)
+    np.testing.assert_allclose(g.numpy(), mdp.sft_population_grad(p, pi), atol=1e-14)
 
 
 def test_natural_pg_step_is_the_advantage():

@@ -8,10 +8,10 @@ Design choices
   per-seed loop). Every seed has the same number of rows and tokens, so each seed's reduction
   is a fixed fraction of the batch reduction (``_seedwise``).
 * Exact where the setting allows it: SFT uses the finite demonstration set (all of it, every
-  step); exact PG enumerates all leaves and weights each row by sg[pi(leaf)], so
-  ``policy_gradient_loss(logp, adv = sg[pi] (r - J))`` reduced with ``sum`` has gradient
-  exactly -grad J; the exact KL term weights the k1 estimator by pi(leaf) WITH gradient,
-  which makes its gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt
+  step); exact PG is the theorem dynamics' objective (``dynamics.leaf_pg_surrogate``): it
+  enumerates all leaves and weights each row by sg[pi(leaf)], so its gradient is exactly
+  -grad J; the exact KL term (``dynamics.leaf_kl``) weights the k1 estimator by pi(leaf) WITH
+  gradient, which makes its gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt
   from a seeded generator and uses ``group_advantages`` + ``clipped_surrogate_loss``.
 * Per-prompt (tabular) parameters get each prompt's own mean gradient; shared (log-linear)
   parameters get the mean over prompts.
@@ -31,11 +31,13 @@ import torch
 
 from toybench import losses, metrics
 from toybench.advantages import group_advantages
-from toybench.envs import Scenario
+from toybench.config import require
 from toybench.methods import MethodSpec, method_loss, parse_method
-from toybench.policies import Policy, TabularPolicy, make_policy, sequence_logits
+from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
+from toybench.tabular.envs import Scenario
+from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logits
 
-__all__ = ["PipelineConfig", "run_method", "evaluate", "escape_frame", "METRICS"]
+__all__ = ["PipelineConfig", "run_method", "evaluate", "exact_pg_loss", "escape_frame", "METRICS"]
 
 METRIC_BASE = (
     "sft_loss",
@@ -59,7 +61,7 @@ class PipelineConfig:
     """RL gradient steps."""
     sft_lr: float = 1.0
     """SGD step size of SFT."""
-    rl_lr: float = 2.0
+    rl_lr: float = 1.0
     """SGD step size of RL."""
     rl_algorithm: str = "exact_pg"
     """'exact_pg' (enumeration, no sampling) or 'grpo' (G samples per prompt)."""
@@ -92,26 +94,18 @@ class PipelineConfig:
     grpo_seed: int = 0
     """Seed of the GRPO sampler."""
 
-
-def _check_cfg(cfg: PipelineConfig) -> None:
-    for f in ("sft_steps", "rl_steps"):
-        if getattr(cfg, f) < 0:
-            raise ValueError(f"{f} must be >= 0, got {getattr(cfg, f)}")
-    for f in ("sft_lr", "rl_lr"):
-        if not getattr(cfg, f) > 0:
-            raise ValueError(f"{f} must be > 0, got {getattr(cfg, f)}")
-    if cfg.rl_algorithm not in ("exact_pg", "grpo"):
-        raise ValueError(f"rl_algorithm must be 'exact_pg' or 'grpo', got {cfg.rl_algorithm!r}")
-    if cfg.group_size < 2:
-        raise ValueError(f"group_size must be >= 2, got {cfg.group_size}")
-    if cfg.ppo_epochs < 1:
-        raise ValueError(f"ppo_epochs must be >= 1, got {cfg.ppo_epochs}")
-    if cfg.rl_reduction not in losses.REDUCE_MODES:
-        raise ValueError(f"rl_reduction must be one of {losses.REDUCE_MODES}, got {cfg.rl_reduction!r}")
-    if cfg.kl_coef < 0:
-        raise ValueError(f"kl_coef must be >= 0, got {cfg.kl_coef}")
-    if not cfg.pass_k or min(cfg.pass_k) < 1:
-        raise ValueError(f"pass_k must be non-empty positive ints, got {cfg.pass_k}")
+    def validate(self, prefix: str = "") -> None:
+        """Raise ValueError naming the first bad field (``prefix`` names the config it is nested in)."""
+        require(
+            self,
+            non_negative=("sft_steps", "rl_steps", "kl_coef"),
+            positive=("sft_lr", "rl_lr"),
+            at_least={"group_size": 2, "ppo_epochs": 1},
+            one_of={"rl_algorithm": ("exact_pg", "grpo"), "rl_reduction": losses.REDUCE_MODES},
+            prefix=prefix,
+        )
+        if not self.pass_k or not min(self.pass_k) >= 1:
+            raise ValueError(f"{prefix}pass_k must be non-empty positive ints, got {self.pass_k}")
 
 
 def metric_names(cfg: PipelineConfig) -> list[str]:
@@ -208,25 +202,18 @@ def _sft_loss(sc, policy, params, teacher, spec: MethodSpec, cfg, base_seq):
     return loss if isinstance(policy, TabularPolicy) else loss / P_sft
 
 
-def _exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=None):
+def exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=None):
     """-sum_x J(x) (+ kl_coef KL(pi || ref)) with exact gradients, by enumeration over leaves.
 
-    Each leaf is one row with its sequence log-prob (T = 1): -A log pi(y) = -A sum_t log pi(y_t)
-    has the same gradient as the per-token form and costs H times less.
+    The objective is the theorem dynamics' own (``dynamics.leaf_pg_surrogate`` / ``dynamics.leaf_kl``)
+    applied to the RL prompts; shared (log-linear) parameters average it over prompts.
     """
     g, rl = sc.geometry, sc.rl_prompts
     if logp is None:
         logp = g.leaf_logp(policy.node_logits(params)[:, rl])  # (S, P_rl, L)
-    p = logp.exp()
-    r = sc.reward[:, rl]
-    J = (p * r).sum(-1, keepdim=True)
-    adv = (p * (r - J)).detach()  # sg[pi(leaf)] A(leaf): the exact expectation as a weighted sum
-    rows = logp.reshape(-1, 1)  # (S*P_rl*L, 1)
-    ones = torch.ones_like(rows)
-    loss = losses.reduce(losses.policy_gradient_loss(rows, adv.reshape(-1)), ones, "sum")
+    loss = leaf_pg_surrogate(logp, sc.reward[:, rl]).sum()
     if cfg.kl_coef > 0:  # exact KL(pi || ref): k1 weighted by pi(leaf) WITH gradient
-        k1 = losses.kl_penalty(rows, ref_logp.reshape(-1, 1), kind="k1")
-        loss = loss + cfg.kl_coef * losses.reduce(p.reshape(-1, 1) * k1, ones, "sum")
+        loss = loss + cfg.kl_coef * leaf_kl(logp, ref_logp).sum()
     return loss if isinstance(policy, TabularPolicy) else loss / len(rl)
 
 
@@ -276,7 +263,7 @@ def run_method(
     SFT stage records the unchanged base policy. With ``escape_threshold``, ``df.attrs["escape"]``
     holds the per-prompt escape times of the RL stage (``escape_frame``).
     """
-    _check_cfg(cfg)
+    cfg.validate()
     spec = parse_method(method) if isinstance(method, str) else method
     policy = policy or make_policy(sc)
     S = sc.num_seeds
@@ -316,7 +303,7 @@ def run_method(
             logp = sc.geometry.leaf_logp(z[:, sc.rl_prompts])  # (S, P_rl, L)
             record("rl", step, z.detach(), logp.detach())
             if step < cfg.rl_steps:
-                loss = _exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=logp)
+                loss = exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=logp)
                 (grad,) = torch.autograd.grad(loss, params)
                 params = params.detach() - cfg.rl_lr * grad
     else:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from toybench.theorem_checks import make_row
 from toybench.theorems import COLUMNS, TheoremsConfig, run_theorems, theorems_markdown
+from toybench.theorems.common import make_row
 
 
 @pytest.fixture(scope="module")

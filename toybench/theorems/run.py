@@ -2,7 +2,7 @@
 mechanism three ways (closed form, symbolic, simulation) on the bandit and the prefix-tree token MDP.
 
 One row per check (columns ``COLUMNS``); every row says how it is decided (see
-``toybench.theorem_checks``).  The table is printed, written as ``theorems.md`` and ``theorems.csv``,
+``toybench.theorems.common``).  The table is printed, written as ``theorems.md`` and ``theorems.csv``,
 and the figures as PNG files, all into ``cfg.out`` together with the resolved config.
 Specification: METHODS.md sections 1.3 and 4.
 """
@@ -20,10 +20,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from toybench import theorem_checks as tc
-from toybench import theorem_checks_mdp as tm
-from toybench import theorem_checks_rl as trl
-from toybench.theorem_figures import FIGURES, make_figures
+from toybench.analysis import markdown_table
+from toybench.theorems.figures import FIGURES, make_figures
+from toybench.theorems.gift import check_gift_tilt
+from toybench.theorems.symbolic import check_symbolic
+from toybench.theorems.t1 import check_t1_bandit, check_t1_mdp
+from toybench.theorems.t2 import check_t2_bandit, check_t2_t4_mdp
+from toybench.theorems.t3 import check_t3_bandit
+from toybench.theorems.t4 import check_t4_bandit
+from toybench.theorems.t5 import check_t5_bandit, check_t5_mdp
 
 __all__ = ["TheoremsConfig", "COLUMNS", "run_theorems", "theorems_markdown"]
 
@@ -167,16 +172,16 @@ class TheoremsConfig:
 
 
 CHECKS = [
-    ("symbolic (sympy)", tc.check_symbolic),
-    ("T1 bandit", tc.check_t1_bandit),
-    ("T1 token MDP", tm.check_t1_mdp),
-    ("T2 bandit", trl.check_t2_bandit),
-    ("T2/T4 token MDP", tm.check_t2_t4_mdp),
-    ("T3 bandit", trl.check_t3_bandit),
-    ("T4 bandit", trl.check_t4_bandit),
-    ("T5 bandit", trl.check_t5_bandit),
-    ("T5 token MDP", tm.check_t5_mdp),
-    ("GIFT tilt", tm.check_gift_tilt),
+    ("symbolic (sympy)", check_symbolic),
+    ("T1 bandit", check_t1_bandit),
+    ("T1 token MDP", check_t1_mdp),
+    ("T2 bandit", check_t2_bandit),
+    ("T2/T4 token MDP", check_t2_t4_mdp),
+    ("T3 bandit", check_t3_bandit),
+    ("T4 bandit", check_t4_bandit),
+    ("T5 bandit", check_t5_bandit),
+    ("T5 token MDP", check_t5_mdp),
+    ("GIFT tilt", check_gift_tilt),
 ]
 
 
@@ -220,17 +225,15 @@ def run_theorems(cfg: TheoremsConfig, progress: bool = True) -> pd.DataFrame:
 
 
 def _fmt(x) -> str:
-    """A table cell: numbers to 3 significant digits, NaN as '-', pipes escaped for Markdown."""
+    """A table cell: numbers to 3 significant digits, NaN as '-'."""
     if isinstance(x, float) and np.isnan(x):
         return "-"
-    text = f"{x:.3g}" if isinstance(x, float) else str(x)
-    return text.replace("|", "\\|")
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
 def theorems_markdown(df: pd.DataFrame, fig_dir_rel: str = ".", fig_files: list[str] | None = None) -> str:
     """The Markdown table of the checks and links to the figures (relative to ``fig_dir_rel``)."""
-    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    body = "".join("| " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |\n" for _, row in df.iterrows())
+    table = markdown_table(df[COLUMNS], _fmt)
     counts = df.status.value_counts().to_dict()
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     legend = (
@@ -241,4 +244,4 @@ def theorems_markdown(df: pd.DataFrame, fig_dir_rel: str = ".", fig_files: list[
     )
     files = fig_files if fig_files is not None else [f for f, _ in FIGURES]
     figs = "".join(f"![{cap}]({fig_dir_rel.rstrip('/')}/{f})\n\n" for f, cap in FIGURES if f in files)
-    return f"## Theorems\n\n{summary}\n\n{legend}\n{head}{body}\n{figs}"
+    return f"## Theorems\n\n{summary}\n\n{legend}\n{table}\n\n{figs}"

@@ -1,0 +1,131 @@
+"""The bandit environments (the prefix tree with H = 1): per-prompt softmax and a shared log-linear policy.
+
+Ground truth and knobs as in ``toybench.tabular.envs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from toybench.config import require
+from toybench.tabular.envs import Scenario, TreeGeometry, data_config, demo_data, shift_to_mass, stack_seeds
+
+__all__ = ["MultiAnswerBandit", "SharedBandit"]
+
+
+class MultiAnswerBandit(Scenario):
+    """P prompts x V answers, ``num_correct`` correct answers per prompt, per-prompt parameters.
+
+    pi_base: Gaussian logits (std ``base_scale``) shifted so that exactly ``base_correct_mass`` of
+    the mass is on correct answers. Expert: one correct answer per prompt (chosen at random);
+    its mistake is the most plausible wrong answer under pi_base. pi_beta: pi_base with extra
+    Gaussian logit noise (std ``behavior_shift``). SFT and RL use the same prompts.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        num_prompts: int = 16,
+        V: int = 32,
+        num_correct: int = 4,
+        base_correct_mass: float = 0.2,
+        base_scale: float = 1.0,
+        behavior_shift: float = 1.0,
+        wrong_demo_frac: float = 0.1,
+        demos_per_prompt: int = 8,
+        heldout_demos: int = 64,
+        data_source: str = "expert",
+        error_unit: str = "prompt",
+    ):
+        cfg = data_config(
+            num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit
+        )
+        if not 1 <= num_correct < V:
+            raise ValueError(f"num_correct must be in [1, V-1], got {num_correct}")
+        require({"base_correct_mass": base_correct_mass}, within={"base_correct_mass": (1e-6, 1 - 1e-6)})
+        if len(seeds) < 1:
+            raise ValueError("seeds must be a non-empty sequence of ints")
+        geom = TreeGeometry(V, 1)
+        prompts = torch.arange(num_prompts)
+        cfg.update(sft_prompts=prompts, rl_prompts=prompts)
+        per_seed = []
+        for seed in seeds:
+            gen = torch.Generator().manual_seed(int(seed))
+            P = num_prompts
+            good = torch.rand(P, V, generator=gen).argsort(-1) < num_correct  # (P, V)
+            z = shift_to_mass(base_scale * torch.randn(P, V, generator=gen), good, base_correct_mass)
+            zb = z + behavior_shift * torch.randn(P, V, generator=gen)
+            y_star = torch.multinomial(good.float(), 1, generator=gen)[:, 0]
+            w = torch.where(good, -torch.inf, z).argmax(-1)
+            d = dict(reward=good.float(), base_logits=z[:, None], behavior_logits=zb[:, None])
+            eye = torch.eye(V)
+            d["demo_leaves"], d["demo_behavior_logp"], d["heldout"] = demo_data(
+                geom, d["reward"], d["base_logits"], d["behavior_logits"], eye[y_star], eye[w], cfg, gen
+            )
+            per_seed.append(d)
+        self.__dict__.update(vars(stack_seeds("bandit", geom, per_seed, prompts, prompts)))
+
+
+class SharedBandit(Scenario):
+    """Log-linear bandit: logits(x, y) = theta . phi(x, y), theta in R^d shared by all prompts.
+
+    phi ~ N(0, 1/d) per (prompt, answer); a hidden direction u decides correctness (the
+    ``num_correct`` answers with the largest u . phi); the expert picks, among the correct
+    answers, the one its own style direction v prefers; pi_base has theta0 = ``base_align`` u +
+    noise. SFT prompts (first ``sft_prompts``) and RL prompts (the rest) are disjoint, so SFT
+    moves the policy on RL prompts only through the shared theta.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        num_prompts: int = 32,
+        sft_prompts: int = 16,
+        V: int = 16,
+        d: int = 8,
+        num_correct: int = 3,
+        base_align: float = 1.0,
+        base_noise: float = 1.0,
+        behavior_shift: float = 1.0,
+        wrong_demo_frac: float = 0.1,
+        demos_per_prompt: int = 8,
+        heldout_demos: int = 64,
+        data_source: str = "expert",
+        error_unit: str = "prompt",
+    ):
+        cfg = data_config(
+            num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit
+        )
+        if not 1 <= sft_prompts < num_prompts:
+            raise ValueError(f"sft_prompts must be in [1, num_prompts-1], got {sft_prompts}")
+        if not 1 <= num_correct < V:
+            raise ValueError(f"num_correct must be in [1, V-1], got {num_correct}")
+        if d < 1:
+            raise ValueError(f"d must be >= 1, got {d}")
+        geom = TreeGeometry(V, 1)
+        sft_idx, rl_idx = torch.arange(sft_prompts), torch.arange(sft_prompts, num_prompts)
+        cfg.update(sft_prompts=sft_idx, rl_prompts=rl_idx)
+        per_seed = []
+        for seed in seeds:
+            gen = torch.Generator().manual_seed(int(seed))
+            P = num_prompts
+            phi = torch.randn(P, V, d, generator=gen) / d**0.5  # (P, V, d)
+            u = torch.randn(d, generator=gen)
+            u = u / u.norm() * d**0.5
+            v = torch.randn(d, generator=gen)
+            good = (phi @ u).argsort(-1).argsort(-1) >= V - num_correct  # (P, V)
+            theta0 = base_align * u / d**0.5 + base_noise * torch.randn(d, generator=gen)
+            z = phi @ theta0  # (P, V)
+            zb = z + behavior_shift * torch.randn(P, V, generator=gen)
+            y_star = torch.where(good, phi @ v, -torch.inf).argmax(-1)
+            w = torch.where(good, -torch.inf, z).argmax(-1)
+            d_ = dict(reward=good.float(), base_logits=z[:, None], behavior_logits=zb[:, None])
+            eye = torch.eye(V)
+            d_["demo_leaves"], d_["demo_behavior_logp"], d_["heldout"] = demo_data(
+                geom, d_["reward"], d_["base_logits"], d_["behavior_logits"], eye[y_star], eye[w], cfg, gen
+            )
+            d_.update(features=phi[:, None], theta0=theta0)
+            per_seed.append(d_)
+        self.__dict__.update(vars(stack_seeds("bandit_shared", geom, per_seed, sft_idx, rl_idx)))

@@ -1,0 +1,210 @@
+"""What the seeded tabular environments share: the prefix-tree geometry, the batched ``Scenario`` record
+and the data generation (demonstrations, held-out data); the environments are in ``bandit`` and ``tree``.
+
+Every environment is a prefix tree of depth ``H`` over a vocabulary of ``V`` tokens, seen
+from ``P`` prompts and instantiated for ``S`` seeds at once (one independent random instance
+per seed, each drawn from its own generator so that seed ``s`` is the same instance whatever
+``S`` is). The bandit is the tree with ``H = 1``.
+
+Indexing (shared with ``theory/mdp.py``): internal nodes in breadth-first order, the node of
+prefix ``(a_0..a_{t-1})`` at depth ``t`` has index ``(V^t - 1)/(V - 1) + sum_j a_j V^(t-1-j)``;
+leaves (complete sequences) are in lexicographic order, ``leaf = sum_t a_t V^(H-1-t)``.
+Tabular logits are ``[S, P, N, V]`` with ``N = (V^H - 1)/(V - 1)`` internal nodes.
+
+Ground truth exposed by every environment (tensors, leading axes ``[S, P]``):
+``reward [S,P,L]`` (0/1, verified answer), ``correct [S,P,L]`` (bool), ``base_logits
+[S,P,N,V]`` (pi_base), ``behavior_logits`` (pi_beta, a different policy), the SFT data
+``demo_leaves [S,P_sft,n]`` with the data policy's per-token log-probs ``demo_behavior_logp
+[S,P_sft,n,H]``, a held-out data distribution ``heldout [S,P_rl,L]`` on the RL prompts, and the
+prompt split ``sft_prompts`` / ``rl_prompts`` (equal with per-prompt parameters, disjoint
+with shared parameters). The optimal value is 1 on every prompt (each has a correct leaf).
+
+Knobs: ``wrong_demo_frac`` f with ``error_unit`` (``"prompt"``: the teacher is confidently
+wrong on a fraction f of prompts, all their demonstrations; ``"demo"``: each demonstration is
+independently the teacher's mistake w.p. f), ``demos_per_prompt`` (n), ``data_source``
+(``"expert"``: concentrated on one correct answer/strategy; ``"behavior"``: rejection-sampled
+from pi_beta != pi_base, PEAR's setting).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from toybench.config import require
+
+__all__ = ["TreeGeometry", "Scenario", "demo_data", "stack_seeds", "data_config", "shift_to_mass"]
+
+
+# ----------------------------------------------------------------------------- geometry
+class TreeGeometry:
+    """Index tables of the complete V-ary prefix tree of depth H (see module docstring)."""
+
+    def __init__(self, V: int, H: int):
+        if V < 2:
+            raise ValueError(f"V must be >= 2, got {V}")
+        if H < 1:
+            raise ValueError(f"H must be >= 1, got {H}")
+        self.V, self.H = V, H
+        self.num_leaves = V**H
+        self.num_nodes = (V**H - 1) // (V - 1)
+        leaf = torch.arange(self.num_leaves)
+        self.path_tokens = torch.stack([(leaf // V ** (H - 1 - t)) % V for t in range(H)], -1)  # (L, H)
+        offsets = [(V**t - 1) // (V - 1) for t in range(H)]
+        self.path_nodes = torch.stack([offsets[t] + leaf // V ** (H - t) for t in range(H)], -1)  # (L, H)
+
+    def leaf_token_logp(self, node_logits: torch.Tensor) -> torch.Tensor:
+        """log pi(a_t | a_<t) for every leaf and position: [..., N, V] -> [..., L, H]."""
+        V, H, L = self.V, self.H, self.num_leaves
+        # log_softmax over a short last axis is slow on CPU; over the node axis it vectorises (10x here)
+        node_logp = torch.log_softmax(node_logits.transpose(-1, -2), -2).transpose(-1, -2)  # (..., N, V)
+        lead = node_logp.shape[:-2]
+        out, off = [], 0
+        for t in range(
+            H
+        ):  # depth t: V^t nodes x V children = the V^(t+1) prefixes, each shared by V^(H-t-1) leaves
+            x = node_logp[..., off : off + V**t, :].reshape(*lead, V ** (t + 1))
+            out.append(x.unsqueeze(-1).expand(*lead, V ** (t + 1), V ** (H - t - 1)).reshape(*lead, L))
+            off += V**t
+        return torch.stack(out, -1)  # (..., L, H); equals node_logp[..., path_nodes, path_tokens]
+
+    def leaf_logp(self, node_logits: torch.Tensor) -> torch.Tensor:
+        """log pi(leaf) = sum_t log pi(a_t | a_<t): [..., N, V] -> [..., L], built depth by depth.
+
+        The prefixes of length t+1 are (prefix of length t, child a) in row-major order, so
+        log P(prefix a) = log P(prefix) + log pi(a | prefix) is one broadcast add per depth.
+        """
+        V = self.V
+        node_logp = torch.log_softmax(node_logits.transpose(-1, -2), -2).transpose(-1, -2)  # (..., N, V)
+        lead = node_logp.shape[:-2]
+        pre = node_logp[..., 0, :]  # (..., V): prefixes of length 1
+        off = 1
+        for t in range(1, self.H):
+            pre = (pre.unsqueeze(-1) + node_logp[..., off : off + V**t, :]).reshape(*lead, V ** (t + 1))
+            off += V**t
+        return pre
+
+    def occupancy(self, q: torch.Tensor) -> torch.Tensor:
+        """d(s) = probability of reaching internal node s, from leaf probabilities: [..., L] -> [..., N]."""
+        V, H, L = self.V, self.H, self.num_leaves
+        return torch.cat([q.reshape(*q.shape[:-1], V**t, L // V**t).sum(-1) for t in range(H)], -1)
+
+    def token_logp_from_leaf_dist(self, q: torch.Tensor) -> torch.Tensor:
+        """Per-token conditional log-probs of a leaf distribution q [..., L] -> [..., L, H].
+
+        log q(a_t | a_<t) = log m_{t+1} - log m_t with m_t the mass of the length-t prefix
+        (leaves sharing a prefix are contiguous in lexicographic order). Zero-mass prefixes
+        get a large negative value instead of -inf.
+        """
+        V, H, L = self.V, self.H, self.num_leaves
+        masses = []
+        for t in range(H + 1):
+            m = q.reshape(*q.shape[:-1], V**t, L // V**t).sum(-1)  # (..., V^t)
+            masses.append(m.repeat_interleave(L // V**t, dim=-1))  # (..., L)
+        logm = torch.log(torch.stack(masses, -1).clamp_min(1e-30))  # (..., L, H+1)
+        return logm[..., 1:] - logm[..., :-1]
+
+
+# ----------------------------------------------------------------------------- scenario
+@dataclass
+class Scenario:
+    """What the pipeline needs from an environment (shapes in the module docstring)."""
+
+    name: str
+    geometry: TreeGeometry
+    reward: torch.Tensor  # (S, P, L)
+    base_logits: torch.Tensor  # (S, P, N, V)
+    behavior_logits: torch.Tensor  # (S, P, N, V)
+    demo_leaves: torch.Tensor  # (S, P_sft, n)
+    demo_behavior_logp: torch.Tensor  # (S, P_sft, n, H)
+    heldout: torch.Tensor  # (S, P_rl, L)
+    sft_prompts: torch.Tensor  # (P_sft,)
+    rl_prompts: torch.Tensor  # (P_rl,)
+    features: torch.Tensor | None = None  # (S, P, N, V, d): log-linear variant only
+    theta0: torch.Tensor | None = None  # (S, d): log-linear base parameters
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.reward > 0
+
+    @property
+    def num_seeds(self) -> int:
+        return self.reward.shape[0]
+
+    def exact_J(self, node_logits: torch.Tensor) -> torch.Tensor:
+        """J(x) = sum_leaf pi(leaf | x) r(x, leaf): [S, P, N, V] -> [S, P]."""
+        logp = self.geometry.leaf_logp(node_logits)  # (S, P, L)
+        return (logp.exp() * self.reward).sum(-1)
+
+    def optimal_value(self) -> torch.Tensor:
+        """max_pi J(x) = max_leaf r(x, leaf): [S, P]."""
+        return self.reward.amax(-1)
+
+
+def demo_data(geom, reward, base_logits, behavior_logits, expert_good, expert_bad, cfg, gen):
+    """Demos, their data-policy token log-probs and the held-out distribution for one seed.
+
+    With ``error_unit="demo"`` each demo is independently the teacher's mistake w.p. f; with
+    ``"prompt"`` the teacher is wrong on a fraction f of prompts (on all their demos, held-out
+    ones included), a systematically imperfect teacher.
+    """
+    f, n, P = cfg["wrong_demo_frac"], cfg["demos_per_prompt"], reward.shape[0]
+    if cfg["data_source"] == "expert":
+        q_good, q_bad = expert_good, expert_bad
+    else:  # rejection sampling from pi_beta with a verifier that lets failures through at rate f
+        pb = geom.leaf_token_logp(behavior_logits).sum(-1).exp()  # (P, L)
+        q_good = pb * (reward > 0) + 1e-12
+        q_bad = pb * (reward == 0) + 1e-12
+        q_good, q_bad = q_good / q_good.sum(-1, keepdim=True), q_bad / q_bad.sum(-1, keepdim=True)
+    if cfg["error_unit"] == "prompt":
+        confused = (torch.rand(P, generator=gen) < f).float()[:, None]  # (P, 1)
+        teacher = (1 - confused) * q_good + confused * q_bad  # (P, L)
+        q_good = q_bad = teacher
+    else:
+        teacher = (1 - f) * q_good + f * q_bad  # (P, L): the data distribution
+
+    def sample(prompts, m):
+        good = torch.multinomial(q_good[prompts], m, replacement=True, generator=gen)  # (P', m)
+        bad = torch.multinomial(q_bad[prompts], m, replacement=True, generator=gen)
+        return torch.where(torch.rand(len(prompts), m, generator=gen) < f, bad, good)
+
+    sft, rl = cfg["sft_prompts"], cfg["rl_prompts"]
+    demos = sample(sft, n)  # (P_sft, n)
+    logp_tok = geom.token_logp_from_leaf_dist(teacher[sft])  # (P_sft, L, H)
+    beh = torch.gather(logp_tok, 1, demos[..., None].expand(-1, -1, geom.H))  # (P_sft, n, H)
+    held = sample(rl, cfg["heldout_demos"])  # (P_rl, m)
+    heldout = torch.zeros(len(rl), geom.num_leaves).scatter_add_(1, held, torch.ones(held.shape))
+    return demos, beh, heldout / heldout.sum(-1, keepdim=True)
+
+
+def stack_seeds(name, geom, per_seed, sft_prompts, rl_prompts) -> Scenario:
+    keys = ["reward", "base_logits", "behavior_logits", "demo_leaves", "demo_behavior_logp", "heldout"]
+    extra = {k: torch.stack([d[k] for d in per_seed]) for k in ("features", "theta0") if k in per_seed[0]}
+    return Scenario(
+        name, geom, *[torch.stack([d[k] for d in per_seed]) for k in keys], sft_prompts, rl_prompts, **extra
+    )
+
+
+def data_config(num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit):
+    cfg = dict(
+        wrong_demo_frac=wrong_demo_frac,
+        demos_per_prompt=demos_per_prompt,
+        heldout_demos=heldout_demos,
+        data_source=data_source,
+        error_unit=error_unit,
+    )
+    require(
+        dict(cfg, num_prompts=num_prompts),
+        at_least=dict.fromkeys(("num_prompts", "demos_per_prompt", "heldout_demos"), 1),
+        probability=("wrong_demo_frac",),
+        one_of={"data_source": ("expert", "behavior"), "error_unit": ("prompt", "demo")},
+    )
+    return cfg
+
+
+def shift_to_mass(z: torch.Tensor, good: torch.Tensor, mass: float) -> torch.Tensor:
+    """Add c(x) to the logits of the `good` answers so that their softmax mass is exactly `mass`."""
+    A = (z.exp() * good).sum(-1, keepdim=True)
+    B = (z.exp() * ~good).sum(-1, keepdim=True)
+    return z + good * torch.log(mass * B / ((1 - mass) * A))
