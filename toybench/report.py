@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from toybench import analysis, plots
 from toybench.envs import MultiAnswerBandit, ReasoningTree, Scenario, SharedBandit
-from toybench.methods import parse_method
+from toybench.methods import Method
 from toybench.pipeline import PipelineConfig, _check_cfg, run_method
 
 __all__ = ["ReportConfig", "run_report", "replot", "run_comparisons", "resolve", "SETTINGS"]
@@ -72,12 +72,12 @@ class ReportConfig:
     """RL step size (SGD)."""
     rl_algorithm: Literal["exact_pg", "grpo"] = "exact_pg"
     """Exact policy gradient (enumeration) or sampled GRPO."""
-    group_size: int = 8
-    """GRPO group size G."""
+    num_generations: int = 8
+    """GRPO group size G (TRL's name)."""
     kl_coef: float = 0.0
-    """KL penalty to the RL starting point."""
-    rl_reduction: str = "seq_mean"
-    """GRPO reduction: token_mean | seq_mean | constant | sum."""
+    """KL penalty to the RL starting point (TRL's ``beta``; ``beta`` here is GIFT's)."""
+    loss_type: str = "grpo"
+    """GRPO normaliser (TRL's names): grpo (seq_mean) | bnpo | dapo (token_mean) | dr_grpo | sum."""
     pass_k: tuple[int, ...] = (1, 4, 16, 64)
     """k of the exact pass@k metrics."""
     eval_samples: int = 64
@@ -146,7 +146,7 @@ def resolve(cfg: ReportConfig) -> ReportConfig:
             raise ValueError(f"settings: unknown setting {s!r}; choose from {SETTINGS}")
     for m in all_methods(cfg, "tree"):
         try:
-            parse_method(m)
+            Method.parse(m)
         except ValueError as err:
             raise ValueError(f"methods: {err}") from None
     if "sft" not in cfg.methods:
@@ -165,7 +165,8 @@ def all_methods(cfg: ReportConfig, setting: str) -> list[str]:
     ms = list(cfg.methods) + [f"entropy_sft@{c:g}" for c in cfg.entropy_coefs]
     ms += [f"gift@{b:g}" for b in cfg.gift_betas]
     if setting.startswith("tree"):
-        ms += [f"pear_{lvl}" for lvl in cfg.pear_levels]
+        # Blocks of 2 tokens: at the tree's horizon of 4, PEAR's default block of 4 is the sequence level.
+        ms += [f"pear_{lvl}" + (",block_size=2" if lvl == "block" else "") for lvl in cfg.pear_levels]
     return ms
 
 

@@ -20,6 +20,7 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: writing PNGs never touches the user's backend
 from tqdm.auto import tqdm
 
+from toybench.methods import Method
 from toybench.tiny.config import TinyConfig, quick_config
 from toybench.tiny.evaluate import pass_ks
 from toybench.tiny.pipeline import prepare, run_method
@@ -103,7 +104,7 @@ def compare(summary: pd.DataFrame, a: str, b: str, column: str, z: float = 2.0) 
 
 
 def _find(methods: list[str], kind: str) -> str | None:
-    return next((m for m in methods if m.partition("@")[0] == kind), None)
+    return next((m for m in methods if Method.parse(m).kind == kind), None)
 
 
 def _fmt(c: Comparison) -> str:
