@@ -2,11 +2,14 @@
 
 Outputs (the format of ``toybench report``): ``<out>/results.csv`` (one row per method and stage),
 ``<out>/report.md`` (the table and figure links), PNG figures, and each stage's own directory
-(config, metrics JSONL, checkpoints, final model). Analysis is pure functions of a DataFrame.
+(config, metrics JSONL, checkpoints, final model), named by the method spec (``gift@5``). Every
+knob of the two stages is reachable as ``--sft.*`` / ``--grpo.*`` (the same dataclasses as ``llm sft``
+and ``llm grpo``). Analysis is pure functions of a DataFrame.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,7 +36,7 @@ def _common(cfg: PipelineConfig) -> dict:
         "chunk_size",
         "prompt_style",
         "cache_dir",
-        "max_new_tokens",
+        "max_completion_length",
     )
     return {k: getattr(cfg, k) for k in keys}
 
@@ -46,6 +49,7 @@ def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
     base = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
     common = _common(cfg) | {"tiny": False, "quick": cfg.quick}
     ev = dict(n_samples=cfg.n_samples, ks=cfg.ks)
+    sft_knobs, grpo_knobs = dataclasses.asdict(cfg.sft), dataclasses.asdict(cfg.grpo)
     rows = [
         {
             "method": "base",
@@ -55,17 +59,7 @@ def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
     ]
     for m in cfg.methods:
         d = out / m
-        sft = SFTConfig(
-            model=base,
-            out=str(d / "sft"),
-            method=m,
-            steps=cfg.sft_steps,
-            lr=cfg.sft_lr,
-            gift_beta=cfg.gift_beta,
-            entropy_coef=cfg.entropy_coef,
-            resume=cfg.resume,
-            **common,
-        )
+        sft = SFTConfig(model=base, out=str(d / "sft"), method=m, resume=cfg.resume, **sft_knobs, **common)
         run_sft(sft)
         rows.append(
             {
@@ -77,13 +71,7 @@ def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
             }
         )
         grpo = GRPOConfig(
-            model=str(d / "sft" / "final"),
-            out=str(d / "grpo"),
-            steps=cfg.grpo_steps,
-            lr=cfg.grpo_lr,
-            group_size=cfg.group_size,
-            resume=cfg.resume,
-            **common,
+            model=str(d / "sft" / "final"), out=str(d / "grpo"), resume=cfg.resume, **grpo_knobs, **common
         )
         run_grpo(grpo)
         rows.append(

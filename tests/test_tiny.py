@@ -221,7 +221,7 @@ def test_standalone_entry_point(tmp_path, monkeypatch):
     small = {
         "n-layer": 1, "n-embd": 32, "pretrain-texts": 300, "pretrain-steps": 3, "sft-steps": 2, "rl-steps": 1,
         "n-eval-puzzles": 4, "eval-samples": 2, "post-sft-steps": 1, "n-sft-puzzles": 40, "n-rl-puzzles": 20,
-        "rl-prompts": 4, "rl-group": 2, "track-samples": 1,
+        "rl-prompts": 4, "num-generations": 2, "track-samples": 1,
     }  # fmt: skip
     argv = ["--out", str(tmp_path / "out"), "--seeds", "1", "--cfg.methods", "none", "sft"]
     for k, v in small.items():

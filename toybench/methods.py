@@ -166,7 +166,13 @@ def _fmt(v: Any) -> str:
 # ----------------------------------------------------------------------------- RL loss types
 #: TRL's ``loss_type`` -> this project's ``losses.reduce`` mode. ``dr_grpo`` divides by
 #: num_sequences * max_completion_length (``constant``); ``sum`` is this project's extra.
-LOSS_TYPES = {"grpo": "seq_mean", "bnpo": "token_mean", "dapo": "token_mean", "dr_grpo": "constant", "sum": "sum"}
+LOSS_TYPES = {
+    "grpo": "seq_mean",
+    "bnpo": "token_mean",
+    "dapo": "token_mean",
+    "dr_grpo": "constant",
+    "sum": "sum",
+}
 
 
 def loss_type_reduction(loss_type: str) -> str:
@@ -212,7 +218,8 @@ class Method:
         kind, at, value = head.partition("@")
         if kind not in _KINDS:
             raise ValueError(
-                f"method {spec!r}: unknown kind {kind!r}; kinds are {KINDS} (spelling kind[@value][,key=value])"
+                f"method {spec!r}: unknown kind {kind!r}; kinds are {KINDS} "
+                "(spelling kind[@value][,key=value])"
             )
         consts, _ = _KINDS[kind]
         vals = {c.name: c.default for c in consts}

@@ -184,8 +184,8 @@ def run_grpo(
 
     Per step: ``rl_prompts`` puzzles x ``num_generations`` samples at ``temperature``; rewards from
     the verifier; ``group_advantages``; ``clipped_surrogate_loss`` with ``epsilon``/``epsilon_high``
-    (+ ``kl_coef`` x k3 ``kl_penalty`` to the RL start) reduced as ``loss_type`` says. Records the mean reward and the loss every
-    step and ``on_eval(step)`` every ``rl_eval_every`` steps.
+    (+ ``kl_coef`` x k3 ``kl_penalty`` to the RL start) reduced as ``loss_type`` says. Records the
+    mean reward and the loss every step and ``on_eval(step)`` every ``rl_eval_every`` steps.
     """
     g = torch.Generator().manual_seed(seed)
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
@@ -204,7 +204,9 @@ def run_grpo(
         prompt = prompts[pick].repeat_interleave(G, dim=0)  # (n G, P)
         batch_puzzles = [puzzles[i] for i in pick.tolist() for _ in range(G)]
         model.eval()
-        comp, mask = generate(model, prompt, cfg.max_completion_length, cfg.temperature, TOK.eos_id, TOK.pad_id, g)
+        comp, mask = generate(
+            model, prompt, cfg.max_completion_length, cfg.temperature, TOK.eos_id, TOK.pad_id, g
+        )
         r, _ = rewards(batch_puzzles, comp)  # (n G,)
         adv = group_advantages(r.view(-1, G)).reshape(-1)  # (n G,)
         model.train()
