@@ -20,6 +20,7 @@ from llm.evaluate import run_eval
 from llm.grpo import run_grpo
 from llm.loading import model_path
 from llm.sft import run_sft
+from toybench.methods import Method
 
 
 def _common(cfg: PipelineConfig) -> dict:
@@ -59,20 +60,21 @@ def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
     ]
     for m in cfg.methods:
         d = out / m
-        sft = SFTConfig(model=base, out=str(d / "sft"), method=m, resume=cfg.resume, **sft_knobs, **common)
-        run_sft(sft)
-        rows.append(
-            {
-                "method": m,
-                "stage": "sft",
-                **run_eval(
-                    EvalConfig(model=str(d / "sft" / "final"), out=str(d / "eval_sft"), **common, **ev)
-                ),
-            }
-        )
-        grpo = GRPOConfig(
-            model=str(d / "sft" / "final"), out=str(d / "grpo"), resume=cfg.resume, **grpo_knobs, **common
-        )
+        start = base  # ``none``: GRPO straight from the base model
+        if Method.parse(m).kind != "none":
+            sft = SFTConfig(
+                model=base, out=str(d / "sft"), method=m, resume=cfg.resume, **sft_knobs, **common
+            )
+            run_sft(sft)
+            start = str(d / "sft" / "final")
+            rows.append(
+                {
+                    "method": m,
+                    "stage": "sft",
+                    **run_eval(EvalConfig(model=start, out=str(d / "eval_sft"), **common, **ev)),
+                }
+            )
+        grpo = GRPOConfig(model=start, out=str(d / "grpo"), resume=cfg.resume, **grpo_knobs, **common)
         run_grpo(grpo)
         rows.append(
             {
