@@ -1,8 +1,10 @@
 """toybench: every loss written once, and the bandit / token-MDP / tiny-transformer benchmarks.
 
 Public API: ``toybench.losses`` (SFT and RL per-token losses and ``reduce``),
-``toybench.advantages`` (``group_advantages``) and ``toybench.metrics`` (pass@k, entropy,
-coverage). Heavier parts (environments, pipeline, report, model) are imported explicitly.
+``toybench.advantages`` (``group_advantages``), ``toybench.metrics`` (pass@k, entropy,
+coverage) and ``toybench.methods.Method`` (an SFT method spec -> its loss, needs and state).
+Heavier parts (environments, pipeline,
+report, model) are imported explicitly.
 """
 
 from toybench import advantages, losses, metrics
@@ -22,9 +24,11 @@ from toybench.losses import (
     reduce,
     sft_loss,
 )
+from toybench.methods import Method
 from toybench.metrics import coverage, entropy, pass_at_k, pass_at_k_exact
 
 __all__ = [
+    "Method",
     "advantages",
     "clipped_surrogate_loss",
     "coverage",
