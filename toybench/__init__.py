@@ -3,8 +3,7 @@
 Public API: ``toybench.losses`` (SFT and RL per-token losses and ``reduce``),
 ``toybench.advantages`` (``group_advantages``), ``toybench.metrics`` (pass@k, entropy,
 coverage) and ``toybench.methods.Method`` (an SFT method spec -> its loss, needs and state).
-Heavier parts (environments, pipeline,
-report, model) are imported explicitly.
+Heavier parts (environments, pipeline, report, model) are imported explicitly.
 """
 
 from toybench import advantages, losses, metrics
