@@ -44,9 +44,11 @@ def run_variant(name: str, tokens: int, hidden: int, vocab: int, chunk: int) -> 
     w.grad = torch.zeros_like(w)  # the weight gradient exists in every variant: part of the baseline
     h.grad = torch.zeros_like(h)
     base = _rss_mb()
-    method = {"ce": "sft", "entropy": "entropy_sft", "gift_naive": "gift"}.get(name, name)
-    fn = sft_token_fn(method, entropy_coef=0.1, gift_beta=5.0)
-    aux = [(hb, wb)] if method in ("gift", "curio") else []
+    method = {"ce": "sft", "entropy": "entropy_sft@0.1", "gift": "gift@5", "gift_naive": "gift@5"}.get(
+        name, name
+    )
+    fn = sft_token_fn(method)
+    aux = [(hb, wb)] if method.startswith(("gift", "curio")) else []
     t0 = time.perf_counter()
     if name == "gift_naive":
         per_token = full_per_token(fn, h, w, aux=aux, token_args={"targets": y})

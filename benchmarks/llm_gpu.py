@@ -57,7 +57,7 @@ def main() -> None:
     att = torch.ones_like(ids)
     mask = torch.ones(a.batch, a.seq - 1, device=dev)
     rows = []
-    for method in ("sft", "entropy_sft", "gift", "curio", "dft"):
+    for method in ("sft", "entropy_sft@0.1", "gift@5", "curio", "dft"):
         fn = sft_token_fn(method)
         times = []
         torch.cuda.reset_peak_memory_stats()
@@ -66,7 +66,7 @@ def main() -> None:
             t0 = time.perf_counter()
             h = final_hidden(model, ids, att)[:, :-1]
             aux = []
-            if method in ("gift", "curio"):
+            if method.startswith(("gift", "curio")):
                 with torch.no_grad():
                     aux = [(final_hidden(base, ids, att)[:, :-1], output_weight(base))]
             pt = chunked_per_token(

@@ -39,7 +39,7 @@ def main() -> None:
     cfg = TinyConfig()
     mcfg = cfg.model_config
     model = GPT(mcfg)
-    P, N, B = cfg.prompt_len, cfg.max_new_tokens, args.batch
+    P, N, B = cfg.prompt_len, cfg.max_completion_length, args.batch
     prompt = torch.randint(3, mcfg.vocab_size, (B, P))
     comp = torch.randint(3, mcfg.vocab_size, (B, N))
     mask = torch.ones_like(comp)

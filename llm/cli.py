@@ -12,7 +12,7 @@ import sys
 import torch
 import tyro
 
-from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig
+from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig, resolve
 from llm.train import NonFiniteLossError
 
 
@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
         args=sys.argv[1:] if argv is None else argv,
         prog="python -m llm",
     )
+    try:
+        resolve(cfg)  # bad input (a method spec, a knob) is one line and exit 2, not a traceback
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if cfg.device in ("auto", "cpu") and not torch.cuda.is_available():
         torch.set_num_threads(max(1, torch.get_num_threads()))
     try:

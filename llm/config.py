@@ -1,8 +1,11 @@
 """Typed run configurations of the ``llm`` commands (flat dataclasses, parsed by tyro in ``llm.cli``).
 
 Design: one flat dataclass per command; the fields every command shares live in :class:`RunConfig`
-and are inherited (one level, no hierarchy beyond that). ``quick`` shrinks every budget to a smoke
-test; :func:`resolve` applies it so the saved ``config.json`` holds the numbers that actually ran.
+and are inherited, and each stage's own knobs live in :class:`SFTKnobs` / :class:`GRPOKnobs`, so
+``llm pipeline`` nests the SAME knobs as ``--sft.*`` / ``--grpo.*``. Methods are
+``toybench.methods`` specs and RL knobs carry TRL's names, as at every scale. ``quick`` shrinks
+every budget to a smoke test; :func:`resolve` applies it so the saved ``config.json`` holds the
+numbers that actually ran.
 """
 
 from __future__ import annotations
@@ -13,7 +16,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("sft", "entropy_sft", "gift", "curio", "pear", "dft")
+from toybench.losses import REDUCE_MODES
+from toybench.methods import Method, loss_type_reduction
+
+#: The default comparison, spelled as at every scale. GIFT runs at beta 5 here: the code default
+#: beta 20 is ~SFT for confident models (METHODS 1.3).
+METHODS = ("sft", "entropy_sft@0.1", "gift@5", "curio", "pear_token", "dft")
 DEFAULT_CACHE = os.environ.get("SFTRL_CACHE", str(Path.home() / ".cache" / "sft_for_rl"))
 
 
@@ -55,18 +63,16 @@ class RunConfig:
     """Where the tiny model is cached (by config hash)."""
     tiny_pretrain_steps: int = 1500
     """Pretraining steps of the tiny model (part of its cache key)."""
-    max_new_tokens: int = 24
-    """Generation budget per response."""
+    max_completion_length: int = 24
+    """Generation budget per response (TRL's name)."""
     stop_after: int = -1
     """Stop (as if interrupted) after this many optimizer steps; -1 = never. For resume tests."""
 
 
 @dataclass
-class SFTConfig(RunConfig):
-    """Supervised fine-tuning with one of the METHODS, all losses from ``toybench.losses``."""
+class SFTKnobs:
+    """The SFT stage's own knobs (``llm sft`` flat; ``llm pipeline --sft.*``)."""
 
-    method: str = "sft"
-    """One of sft, entropy_sft, gift, curio, pear, dft."""
     steps: int = 200
     """Optimizer steps."""
     batch_size: int = 16
@@ -84,25 +90,7 @@ class SFTConfig(RunConfig):
     clip: float = 1.0
     """Gradient-norm clip."""
     reduction: str = "token_mean"
-    """token_mean | seq_mean | constant | sum (applied over the global batch)."""
-    entropy_coef: float = 0.1
-    """entropy_sft: lambda in -log pi(y) - lambda H(pi)."""
-    gift_beta: float = 5.0
-    """GIFT inverse temperature beta (paper default 20 is ~SFT for confident models)."""
-    gift_smooth: float = 0.0
-    """GIFT label smoothing s of the base distribution."""
-    curio_alpha: float = 1.0
-    """CurioSFT alpha of the squared log-ratio term."""
-    curio_ema_every: int = 5
-    """CurioSFT: update the EMA teacher every this many steps."""
-    curio_ema_keep: float = 0.01
-    """CurioSFT: teacher <- keep * teacher + (1 - keep) * model (paper: 0.01)."""
-    pear_level: str = "token"
-    """PEAR weight level: sequence | token | block."""
-    pear_block_size: int = 4
-    """PEAR block size (block level)."""
-    pear_gamma: float = 0.999
-    """PEAR discount gamma."""
+    """SFT loss reduction: token_mean | seq_mean | constant | sum (applied over the global batch)."""
     behavior_model: str = ""
     """PEAR behaviour policy (model path); default: the base model. Log-probs are collected once."""
     eval_every: int = 25
@@ -114,15 +102,27 @@ class SFTConfig(RunConfig):
 
 
 @dataclass
-class GRPOConfig(RunConfig):
-    """GRPO with group advantages, clipped surrogate, optional KL, from ``toybench.losses``."""
+class SFTConfig(SFTKnobs, RunConfig):
+    """Supervised fine-tuning with one ``toybench.methods`` spec, all losses from ``toybench.losses``."""
+
+    method: str = "sft"
+    """SFT method spec, spelled as at every scale (``toybench.methods``): sft | dft | entropy_sft@0.1 |
+    gift@5 | curio | pear_token | pear_block | pear_sequence, with keyword overrides of any constant
+    (``gift@5,smooth=0.01``, ``curio,ema_every=5,ema_keep=0.01``, ``pear_block,block_size=4``). GIFT:
+    write ``gift@5`` at this scale (``gift`` alone is the code default beta = 20, ~SFT for confident
+    models)."""
+
+
+@dataclass
+class GRPOKnobs:
+    """The GRPO stage's own knobs (``llm grpo`` flat; ``llm pipeline --grpo.*``). TRL's names."""
 
     steps: int = 100
     """Optimizer steps (one generation round each)."""
     prompts_per_step: int = 16
     """Prompts per step (global; each prompt's group stays on one rank)."""
-    group_size: int = 8
-    """G samples per prompt."""
+    num_generations: int = 8
+    """G samples per prompt (TRL's name)."""
     temperature: float = 1.0
     """Sampling temperature."""
     lr: float = 1e-4
@@ -133,26 +133,33 @@ class GRPOConfig(RunConfig):
     """Warm-up steps."""
     clip: float = 1.0
     """Gradient-norm clip."""
-    mu: int = 1
-    """Optimisation passes over each generated batch (1 = on-policy; ratio = 1 at the first)."""
-    eps_low: float = 0.2
-    """Clip range below 1."""
-    eps_high: float = 0.28
-    """Clip range above 1 (DAPO clip-higher)."""
+    num_iterations: int = 1
+    """Optimisation passes over each generated batch (TRL's name; 1 = on-policy, ratio = 1)."""
+    epsilon: float = 0.2
+    """Clip range below 1 (TRL's name)."""
+    epsilon_high: float = 0.28
+    """Clip range above 1 (TRL's name; DAPO clip-higher)."""
     kl_coef: float = 0.0
-    """KL-to-reference coefficient (0 = no reference model)."""
+    """KL-to-reference coefficient (0 = no reference model). TRL calls it ``beta``; here ``beta`` is
+    GIFT's inverse temperature."""
     kl_kind: str = "k3"
     """k1 | k3."""
     adv_scale: str = "group"
     """group | batch | none (Dr. GRPO)."""
-    reduction: str = "token_mean"
-    """token_mean (DAPO) | seq_mean (GRPO) | constant (Dr. GRPO) | sum."""
+    loss_type: str = "dapo"
+    """Normaliser (TRL's names): dapo | bnpo (token mean over the global batch) | grpo (per-sequence
+    mean, then mean) | dr_grpo (sum / (sequences x max_completion_length)) | sum."""
     pass_k: int = 4
-    """k of the logged pass@k (<= group_size)."""
+    """k of the logged pass@k (<= num_generations)."""
     eval_every: int = 10
     """Held-out expert SFT loss every this many steps (the decoupling T1 probe)."""
     ckpt_every: int = 25
     """Checkpoint every this many steps."""
+
+
+@dataclass
+class GRPOConfig(GRPOKnobs, RunConfig):
+    """GRPO with group advantages, clipped surrogate, optional KL, from ``toybench.losses``."""
 
 
 @dataclass
@@ -172,25 +179,15 @@ class PipelineConfig(RunConfig):
     """base -> SFT(method) -> GRPO -> eval for each method; a comparison table and figures."""
 
     methods: tuple[str, ...] = METHODS
-    """SFT methods to compare."""
-    sft_steps: int = 200
-    """SFT optimizer steps per method."""
-    sft_lr: float = 3e-4
-    """SFT learning rate."""
-    grpo_steps: int = 100
-    """GRPO steps per method."""
-    grpo_lr: float = 1e-4
-    """GRPO learning rate."""
-    group_size: int = 8
-    """GRPO group size."""
+    """SFT method specs to compare (``toybench.methods`` spelling; GIFT at beta 5 at this scale)."""
+    sft: SFTKnobs = dataclasses.field(default_factory=SFTKnobs)
+    """Every knob of the SFT stage (``--sft.steps 50 --sft.lr 1e-4 ...``)."""
+    grpo: GRPOKnobs = dataclasses.field(default_factory=GRPOKnobs)
+    """Every knob of the GRPO stage (``--grpo.num-generations 4 --grpo.loss-type grpo ...``)."""
     n_samples: int = 16
     """Evaluation samples per prompt."""
     ks: tuple[int, ...] = (1, 4, 16)
     """Evaluation pass@k."""
-    gift_beta: float = 5.0
-    """GIFT beta."""
-    entropy_coef: float = 0.1
-    """entropy_sft lambda."""
 
 
 QUICK = {
@@ -202,43 +199,64 @@ QUICK = {
     "eval_prompts": 4,
     "ckpt_every": 3,
     "prompts_per_step": 4,
-    "group_size": 4,
+    "num_generations": 4,
     "pass_k": 2,
     "n_samples": 4,
     "ks": (1, 2, 4),
-    "sft_steps": 6,
-    "grpo_steps": 3,
-    "max_new_tokens": 16,
+    "max_completion_length": 16,
     "warmup": 1,
 }
+
+
+def _quick(cfg):
+    """``QUICK`` applied to ``cfg`` and to its nested stage knobs."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    kw = {k: v for k, v in QUICK.items() if k in names}
+    kw |= {n: _quick(getattr(cfg, n)) for n in ("sft", "grpo") if n in names}
+    return dataclasses.replace(cfg, **kw)
+
+
+def _check(cfg) -> None:
+    for name in (
+        "steps",
+        "batch_size",
+        "grad_accum",
+        "num_generations",
+        "num_iterations",
+        "n_samples",
+        "chunk_size",
+    ):
+        if hasattr(cfg, name) and getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if isinstance(cfg, SFTKnobs) and cfg.batch_size % cfg.grad_accum:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}")
+    if isinstance(cfg, SFTKnobs) and cfg.reduction not in REDUCE_MODES:
+        raise ValueError(f"reduction must be one of {REDUCE_MODES}, got {cfg.reduction!r}")
+    if isinstance(cfg, GRPOKnobs):
+        if not 1 <= cfg.pass_k <= cfg.num_generations:
+            raise ValueError(
+                f"pass_k must be in [1, num_generations={cfg.num_generations}], got {cfg.pass_k}"
+            )
+        loss_type_reduction(cfg.loss_type)
+    if getattr(cfg, "temperature", 1.0) <= 0:
+        raise ValueError(f"temperature must be > 0, got {cfg.temperature}")
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
     """Apply ``quick`` and ``tiny`` presets and validate; returns a new config (the one that runs)."""
     if cfg.quick:
-        names = {f.name for f in dataclasses.fields(cfg)}
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.items() if k in names})
-    method = getattr(cfg, "method", None)
-    if method is not None and method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    for m in getattr(cfg, "methods", ()):
-        if m not in METHODS:
-            raise ValueError(f"methods: {m!r} is not one of {METHODS}")
-    for name in ("steps", "batch_size", "grad_accum", "group_size", "n_samples", "chunk_size"):
-        if hasattr(cfg, name) and getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if isinstance(cfg, SFTConfig) and cfg.batch_size % cfg.grad_accum:
-        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}")
-    if isinstance(cfg, GRPOConfig) and not 1 <= cfg.pass_k <= cfg.group_size:
-        raise ValueError(f"pass_k must be in [1, group_size={cfg.group_size}], got {cfg.pass_k}")
+        cfg = _quick(cfg)
+    for m in ([cfg.method] if isinstance(cfg, SFTConfig) else []) + list(getattr(cfg, "methods", ())):
+        Method.parse(m)  # ValueError naming the spec
+    for c in (cfg, getattr(cfg, "sft", None), getattr(cfg, "grpo", None)):
+        if c is not None:
+            _check(c)
     if isinstance(cfg, EvalConfig | PipelineConfig) and max(cfg.ks) > cfg.n_samples:
         raise ValueError(f"ks={cfg.ks}: every k must be <= n_samples={cfg.n_samples}")
     if cfg.prompt_style == "auto":
         cfg = dataclasses.replace(cfg, prompt_style="compact" if cfg.tiny else "instruct")
     if cfg.prompt_style not in ("compact", "instruct"):
         raise ValueError(f"prompt_style must be auto, compact or instruct, got {cfg.prompt_style!r}")
-    if getattr(cfg, "temperature", 1.0) <= 0:
-        raise ValueError(f"temperature must be > 0, got {cfg.temperature}")
     return cfg
 
 
@@ -254,6 +272,8 @@ __all__ = [
     "METHODS",
     "EvalConfig",
     "GRPOConfig",
+    "GRPOKnobs",
+    "SFTKnobs",
     "PipelineConfig",
     "RunConfig",
     "SFTConfig",

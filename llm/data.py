@@ -249,7 +249,23 @@ def collate(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
     return {"input_ids": ids, "attention_mask": att, "targets": ids[:, 1:], "loss_mask": lm[:, 1:]}
 
 
+def load_data(cfg) -> dict[str, list[Example]]:
+    """``sft``/``heldout``/``rl``/``eval`` example lists for ``cfg.data`` (arith or a JSONL file)."""
+    if cfg.data == "arith":
+        return arith_splits(cfg.seed, cfg.n_train, cfg.n_heldout, style=cfg.prompt_style)
+    train = read_jsonl(cfg.data, cfg.n_train + (0 if cfg.heldout_data else cfg.n_heldout))
+    if cfg.heldout_data:
+        held = read_jsonl(cfg.heldout_data, cfg.n_heldout)
+    else:
+        if len(train) < 2:
+            raise ValueError(f"data={cfg.data!r}: need >= 2 examples to hold some out")
+        k = min(cfg.n_heldout, len(train) // 2)
+        train, held = train[:-k], train[-k:]
+    return {"sft": train, "heldout": held, "rl": train, "eval": held}
+
+
 __all__ = [
+    "load_data",
     "Example",
     "arith_examples",
     "arith_splits",

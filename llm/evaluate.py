@@ -71,7 +71,7 @@ def run_eval(cfg: EvalConfig, model=None, tok=None) -> dict:
     path = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
     tok = tok or load_tokenizer(path, cfg.trust_remote_code)
     model = model or load_model(path, device, trust_remote_code=cfg.trust_remote_code)
-    from llm.sft import load_data
+    from llm.data import load_data
 
     data = load_data(cfg)
     res = evaluate(
@@ -81,7 +81,7 @@ def run_eval(cfg: EvalConfig, model=None, tok=None) -> dict:
         cfg.n_samples,
         cfg.ks,
         cfg.temperature,
-        cfg.max_new_tokens,
+        cfg.max_completion_length,
         cfg.chunk_size,
         cfg.enable_thinking,
     )

@@ -1,13 +1,14 @@
 """GRPO of a causal LM: group sampling, verifier rewards, group advantages, clipped surrogate.
 
 One step: ``prompts_per_step`` prompts (a seeded permutation; each prompt's whole group stays on one
-rank) -> ``group_size`` KV-cached samples each -> 0/1 rewards from the verifiers (parsed, never
+rank) -> ``num_generations`` KV-cached samples each -> 0/1 rewards from the verifiers (parsed, never
 executed) -> ``toybench.advantages.group_advantages`` over the GLOBAL reward matrix (so the ``batch``
-scale sees every rank) -> ``mu`` passes of ``clipped_surrogate_loss`` (+ ``kl_coef * kl_penalty``
-to a frozen reference) reduced with the METHODS mode -> step. Logged: reward, pass@k (unbiased over
-the G samples), entropy, response length, clip fraction, and the held-out expert SFT loss
-(decoupling probe T1). Sampling is seeded per (seed, step, rank), so a resumed run draws the same
-samples as an uninterrupted one.
+scale sees every rank) -> ``num_iterations`` passes of ``clipped_surrogate_loss`` (``epsilon``,
+``epsilon_high``; + ``kl_coef * kl_penalty`` to a frozen reference) normalised as ``loss_type``
+says -> step. Knob names are TRL's (``kl_coef`` is TRL's ``beta``: here ``beta`` is GIFT's).
+Logged: reward, pass@k (unbiased over the G samples), entropy, response length, clip fraction,
+and the held-out expert SFT loss (decoupling probe T1). Sampling is seeded per (seed, step, rank),
+so a resumed run draws the same samples as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,17 +25,19 @@ from llm.config import GRPOConfig, resolve
 from llm.data import collate
 from llm.objectives import entropy_fn, logp_fn
 from llm.rollout import generate, heldout_sft_loss, hidden_states, score
-from llm.sft import batch_indices, setup_run
 from llm.train import (
     MetricsLog,
     Normaliser,
+    batch_indices,
     global_reduce,
     make_optimizer,
     optimizer_step,
+    setup_run,
     truncate_log,
 )
 from toybench.advantages import group_advantages
 from toybench.losses import clipped_mask, clipped_surrogate_loss, kl_penalty, reduce
+from toybench.methods import loss_type_reduction
 from toybench.metrics import pass_at_k
 
 
@@ -42,11 +45,13 @@ def grpo_loss_terms(model, batch, adv, old_logp, ref_logp, cfg: GRPOConfig, norm
     """(loss share, per-token logp, clipped mask) of one micro-batch; every term from toybench.losses."""
     logp = score(model, batch, logp_fn, chunk_size=cfg.chunk_size, hidden=hidden)  # (B, T-1)
     old = logp.detach() if old_logp is None else old_logp
-    per_token = clipped_surrogate_loss(logp, old, adv, eps_low=cfg.eps_low, eps_high=cfg.eps_high)
+    per_token = clipped_surrogate_loss(logp, old, adv, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high)
     if ref_logp is not None and cfg.kl_coef > 0:
         per_token = per_token + cfg.kl_coef * kl_penalty(logp, ref_logp, kind=cfg.kl_kind)
-    loss = global_reduce(per_token, batch["loss_mask"], cfg.reduction, norm)
-    return loss, logp, clipped_mask(logp, old, adv, eps_low=cfg.eps_low, eps_high=cfg.eps_high)
+    mode = loss_type_reduction(cfg.loss_type)
+    t_max = cfg.max_completion_length if mode == "constant" else None  # dr_grpo: TRL's normaliser
+    loss = global_reduce(per_token, batch["loss_mask"], mode, norm, t_max=t_max)
+    return loss, logp, clipped_mask(logp, old, adv, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high)
 
 
 def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
@@ -82,7 +87,13 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
         local = [prompts[i] for i in idx[di.rank * per_rank : (di.rank + 1) * per_rank]]
         torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + di.rank)
         groups = generate(
-            model, tok, local, cfg.group_size, cfg.temperature, cfg.max_new_tokens, cfg.enable_thinking
+            model,
+            tok,
+            local,
+            cfg.num_generations,
+            cfg.temperature,
+            cfg.max_completion_length,
+            cfg.enable_thinking,
         )
         rewards = torch.tensor(
             [[ex.reward(r.text) for r in g] for ex, g in zip(local, groups)], dtype=torch.float32
@@ -99,17 +110,23 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
         norm = Normaliser.of([mask])
         ref_logp = score(ref, batch, logp_fn, chunk_size=cfg.chunk_size).detach() if ref is not None else None
         old_logp = None
-        if cfg.mu > 1:
+        if cfg.num_iterations > 1:
             with torch.no_grad():
                 old_logp = score(model, batch, logp_fn, chunk_size=cfg.chunk_size)
         model.train()
-        for _ in range(cfg.mu):
+        for _ in range(cfg.num_iterations):
             h = hidden_states(model, batch)  # (B, T-1, D)
             loss, logp, clipped = grpo_loss_terms(model, batch, adv, old_logp, ref_logp, cfg, norm, hidden=h)
             loss.backward()
             loss_sum = dist.all_reduce_sum(loss.detach().clone())
             gnorm = optimizer_step(
-                model, opt, sched if _ == cfg.mu - 1 else _NoSched(), loss_sum, cfg.clip, step, last_ckpt
+                model,
+                opt,
+                sched if _ == cfg.num_iterations - 1 else _NoSched(),
+                loss_sum,
+                cfg.clip,
+                step,
+                last_ckpt,
             )
         with torch.no_grad():
             ent = score(
@@ -135,7 +152,9 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
             "grpo/loss": float(loss_sum),
             "grpo/grad_norm": gnorm,
             "grpo/reward": float(all_rewards.mean()),
-            f"grpo/pass@{cfg.pass_k}": float(np.mean(pass_at_k(cfg.group_size, c.astype(int), cfg.pass_k))),
+            f"grpo/pass@{cfg.pass_k}": float(
+                np.mean(pass_at_k(cfg.num_generations, c.astype(int), cfg.pass_k))
+            ),
             "grpo/entropy": float(stats[0] / stats[1].clamp_min(1)),
             "grpo/response_len": float(stats[1] / stats[3]),
             "grpo/clip_frac": float(stats[2] / stats[1].clamp_min(1)),
@@ -169,7 +188,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
 
 
 class _NoSched:
-    """Inner passes of ``mu > 1`` do not advance the learning-rate schedule."""
+    """Inner passes of ``num_iterations > 1`` do not advance the learning-rate schedule."""
 
     def step(self) -> None:
         pass

@@ -2,11 +2,14 @@
 
 Outputs (the format of ``toybench report``): ``<out>/results.csv`` (one row per method and stage),
 ``<out>/report.md`` (the table and figure links), PNG figures, and each stage's own directory
-(config, metrics JSONL, checkpoints, final model). Analysis is pure functions of a DataFrame.
+(config, metrics JSONL, checkpoints, final model), named by the method spec (``gift@5``). Every
+knob of the two stages is reachable as ``--sft.*`` / ``--grpo.*`` (the same dataclasses as ``llm sft``
+and ``llm grpo``). Analysis is pure functions of a DataFrame.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from llm.grpo import run_grpo
 from llm.loading import model_path
 from llm.sft import run_sft
 from toybench.analysis import markdown_table
+from toybench.methods import Method
 
 
 def _common(cfg: PipelineConfig) -> dict:
@@ -34,7 +38,7 @@ def _common(cfg: PipelineConfig) -> dict:
         "chunk_size",
         "prompt_style",
         "cache_dir",
-        "max_new_tokens",
+        "max_completion_length",
     )
     return {k: getattr(cfg, k) for k in keys}
 
@@ -47,6 +51,7 @@ def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
     base = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
     common = _common(cfg) | {"tiny": False, "quick": cfg.quick}
     ev = dict(n_samples=cfg.n_samples, ks=cfg.ks)
+    sft_knobs, grpo_knobs = dataclasses.asdict(cfg.sft), dataclasses.asdict(cfg.grpo)
     rows = [
         {
             "method": "base",
@@ -56,36 +61,21 @@ def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
     ]
     for m in cfg.methods:
         d = out / m
-        sft = SFTConfig(
-            model=base,
-            out=str(d / "sft"),
-            method=m,
-            steps=cfg.sft_steps,
-            lr=cfg.sft_lr,
-            gift_beta=cfg.gift_beta,
-            entropy_coef=cfg.entropy_coef,
-            resume=cfg.resume,
-            **common,
-        )
-        run_sft(sft)
-        rows.append(
-            {
-                "method": m,
-                "stage": "sft",
-                **run_eval(
-                    EvalConfig(model=str(d / "sft" / "final"), out=str(d / "eval_sft"), **common, **ev)
-                ),
-            }
-        )
-        grpo = GRPOConfig(
-            model=str(d / "sft" / "final"),
-            out=str(d / "grpo"),
-            steps=cfg.grpo_steps,
-            lr=cfg.grpo_lr,
-            group_size=cfg.group_size,
-            resume=cfg.resume,
-            **common,
-        )
+        start = base  # ``none``: GRPO straight from the base model
+        if Method.parse(m).kind != "none":
+            sft = SFTConfig(
+                model=base, out=str(d / "sft"), method=m, resume=cfg.resume, **sft_knobs, **common
+            )
+            run_sft(sft)
+            start = str(d / "sft" / "final")
+            rows.append(
+                {
+                    "method": m,
+                    "stage": "sft",
+                    **run_eval(EvalConfig(model=start, out=str(d / "eval_sft"), **common, **ev)),
+                }
+            )
+        grpo = GRPOConfig(model=start, out=str(d / "grpo"), resume=cfg.resume, **grpo_knobs, **common)
         run_grpo(grpo)
         rows.append(
             {

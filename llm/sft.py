@@ -6,17 +6,18 @@ Loop (one optimizer step):
   :func:`llm.chunked.chunked_per_token` -> :func:`llm.train.global_reduce` -> backward ->
   gradients summed over ranks -> clip -> non-finite guard -> AdamW + cosine schedule.
 
-Method-specific state: GIFT a frozen base copy (aux logits); CurioSFT an EMA teacher
-(``teacher <- keep * teacher + (1 - keep) * model`` every ``curio_ema_every`` steps; checkpointed);
-PEAR behaviour log-probs collected ONCE before training from ``behavior_model`` (default: the base)
-and stored beside the run under a hash of the data and the behaviour model. Every ``eval_every``
+The method is a ``toybench.methods`` spec (``gift@5``, ``curio,ema_every=5``, ``pear_block``...); its
+state comes from what it declares (``Method.init_state``): GIFT a frozen base copy (aux logits);
+CurioSFT an EMA teacher (``Method.ema_update`` every ``ema_every`` steps; checkpointed); PEAR
+behaviour log-probs collected ONCE before training from ``behavior_model`` (default: the base, i.e.
+the model before its first step) and stored beside the run under a hash of the data and the
+behaviour model, then ``Method.weights`` times the chunked NLL. Every ``eval_every``
 steps the held-out expert SFT loss and the greedy reward on held-out prompts are logged (the
 decoupling probe T2 runs the other way in GRPO).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
@@ -26,48 +27,22 @@ from tqdm import tqdm
 
 from llm import dist
 from llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from llm.config import SFTConfig, resolve, save_config
-from llm.data import Example, arith_splits, collate, read_jsonl, sft_ids
-from llm.loading import load_model, load_tokenizer, model_path, resolve_device
-from llm.objectives import AUX_MODEL, logp_fn, sft_token_fn
+from llm.config import SFTConfig, resolve
+from llm.data import Example, collate, sft_ids
+from llm.loading import load_model
+from llm.objectives import logp_fn, sft_token_fn
 from llm.rollout import generate, heldout_sft_loss, score
 from llm.train import (
     MetricsLog,
     Normaliser,
+    batch_indices,
     global_reduce,
     make_optimizer,
     optimizer_step,
-    seed_everything,
+    setup_run,
     truncate_log,
 )
-from toybench.losses import pear_weights
-
-
-def load_data(cfg) -> dict[str, list[Example]]:
-    """``sft``/``heldout``/``rl``/``eval`` example lists for ``cfg.data`` (arith or a JSONL file)."""
-    if cfg.data == "arith":
-        return arith_splits(cfg.seed, cfg.n_train, cfg.n_heldout, style=cfg.prompt_style)
-    train = read_jsonl(cfg.data, cfg.n_train + (0 if cfg.heldout_data else cfg.n_heldout))
-    if cfg.heldout_data:
-        held = read_jsonl(cfg.heldout_data, cfg.n_heldout)
-    else:
-        if len(train) < 2:
-            raise ValueError(f"data={cfg.data!r}: need >= 2 examples to hold some out")
-        k = min(cfg.n_heldout, len(train) // 2)
-        train, held = train[:-k], train[-k:]
-    return {"sft": train, "heldout": held, "rl": train, "eval": held}
-
-
-def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
-    """Example indices of global batch ``step``: consecutive slices of per-epoch seeded permutations."""
-    out, pos = [], step * batch_size
-    while len(out) < batch_size:
-        epoch, off = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-        take = perm[off : off + batch_size - len(out)]
-        out += take
-        pos += len(take)
-    return out
+from toybench.methods import Method
 
 
 def _hash(obj) -> str:
@@ -94,30 +69,6 @@ def behavior_logprobs(cfg: SFTConfig, seqs, tok, base_model, device, out: Path) 
     return res
 
 
-@torch.no_grad()
-def ema_update(teacher: torch.nn.Module, model: torch.nn.Module, keep: float) -> None:
-    """teacher <- keep * teacher + (1 - keep) * model (CurioSFT; keep = 0.01 in the paper's code)."""
-    for pt, pm in zip(teacher.parameters(), model.parameters()):
-        pt.mul_(keep).add_(pm.detach(), alpha=1.0 - keep)
-
-
-def setup_run(cfg, model=None, tok=None):
-    """The shared start of every loop: seed, device, process group, saved config, model, tokenizer, data.
-
-    Returns ``(device, dist_info, out_dir, tokenizer, model, data)``.
-    """
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    di = dist.init_distributed(device)
-    out = Path(cfg.out)
-    if di.main:
-        save_config(cfg, out)
-    path = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
-    tok = tok or load_tokenizer(path, cfg.trust_remote_code)
-    model = model or load_model(path, device, trust_remote_code=cfg.trust_remote_code)
-    return device, di, out, tok, model, load_data(cfg)
-
-
 def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     """Run SFT as configured; writes metrics, checkpoints and ``<out>/final``; returns final metrics."""
     cfg = resolve(cfg)
@@ -125,27 +76,18 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     train, held = data["sft"], data["heldout"]
     seqs = [sft_ids(tok, ex, cfg.enable_thinking) for ex in train]
 
-    frozen = {}
-    if cfg.method in ("gift", "curio", "pear"):
-        base = copy.deepcopy(model).eval().requires_grad_(False)
-        frozen["base"] = base
-    if cfg.method == "curio":
-        frozen["teacher"] = copy.deepcopy(model).eval().requires_grad_(False)
-    behavior = (
-        behavior_logprobs(cfg, seqs, tok, frozen["base"], device, out) if cfg.method == "pear" else None
-    )
-    fn = sft_token_fn(
-        cfg.method,
-        entropy_coef=cfg.entropy_coef,
-        gift_beta=cfg.gift_beta,
-        gift_smooth=cfg.gift_smooth,
-        curio_alpha=cfg.curio_alpha,
-    )
-    aux = [frozen[AUX_MODEL[cfg.method]]] if cfg.method in AUX_MODEL else []
+    method = Method.parse(cfg.method)
+    if method.kind == "none":
+        raise ValueError("method 'none' has no SFT stage (run grpo from the base model)")
+    state = method.init_state(model)  # frozen base / EMA teacher, as the method declares
+    # behaviour log-probs of the model before its first step (= the base) unless behavior_model says
+    behavior = behavior_logprobs(cfg, seqs, tok, model, device, out) if method.needs_behavior_logp else None
+    fn = sft_token_fn(method)
+    aux = [state.base if method.aux == "base" else state.teacher] if method.aux else []
 
     opt, sched = make_optimizer(model, cfg.lr, cfg.steps, cfg.warmup, cfg.min_lr_ratio, cfg.weight_decay)
     ckpt_root, start, last_ckpt = out / "checkpoint", 0, ""
-    extra = {"teacher": frozen["teacher"]} if cfg.method == "curio" else {}
+    extra = {"teacher": state.teacher} if method.needs_teacher else {}
     log_path = out / "metrics.jsonl"
     if cfg.resume and (ck := latest_checkpoint(ckpt_root)) is not None:
         start = load_checkpoint(ck, model, opt, sched, extra)["step"]
@@ -161,7 +103,7 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     record: dict = {}
     bar = tqdm(
         range(start, cfg.steps),
-        desc=f"sft[{cfg.method}]",
+        desc=f"sft[{method}]",
         **({} if di.main else {"disable": True}),
         initial=start,
         total=cfg.steps,
@@ -184,23 +126,16 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
         loss_sum = torch.zeros((), device=device)
         for b in batches:
             per_token = score(model, b, fn, aux_models=aux, chunk_size=cfg.chunk_size)  # (B, T-1)
-            if cfg.method == "pear":
-                w = pear_weights(
-                    -per_token.detach(),
-                    b["behavior_logp"],
-                    b["loss_mask"],
-                    level=cfg.pear_level,
-                    block_size=cfg.pear_block_size,
-                    gamma=cfg.pear_gamma,
-                )
+            w = method.weights(-per_token.detach(), b.get("behavior_logp"), b["loss_mask"])  # PEAR
+            if w is not None:
                 per_token = w * per_token
             loss = global_reduce(per_token, b["loss_mask"], cfg.reduction, norm)
             loss.backward()
             loss_sum += loss.detach()
         dist.all_reduce_sum(loss_sum)
         gnorm = optimizer_step(model, opt, sched, loss_sum, cfg.clip, step, last_ckpt)
-        if cfg.method == "curio" and (step + 1) % cfg.curio_ema_every == 0:
-            ema_update(frozen["teacher"], model, cfg.curio_ema_keep)
+        if method.ema_due(step + 1):
+            method.ema_update(state.teacher, model)
         record = {
             "step": step + 1,
             "sft/loss": float(loss_sum),
@@ -244,7 +179,7 @@ def probe(cfg, model, tok, held: list[Example]) -> dict:
         tok,
         exs,
         1,
-        max_new_tokens=cfg.max_new_tokens,
+        max_new_tokens=cfg.max_completion_length,
         enable_thinking=cfg.enable_thinking,
         greedy=True,
     )
@@ -252,4 +187,4 @@ def probe(cfg, model, tok, held: list[Example]) -> dict:
     return {"heldout/sft_loss": loss, "heldout/reward": reward}
 
 
-__all__ = ["batch_indices", "behavior_logprobs", "ema_update", "load_data", "probe", "run_sft"]
+__all__ = ["behavior_logprobs", "probe", "run_sft"]

@@ -1,4 +1,5 @@
-"""Pieces shared by the SFT and GRPO loops: seeding, optimizer + cosine schedule, the global
+"""Pieces shared by the SFT and GRPO loops: the run's start (``setup_run``: seed, device, process
+group, saved config, model, tokenizer, data), batch order, optimizer + cosine schedule, the global
 reduction, the optimizer step with the non-finite guard, and the metrics log.
 
 Global reduction: a step may be split over micro-batches (gradient accumulation) and ranks. Each
@@ -6,7 +7,8 @@ piece calls ``toybench.losses.reduce`` with normalisers counted over the WHOLE g
 gradients are summed, so 1 x 4 == 4 x 1 == 2 ranks x 2 (up to float rounding):
   token_mean -> reduce(., "constant", constant = global counted tokens)
   seq_mean   -> reduce(., "seq_mean") * local non-empty sequences / global non-empty sequences
-  constant   -> reduce(., "constant", constant = global sequences * global T_max)
+  constant   -> reduce(., "constant", constant = global sequences * T) with T = the global padded
+                length, or max_completion_length for GRPO's dr_grpo (TRL's normaliser)
   sum        -> reduce(., "sum")
 """
 
@@ -22,6 +24,9 @@ import numpy as np
 import torch
 
 from llm import dist
+from llm.config import save_config
+from llm.data import load_data
+from llm.loading import load_model, load_tokenizer, model_path, resolve_device
 from toybench.losses import reduce
 
 REDUCTIONS = ("token_mean", "seq_mean", "constant", "sum")
@@ -77,15 +82,20 @@ class Normaliser:
         return Normaliser(float(x[0]), float(x[1]), float(t[0]))
 
 
-def global_reduce(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: Normaliser) -> torch.Tensor:
-    """This micro-batch's share of the global-batch reduction (see module docstring)."""
+def global_reduce(
+    per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: Normaliser, t_max: float | None = None
+) -> torch.Tensor:
+    """This micro-batch's share of the global-batch reduction (see module docstring).
+
+    ``t_max``: the length of the ``constant`` mode (default: the global padded length ``norm.t_max``).
+    """
     if mode == "token_mean":
         return reduce(per_token, mask, "constant", constant=max(norm.tokens, 1.0))
     if mode == "seq_mean":
         local = float((mask.sum(1) > 0).sum())
         return reduce(per_token, mask, "seq_mean") * (local / max(norm.seqs, 1.0))
     if mode == "constant":
-        return reduce(per_token, mask, "constant", constant=max(norm.seqs * norm.t_max, 1.0))
+        return reduce(per_token, mask, "constant", constant=max(norm.seqs * (t_max or norm.t_max), 1.0))
     if mode == "sum":
         return reduce(per_token, mask, "sum")
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {mode!r}")
@@ -135,7 +145,38 @@ def truncate_log(path: str | Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
+def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Example indices of global batch ``step``: consecutive slices of per-epoch seeded permutations."""
+    out, pos = [], step * batch_size
+    while len(out) < batch_size:
+        epoch, off = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        take = perm[off : off + batch_size - len(out)]
+        out += take
+        pos += len(take)
+    return out
+
+
+def setup_run(cfg, model=None, tok=None):
+    """The shared start of every loop: seed, device, process group, saved config, model, tokenizer, data.
+
+    Returns ``(device, dist_info, out_dir, tokenizer, model, data)``.
+    """
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    di = dist.init_distributed(device)
+    out = Path(cfg.out)
+    if di.main:
+        save_config(cfg, out)
+    path = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
+    tok = tok or load_tokenizer(path, cfg.trust_remote_code)
+    model = model or load_model(path, device, trust_remote_code=cfg.trust_remote_code)
+    return device, di, out, tok, model, load_data(cfg)
+
+
 __all__ = [
+    "batch_indices",
+    "setup_run",
     "REDUCTIONS",
     "MetricsLog",
     "NonFiniteLossError",

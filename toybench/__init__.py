@@ -1,8 +1,9 @@
 """toybench: every loss written once, and the bandit / token-MDP / tiny-transformer benchmarks.
 
 Public API: ``toybench.losses`` (SFT and RL per-token losses and ``reduce``),
-``toybench.advantages`` (``group_advantages``) and ``toybench.metrics`` (pass@k, entropy,
-coverage). Heavier parts are imported explicitly: ``toybench.tabular`` (environments, policies,
+``toybench.advantages`` (``group_advantages``), ``toybench.metrics`` (pass@k, entropy,
+coverage) and ``toybench.methods.Method`` (an SFT method spec -> its loss, needs and state).
+Heavier parts are imported explicitly: ``toybench.tabular`` (environments, policies,
 pipeline, dynamics), ``toybench.theorems``, ``toybench.tiny`` (the transformer scale), ``toybench.report``.
 """
 
@@ -23,9 +24,11 @@ from toybench.losses import (
     reduce,
     sft_loss,
 )
+from toybench.methods import Method
 from toybench.metrics import coverage, entropy, pass_at_k, pass_at_k_exact
 
 __all__ = [
+    "Method",
     "advantages",
     "clipped_surrogate_loss",
     "coverage",

@@ -1,128 +1,407 @@
-"""Method registry: an SFT method name -> its per-token loss, built from ``toybench.losses``.
+"""Method registry: one SFT method spec -> its constants, its needs and its per-token loss.
 
-Names are ``kind`` or ``kind@value`` (the value is the method's one swept constant):
+Spelling (the same at every scale: tabular, tiny transformer, ``llm``)::
 
-==================  =========================================================================
+    kind[@value][,key=value]...        e.g.  gift@3,smooth=0.1   curio,alpha=0.5,ema_every=5
+                                             pear_block,block_size=2,token_clip=-0.08:0.3
+
+``@value`` sets the kind's main constant (GIFT's beta, entropy-SFT's coef, CurioSFT's alpha,
+PEAR's behaviour source); ``key=value`` sets any constant by name (``gift,beta=3`` == ``gift@3``).
+Pairs are written ``low:high``; ``inf`` and ``none`` (an unset optional int) are accepted.
+
+==================  ================================================================================
 ``none``            no SFT (RL starts from pi_base)
-``sft``             standard SFT, ``sft_loss``
-``entropy_sft@c``   ``entropy_sft_loss`` with coef c (default 0.1)
-``gift@beta``       ``gift_loss`` with inverse temperature beta (default 20, the code default)
-``curio``           ``curio_loss`` with the EMA teacher's ``entropy_guided_temperature``
-``curio@alpha``     the same with alpha != 1
-``pear_token``      ``pear_weights(level="token")`` times ``sft_loss`` (also ``pear_block``,
-``pear_sequence``)  ``pear_sequence``); ``pear_token@self`` uses the current policy as pi_beta
+``sft``             ``sft_loss``
 ``dft``             ``dft_loss``
-==================  =========================================================================
+``entropy_sft@c``   ``entropy_sft_loss``: coef=0.1, top_k=none, rho=1
+``gift@beta``       ``gift_loss`` against a FROZEN base copy: beta=20 (the released code's default;
+                    ``llm`` runs ``gift@5`` because beta 20 is ~SFT for confident models), smooth=0
+``curio``           ``curio_loss`` against an EMA teacher with ``entropy_guided_temperature``:
+                    alpha=1, ema_every=5, ema_keep=0.01 (teacher <- keep teacher + (1 - keep) model
+                    every ``ema_every`` steps; the released code), pivot=1.2, gain=0.5, slope=2,
+                    tau_min=1.1, tau_max=1.5, top_k=512, floor=0.03
+``pear_token``      ``pear_weights(level=...)`` times ``sft_loss`` (also ``pear_block``,
+                    ``pear_sequence``): gamma=0.999, token_clip=-0.08:0.3, total_clip=-10:5, and
+                    for ``pear_block`` block_size=4 (METHODS 1.5). ``@self``: pi_beta is the
+                    current policy (no behaviour log-probs needed); the default ``@data`` needs them.
+==================  ================================================================================
 
-This module only chooses and wires losses; it contains no loss formula of its own.
+Defaults: one per constant, listed above. ``str(method)`` is the canonical spec: the kind, its
+``@value`` (always for ``gift`` and ``entropy_sft``, whose value names the method; for the others
+only when it differs from the default) and then every other constant that differs from its
+default, in the order above; it parses back to an equal ``Method``.
+
+A method declares what it needs (``needs_base``, ``needs_teacher``, ``needs_behavior_logp``);
+:meth:`Method.init_state` makes the frozen copies for tensors and ``nn.Module`` alike and
+:meth:`Method.ema_update` is the one EMA update. This module only chooses and wires
+``toybench.losses``; it contains no loss formula of its own.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from toybench import losses
 
-__all__ = ["MethodSpec", "parse_method", "KINDS", "method_loss"]
+__all__ = ["Method", "MethodState", "KINDS", "LOSS_TYPES", "loss_type_reduction"]
 
-KINDS = (
-    "none",
-    "sft",
-    "entropy_sft",
-    "gift",
-    "curio",
-    "pear_token",
-    "pear_block",
-    "pear_sequence",
-    "dft",
+
+# ----------------------------------------------------------------------------- constants
+@dataclass(frozen=True)
+class _Const:
+    name: str
+    default: Any
+    kind: str  # float | int | optint | pair | choice
+    check: Callable[[Any], bool]
+    rule: str  # what ``check`` demands, for the error message
+    choices: tuple[str, ...] = ()
+
+
+def _finite(x) -> bool:
+    return math.isfinite(x)
+
+
+_GE0 = (lambda x: _finite(x) and x >= 0, "a finite number >= 0")
+_GT0 = (lambda x: _finite(x) and x > 0, "a finite number > 0")
+_INT1 = (lambda x: x >= 1, "an integer >= 1")
+_PAIR = (lambda p: _finite(p[0]) and _finite(p[1]) and p[0] <= p[1], "low:high with low <= high")
+
+
+def _c(name, default, kind, rule, choices=()):
+    return _Const(name, default, kind, rule[0], rule[1], choices)
+
+
+_PEAR_COMMON = (
+    _c("behavior", "data", "choice", (lambda s: True, "data or self"), ("data", "self")),
+    _c("gamma", 0.999, "float", (lambda x: _finite(x) and 0 < x <= 1, "a number in (0, 1]")),
+    _c("token_clip", (-0.08, 0.3), "pair", _PAIR),
+    _c("total_clip", (-10.0, 5.0), "pair", _PAIR),
 )
-_DEFAULTS = {"entropy_sft": 0.1, "gift": 20.0, "curio": 1.0}
+
+#: kind -> (its constants in canonical order, the first one is ``@value``; whether @value is always written)
+_KINDS: dict[str, tuple[tuple[_Const, ...], bool]] = {
+    "none": ((), False),
+    "sft": ((), False),
+    "dft": ((), False),
+    "entropy_sft": (
+        (
+            _c("coef", 0.1, "float", _GE0),
+            _c("top_k", None, "optint", (lambda x: x is None or x >= 1, "none or an integer >= 1")),
+            _c("rho", 1.0, "float", (lambda x: _finite(x) and 0 < x <= 1, "a number in (0, 1]")),
+        ),
+        True,
+    ),
+    "gift": (
+        (
+            _c("beta", 20.0, "float", (lambda x: x >= 0, "a number >= 0 (inf = SFT)")),
+            _c("smooth", 0.0, "float", (lambda x: _finite(x) and 0 <= x <= 1, "a number in [0, 1]")),
+        ),
+        True,
+    ),
+    "curio": (
+        (
+            _c("alpha", 1.0, "float", _GE0),
+            _c("ema_every", 5, "int", _INT1),
+            _c("ema_keep", 0.01, "float", (lambda x: _finite(x) and 0 <= x <= 1, "a number in [0, 1]")),
+            _c("pivot", 1.2, "float", (_finite, "a finite number")),
+            _c("gain", 0.5, "float", (_finite, "a finite number")),
+            _c("slope", 2.0, "float", (_finite, "a finite number")),
+            _c("tau_min", 1.1, "float", _GT0),
+            _c("tau_max", 1.5, "float", _GT0),
+            _c("top_k", 512, "int", _INT1),
+            _c("floor", 0.03, "float", _GE0),
+        ),
+        False,
+    ),
+    "pear_token": (_PEAR_COMMON, False),
+    "pear_block": (_PEAR_COMMON[:1] + (_c("block_size", 4, "int", _INT1),) + _PEAR_COMMON[1:], False),
+    "pear_sequence": (_PEAR_COMMON, False),
+}
+KINDS = tuple(_KINDS)
+
+
+def _parse_value(c: _Const, text: str, spec: str) -> Any:
+    bad = ValueError(f"method {spec!r}: {c.name}={text!r} is not {c.rule}")
+    try:
+        if c.kind == "choice":
+            v = text
+            if v not in c.choices:
+                raise bad
+        elif c.kind == "pair":
+            lo, sep, hi = text.partition(":")
+            if not sep:
+                raise bad
+            v = (float(lo), float(hi))
+        elif c.kind in ("int", "optint"):
+            if c.kind == "optint" and text.lower() == "none":
+                v = None
+            else:
+                f = float(text)
+                if not f.is_integer():
+                    raise bad
+                v = int(f)
+        else:
+            v = float(text)
+    except (ValueError, OverflowError):
+        raise bad from None
+    if not c.check(v):
+        raise bad
+    return v
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, tuple):
+        return f"{v[0]:g}:{v[1]:g}"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return "none" if v is None else str(v)
+
+
+# ----------------------------------------------------------------------------- RL loss types
+#: TRL's ``loss_type`` -> this project's ``losses.reduce`` mode. ``dr_grpo`` divides by
+#: num_sequences * max_completion_length (``constant``); ``sum`` is this project's extra.
+LOSS_TYPES = {
+    "grpo": "seq_mean",
+    "bnpo": "token_mean",
+    "dapo": "token_mean",
+    "dr_grpo": "constant",
+    "sum": "sum",
+}
+
+
+def loss_type_reduction(loss_type: str) -> str:
+    """The ``losses.reduce`` mode of a TRL ``loss_type``; ValueError naming ``loss_type`` if unknown."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {tuple(LOSS_TYPES)}, got {loss_type!r}")
+    return LOSS_TYPES[loss_type]
+
+
+# ----------------------------------------------------------------------------- the method
+@dataclass
+class MethodState:
+    """A method's frozen copies: ``base`` (pi_base, GIFT) and ``teacher`` (EMA, CurioSFT); None if unused."""
+
+    base: Any = None
+    teacher: Any = None
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """A parsed method name: ``kind``, its swept constant ``value`` and PEAR's behaviour source."""
+class Method:
+    """One SFT method with every constant resolved. Build with :meth:`parse`.
 
-    name: str
+    >>> m = Method.parse("gift@3,smooth=0.1")
+    >>> m.kind, m["beta"], m["smooth"], str(m), m.needs_base
+    ('gift', 3.0, 0.1, 'gift@3,smooth=0.1', True)
+    >>> str(Method.parse("curio,alpha=1,ema_every=10"))
+    'curio,ema_every=10'
+    """
+
     kind: str
-    value: float | None = None
-    pear_self: bool = False
+    constants: tuple[tuple[str, Any], ...] = ()
+    """(name, value) of every constant of the kind, in canonical order."""
 
+    # -- parsing ---------------------------------------------------------------------------------
+    @staticmethod
+    def parse(spec: str | Method) -> Method:
+        """Parse ``kind[@value][,key=value]...``; ValueError naming ``spec`` when invalid."""
+        if isinstance(spec, Method):
+            return spec
+        if not isinstance(spec, str):
+            raise ValueError(f"method {spec!r}: a method spec is a string like 'gift@3'")
+        head, *pairs = spec.strip().split(",")
+        kind, at, value = head.partition("@")
+        if kind not in _KINDS:
+            raise ValueError(
+                f"method {spec!r}: unknown kind {kind!r}; kinds are {KINDS} "
+                "(spelling kind[@value][,key=value])"
+            )
+        consts, _ = _KINDS[kind]
+        vals = {c.name: c.default for c in consts}
+        by_name = {c.name: c for c in consts}
+        if at:
+            if not consts:
+                raise ValueError(f"method {spec!r}: {kind} takes no '@value'")
+            vals[consts[0].name] = _parse_value(consts[0], value, spec)
+        for p in pairs:
+            key, eq, text = p.partition("=")
+            key = key.strip()
+            if key in by_name and not eq:
+                raise ValueError(f"method {spec!r}: keyword {key!r} needs a value ({key}=...)")
+            if key not in by_name:
+                known = ", ".join(by_name) or "none"
+                raise ValueError(f"method {spec!r}: unknown keyword {p!r}; {kind} takes: {known}")
+            vals[key] = _parse_value(by_name[key], text.strip(), spec)
+        if kind == "curio" and vals["tau_max"] < vals["tau_min"]:
+            raise ValueError(f"method {spec!r}: tau_max must be >= tau_min")
+        return Method(kind, tuple((c.name, vals[c.name]) for c in consts))
+
+    def __str__(self) -> str:
+        consts, always = _KINDS[self.kind]
+        out = self.kind
+        for i, c in enumerate(consts):
+            v = self[c.name]
+            if i == 0 and (always or v != c.default):
+                out += "@" + _fmt(v)
+            elif i > 0 and v != c.default:
+                out += f",{c.name}={_fmt(v)}"
+        return out
+
+    def __getitem__(self, name: str) -> Any:
+        for k, v in self.constants:
+            if k == name:
+                return v
+        raise KeyError(f"method {str(self)!r} has no constant {name!r}")
+
+    # -- what it is and needs --------------------------------------------------------------------
     @property
-    def needs_teacher(self) -> bool:
-        return self.kind == "curio"
+    def value(self) -> Any:
+        """The main (``@``) constant, or None for kinds without one (and for PEAR's behaviour source)."""
+        if not self.constants or self.kind.startswith("pear_"):
+            return None
+        return self.constants[0][1]
 
     @property
     def pear_level(self) -> str | None:
         return self.kind.removeprefix("pear_") if self.kind.startswith("pear_") else None
 
+    @property
+    def needs_base(self) -> bool:
+        """Needs a frozen copy of the model as it was before SFT (GIFT's pi_base)."""
+        return self.kind == "gift"
 
-def parse_method(name: str) -> MethodSpec:
-    """Parse ``kind`` or ``kind@value``; raise ValueError naming ``method`` when unknown.
+    @property
+    def needs_teacher(self) -> bool:
+        """Needs an EMA teacher copy, updated by :meth:`ema_update` (CurioSFT)."""
+        return self.kind == "curio"
 
-    >>> parse_method("gift@2").value, parse_method("sft").kind
-    (2.0, 'sft')
-    """
-    kind, _, arg = name.partition("@")
-    if kind not in KINDS:
-        raise ValueError(f"method {name!r} is unknown; kinds are {KINDS} (optionally kind@value)")
-    if kind.startswith("pear_"):
-        if arg not in ("", "self"):
-            raise ValueError(f"method {name!r}: PEAR takes no value except '@self'")
-        return MethodSpec(name, kind, None, pear_self=arg == "self")
-    if arg == "":
-        return MethodSpec(name, kind, _DEFAULTS.get(kind))
-    if kind not in _DEFAULTS:
-        raise ValueError(f"method {name!r}: {kind} takes no '@value'")
-    try:
-        value = float(arg)
-    except ValueError:
-        raise ValueError(f"method {name!r}: value {arg!r} is not a number") from None
-    if value < 0:
-        raise ValueError(f"method {name!r}: value must be >= 0")
-    return MethodSpec(name, kind, value)
+    @property
+    def needs_behavior_logp(self) -> bool:
+        """Needs log pi_beta of the data tokens (PEAR, unless ``@self``)."""
+        return self.pear_level is not None and self["behavior"] == "data"
 
+    @property
+    def aux(self) -> str | None:
+        """Which frozen copy's logits :meth:`token_loss` reads: ``base``, ``teacher`` or None."""
+        return "base" if self.needs_base else "teacher" if self.needs_teacher else None
 
-def method_loss(
-    spec: MethodSpec,
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    mask: torch.Tensor,
-    base_logits: torch.Tensor | None = None,
-    teacher_logits: torch.Tensor | None = None,
-    behavior_logp: torch.Tensor | None = None,
-    pear_block_size: int = 4,
-    pear_gamma: float = 0.999,
-    gift_smooth: float = 0.0,
-) -> torch.Tensor:
-    """Per-token SFT loss of a method, ``[B, T]`` (unreduced; reduce with ``losses.reduce``).
+    # -- state -----------------------------------------------------------------------------------
+    def init_state(self, model: torch.Tensor | torch.nn.Module) -> MethodState:
+        """Frozen copies of ``model`` (tensor parameters or an ``nn.Module``) for what the method needs."""
 
-    Args:
-      logits: [B, T, V] trained policy; targets, mask: [B, T].
-      base_logits: [B, T, V] frozen pi_base (GIFT).
-      teacher_logits: [B, T, V] EMA teacher (CurioSFT).
-      behavior_logp: [B, T] log pi_beta of the data tokens (PEAR, unless ``@self``).
-    """
-    k = spec.kind
-    if k == "none":
-        raise ValueError("method 'none' has no SFT loss")
-    if k == "sft":
-        return losses.sft_loss(logits, targets)
-    if k == "entropy_sft":
-        return losses.entropy_sft_loss(logits, targets, coef=spec.value)
-    if k == "gift":
-        return losses.gift_loss(logits, targets, base_logits, beta=spec.value, smooth=gift_smooth)
-    if k == "curio":
-        tau = losses.entropy_guided_temperature(teacher_logits)
-        return losses.curio_loss(logits, targets, teacher_logits, tau=tau, alpha=spec.value)
-    if k == "dft":
-        return losses.dft_loss(logits, targets)
-    # PEAR: sg[G_t] * l_t with the token NLL as l_t.
-    logp = losses.logprobs(logits, targets)  # (B, T)
-    beh = logp.detach() if spec.pear_self else behavior_logp
-    G = losses.pear_weights(
-        logp, beh, mask, level=spec.pear_level, block_size=pear_block_size, gamma=pear_gamma
-    )
-    return G * losses.sft_loss(logits, targets)
+        def frozen(x):
+            if isinstance(x, torch.nn.Module):
+                return copy.deepcopy(x).eval().requires_grad_(False)
+            return x.detach().clone()
+
+        return MethodState(
+            base=frozen(model) if self.needs_base else None,
+            teacher=frozen(model) if self.needs_teacher else None,
+        )
+
+    def ema_due(self, step: int) -> bool:
+        """Whether the teacher is updated after optimizer step ``step`` (1-based)."""
+        return self.needs_teacher and step % self["ema_every"] == 0
+
+    def ema_update(self, teacher, model):
+        """teacher <- keep * teacher + (1 - keep) * model; returns the teacher.
+
+        Tensors: a new tensor (functional). ``nn.Module``: the teacher's parameters in place.
+        """
+        keep = self["ema_keep"]
+
+        def ema(t, m):
+            return keep * t + (1 - keep) * m
+
+        if isinstance(teacher, torch.nn.Module):
+            with torch.no_grad():
+                for pt, pm in zip(teacher.parameters(), model.parameters(), strict=True):
+                    pt.copy_(ema(pt, pm.detach()))
+            return teacher
+        return ema(teacher, model.detach())
+
+    # -- the loss --------------------------------------------------------------------------------
+    def token_loss(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        base_logits: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The position-wise part of the loss, ``[B, T]`` (PEAR: the NLL, before :meth:`weights`).
+
+        Each position depends on its own logits only (except entropy-SFT with rho < 1, which
+        needs ``mask``), so the chunked LLM losses can apply it chunk by chunk.
+        """
+        k = self.kind
+        if k == "none":
+            raise ValueError("method 'none' has no SFT loss")
+        if k in ("sft",) or self.pear_level is not None:
+            return losses.sft_loss(logits, targets)
+        if k == "dft":
+            return losses.dft_loss(logits, targets)
+        if k == "entropy_sft":
+            kw = dict(top_k=self["top_k"], rho=self["rho"])
+            if self["rho"] < 1:
+                kw["mask"] = mask
+            return losses.entropy_sft_loss(logits, targets, coef=self["coef"], **kw)
+        if k == "gift":
+            if base_logits is None:
+                raise ValueError(f"method {str(self)!r} needs base_logits")
+            return losses.gift_loss(logits, targets, base_logits, beta=self["beta"], smooth=self["smooth"])
+        # curio
+        if teacher_logits is None:
+            raise ValueError(f"method {str(self)!r} needs teacher_logits")
+        tau = losses.entropy_guided_temperature(
+            teacher_logits,
+            **{n: self[n] for n in ("pivot", "gain", "slope", "tau_min", "tau_max", "top_k", "floor")},
+        )
+        return losses.curio_loss(logits, targets, teacher_logits, tau=tau, alpha=self["alpha"])
+
+    def weights(
+        self, logp: torch.Tensor, behavior_logp: torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor | None:
+        """PEAR's detached weights ``[B, T]`` from log pi(y_t) (None for every other kind)."""
+        if self.pear_level is None:
+            return None
+        if self["behavior"] == "self":
+            behavior_logp = logp.detach()
+        elif behavior_logp is None:
+            raise ValueError(f"method {str(self)!r} needs behavior_logp (or use @self)")
+        return losses.pear_weights(
+            logp,
+            behavior_logp,
+            mask,
+            level=self.pear_level,
+            block_size=self["block_size"] if self.kind == "pear_block" else 4,
+            gamma=self["gamma"],
+            token_clip=self["token_clip"],
+            total_clip=self["total_clip"],
+        )
+
+    def loss(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        mask: torch.Tensor,
+        base_logits: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+        behavior_logp: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-token SFT loss ``[B, T]`` (unreduced; reduce with ``losses.reduce``).
+
+        Args:
+          logits: [B, T, V] trained policy; targets, mask: [B, T].
+          base_logits: [B, T, V] frozen pi_base (GIFT). teacher_logits: [B, T, V] EMA teacher (CurioSFT).
+          behavior_logp: [B, T] log pi_beta of the data tokens (PEAR, unless ``@self``).
+        Inputs the method does not need are ignored.
+        """
+        per_token = self.token_loss(logits, targets, base_logits, teacher_logits, mask=mask)  # (B, T)
+        G = self.weights(-per_token.detach(), behavior_logp, mask)
+        return per_token if G is None else G * per_token

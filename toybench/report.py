@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from toybench import analysis, plots
 from toybench.config import require
-from toybench.methods import parse_method
+from toybench.methods import Method
 from toybench.tabular.bandit import MultiAnswerBandit, SharedBandit
 from toybench.tabular.envs import Scenario
 from toybench.tabular.pipeline import PipelineConfig, run_method
@@ -154,7 +154,7 @@ def resolve(cfg: ReportConfig) -> ReportConfig:
             raise ValueError(f"settings: unknown setting {s!r}; choose from {SETTINGS}")
     for m in all_methods(cfg, "tree"):
         try:
-            parse_method(m)
+            Method.parse(m)
         except ValueError as err:
             raise ValueError(f"methods: {err}") from None
     if "sft" not in cfg.methods:
@@ -174,7 +174,8 @@ def all_methods(cfg: ReportConfig, setting: str) -> list[str]:
     ms = list(cfg.methods) + [f"entropy_sft@{c:g}" for c in cfg.entropy_coefs]
     ms += [f"gift@{b:g}" for b in cfg.gift_betas]
     if setting.startswith("tree"):
-        ms += [f"pear_{lvl}" for lvl in cfg.pear_levels]
+        # Blocks of 2 tokens: at the tree's horizon of 4, PEAR's default block of 4 is the sequence level.
+        ms += [f"pear_{lvl}" + (",block_size=2" if lvl == "block" else "") for lvl in cfg.pear_levels]
     return ms
 
 

@@ -159,7 +159,7 @@ table  # exact std and mean of the weight of the FIRST token
 rcfg = ReportConfig(seeds=8, pipeline=PipelineConfig(sft_steps=40, rl_steps=40))
 sc = make_scenario(rcfg, "tree_offpolicy", seeds=list(range(8)))
 pcfg = rcfg.pipeline
-methods = ["sft", "pear_token", "pear_block", "pear_sequence"]
+methods = ["sft", "pear_token", "pear_block,block_size=2", "pear_sequence"]
 df = pd.concat([run_method(sc, m, pcfg) for m in methods], ignore_index=True)
 df.insert(0, "setting", "tree_offpolicy")
 comp = analysis.compare_pear(df, "tree_offpolicy", ("J", "pass@4"))

@@ -147,7 +147,8 @@ tiny[["sft_pass@1", "sft_entropy", "sft_kl_base", "rl_pass@1", "rl_delta_sft_los
 
 # %%
 from llm.chunked import chunked_per_token, final_hidden, full_per_token, output_weight
-from llm.loading import TinySpec, build_tiny, load_model, load_tokenizer
+from llm.loading import load_model, load_tokenizer
+from llm.tiny import TinySpec, build_tiny
 from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()
@@ -184,7 +185,7 @@ print("gradients agree too")
 from llm.config import PipelineConfig
 from llm.pipeline import comparison_table, run_pipeline
 
-llm_cfg = PipelineConfig(tiny=True, quick=True, methods=("gift",), tiny_pretrain_steps=10, device="cpu",
+llm_cfg = PipelineConfig(tiny=True, quick=True, methods=("gift@5",), tiny_pretrain_steps=10, device="cpu",
                          cache_dir=str(work / "llm_cache"), out=str(work / "llm_out"))
 with contextlib.redirect_stderr(io.StringIO()):  # keep the stages' progress bars out of the notebook
     results = run_pipeline(llm_cfg)
@@ -203,15 +204,16 @@ print(sorted(p.name for p in (work / "llm_out").iterdir()))
 # them first with `huggingface-cli download Qwen/Qwen3-0.6B` on a machine with network access). Then:
 #
 # ```bash
-# # one SFT run (any method: sft, entropy_sft, gift, curio, pear, dft), resumable from <out>/checkpoint
-# python -m llm sft --model Qwen/Qwen3-0.6B --device cuda --method gift --gift-beta 5 --out out/qwen/gift/sft
+# # one SFT run (any method spec, spelled as in toybench: sft, entropy_sft@0.1, gift@5, curio, pear_token,
+# # pear_block,block_size=4, dft, ...), resumable from <out>/checkpoint
+# python -m llm sft --model Qwen/Qwen3-0.6B --device cuda --method gift@5 --out out/qwen/gift/sft
 #
 # # GRPO from that checkpoint, then evaluation (pass@k, entropy, held-out SFT loss)
 # python -m llm grpo --model out/qwen/gift/sft/final --device cuda --out out/qwen/gift/grpo
 # python -m llm eval --model out/qwen/gift/grpo/final --device cuda --out out/qwen/gift/eval
 #
 # # or everything, for several methods, with a comparison table and figures
-# python -m llm pipeline --model Qwen/Qwen3-0.6B --device cuda --methods sft gift curio --out out/qwen
+# python -m llm pipeline --model Qwen/Qwen3-0.6B --device cuda --methods sft gift@5 curio --out out/qwen
 #
 # # several GPUs: torch.distributed (each prompt's GRPO group stays on one rank)
 # torchrun --nproc_per_node 4 -m llm grpo --model out/qwen/gift/sft/final --out out/qwen/gift/grpo4

@@ -11,7 +11,7 @@ TINY_STEPS = 40  # pretraining steps of the test model (the CLI default is large
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     torch.set_num_threads(1)
-    from llm.loading import TinySpec, build_tiny
+    from llm.tiny import TinySpec, build_tiny
 
     cache = tmp_path_factory.mktemp("tiny_cache")
     return build_tiny(cache, TinySpec(pretrain_steps=TINY_STEPS), verbose=False)

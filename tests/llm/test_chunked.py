@@ -26,9 +26,9 @@ def _inputs(seed: int = 0):
 
 CASES = [
     ("sft", sft_token_fn("sft"), 0),
-    ("entropy_sft", sft_token_fn("entropy_sft", entropy_coef=0.3), 0),
-    ("gift", sft_token_fn("gift", gift_beta=2.0, gift_smooth=0.05), 1),
-    ("curio", sft_token_fn("curio", curio_alpha=1.0), 1),
+    ("entropy_sft", sft_token_fn("entropy_sft@0.3"), 0),
+    ("gift", sft_token_fn("gift@2,smooth=0.05"), 1),
+    ("curio", sft_token_fn("curio"), 1),
     ("dft", sft_token_fn("dft"), 0),
     ("logp", logp_fn, 0),
 ]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llm.data import arith_splits, collate, extract_final_number, number_reward, read_jsonl, sft_ids
-from llm.loading import build_tiny_tokenizer
+from llm.tiny import build_tiny_tokenizer
 from toybench.tasks.arith import Puzzle
 
 

@@ -28,7 +28,7 @@ def _sft(tiny_dir, tmp_path, name, **kw):
         eval_every=100,
         eval_prompts=1,
         ckpt_every=100,
-        max_new_tokens=8,
+        max_completion_length=8,
         prompt_style="compact",
         warmup=1,
     )
@@ -62,13 +62,13 @@ def test_pipeline_tiny_quick_end_to_end(tiny_dir, tmp_path):
     import pandas as pd
 
     df = pd.read_csv(out / "results.csv")
-    assert set(df["method"]) == {"base", "sft", "entropy_sft", "gift", "curio", "pear", "dft"}
+    assert set(df["method"]) == {"base", "sft", "entropy_sft@0.1", "gift@5", "curio", "pear_token", "dft"}
     assert set(df["stage"]) == {"base", "sft", "grpo"} and df["pass@1"].between(0, 1).all()
     assert "| method | stage |" in (out / "report.md").read_text()
     assert list(out.glob("*.png"))
-    cfg = json.loads((out / "gift" / "sft" / "config.json").read_text())
-    assert cfg["method"] == "gift" and cfg["steps"] == 6  # the resolved config is saved beside the metrics
-    recs = [json.loads(x) for x in (out / "gift" / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    cfg = json.loads((out / "gift@5" / "sft" / "config.json").read_text())
+    assert cfg["method"] == "gift@5" and cfg["steps"] == 6  # the resolved config is saved beside the metrics
+    recs = [json.loads(x) for x in (out / "gift@5" / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert {"grpo/reward", "grpo/pass@2", "grpo/entropy", "grpo/clip_frac", "grpo/response_len"} <= set(
         recs[-1]
     )
@@ -76,16 +76,16 @@ def test_pipeline_tiny_quick_end_to_end(tiny_dir, tmp_path):
 
 
 def test_grad_accumulation_1x4_equals_4x1(tiny_dir, tmp_path):
-    a, _ = _sft(tiny_dir, tmp_path, "a", steps=1, batch_size=4, grad_accum=1, method="gift")
-    b, _ = _sft(tiny_dir, tmp_path, "b", steps=1, batch_size=4, grad_accum=4, method="gift")
+    a, _ = _sft(tiny_dir, tmp_path, "a", steps=1, batch_size=4, grad_accum=1, method="gift@5")
+    b, _ = _sft(tiny_dir, tmp_path, "b", steps=1, batch_size=4, grad_accum=4, method="gift@5")
     base = _params(load_model(str(tiny_dir), "cpu"))
     assert not torch.equal(_params(a), base)  # the step did something
     torch.testing.assert_close(_params(a), _params(b), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["curio", "pear"])
+@pytest.mark.parametrize("method", ["curio,ema_every=1", "pear_token"])
 def test_resume_equals_uninterrupted(tiny_dir, tmp_path, method):
-    kw = dict(steps=4, batch_size=4, ckpt_every=2, eval_every=2, method=method, curio_ema_every=1)
+    kw = dict(steps=4, batch_size=4, ckpt_every=2, eval_every=2, method=method)
     full, rec_full = _sft(tiny_dir, tmp_path, "full", **kw)
     _, rec = _sft(tiny_dir, tmp_path, "cut", stop_after=2, **kw)
     assert rec["stopped_at"] == 2 and latest_checkpoint(tmp_path / "cut" / "checkpoint").name == "step-000002"
@@ -106,9 +106,9 @@ def test_grpo_resume_equals_uninterrupted(tiny_dir, tmp_path):
         n_heldout=2,
         steps=2,
         prompts_per_step=2,
-        group_size=3,
+        num_generations=3,
         pass_k=2,
-        max_new_tokens=6,
+        max_completion_length=6,
         ckpt_every=1,
         eval_every=10,
         prompt_style="compact",

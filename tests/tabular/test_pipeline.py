@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from theory import mdp
-from toybench.methods import parse_method
+from toybench.methods import Method
 from toybench.tabular import MultiAnswerBandit, ReasoningTree, SharedBandit
 from toybench.tabular.pipeline import PipelineConfig, exact_pg_loss, metric_names, run_method
 from toybench.tabular.policies import TabularPolicy, make_policy
@@ -75,11 +75,11 @@ def test_gift_at_large_beta_reproduces_sft():
 
 def test_pear_with_current_policy_as_behaviour_and_gamma_one_reproduces_sft():
     sc = tree(data_source="behavior")
-    cfg = PipelineConfig(sft_steps=5, rl_steps=2, pear_gamma=1.0, rl_lr=2.0)
+    cfg = PipelineConfig(sft_steps=5, rl_steps=2, rl_lr=2.0)
     a = run_method(sc, "sft", cfg)
     for level in ("token", "block", "sequence"):
         np.testing.assert_allclose(
-            _metrics(a), _metrics(run_method(sc, f"pear_{level}@self", cfg)), atol=1e-6
+            _metrics(a), _metrics(run_method(sc, f"pear_{level}@self,gamma=1", cfg)), atol=1e-6
         )
     assert np.abs(_metrics(a) - _metrics(run_method(sc, "pear_token", cfg))).max() > 1e-4
 
@@ -103,15 +103,15 @@ def test_shared_parameters_move_rl_prompts_during_sft():
 
 
 def test_grpo_runs_and_improves_reward():
-    cfg = PipelineConfig(sft_steps=0, rl_steps=15, rl_algorithm="grpo", group_size=8, rl_lr=1.0)
+    cfg = PipelineConfig(sft_steps=0, rl_steps=15, rl_algorithm="grpo", num_generations=8, rl_lr=1.0)
     df = run_method(bandit(seeds=(0, 1, 2)), "none", cfg)
     rl = df[df.stage == "rl"]
     assert rl[rl.step == 15]["J"].mean() > rl[rl.step == 0]["J"].mean() + 0.05
-    for mode in ("token_mean", "constant", "sum"):
+    for mode in ("bnpo", "dr_grpo", "sum"):
         out = run_method(
             bandit(),
             "none",
-            PipelineConfig(sft_steps=0, rl_steps=2, rl_algorithm="grpo", rl_reduction=mode, rl_lr=2.0),
+            PipelineConfig(sft_steps=0, rl_steps=2, rl_algorithm="grpo", loss_type=mode, rl_lr=2.0),
         )
         assert np.isfinite(_metrics(out)).all()
 
@@ -130,8 +130,8 @@ def test_kl_penalty_keeps_rl_near_its_start():
         (dict(sft_steps=-1), "sft_steps"),
         (dict(rl_steps=-2), "rl_steps"),
         (dict(rl_algorithm="ppo"), "rl_algorithm"),
-        (dict(rl_reduction="mean"), "rl_reduction"),
-        (dict(group_size=1), "group_size"),
+        (dict(loss_type="mean"), "loss_type"),
+        (dict(num_generations=1), "num_generations"),
     ],
 )
 def test_bad_pipeline_config(kw, field):
@@ -143,5 +143,5 @@ def test_unknown_method():
     with pytest.raises(ValueError, match="method"):
         run_method(bandit(), "sft2", TINY)
     with pytest.raises(ValueError, match="method"):
-        parse_method("gift@hot")
-    assert isinstance(run_method(bandit(), parse_method("dft"), TINY), pd.DataFrame)
+        Method.parse("gift@hot")
+    assert isinstance(run_method(bandit(), Method.parse("dft"), TINY), pd.DataFrame)

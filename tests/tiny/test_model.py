@@ -9,7 +9,7 @@ import torch
 
 from theory import bandit as tb
 from toybench import losses, metrics
-from toybench.methods import method_loss, parse_method
+from toybench.methods import Method
 from toybench.tiny.model import GPT, GPTConfig, KVCache, completion_entropy, completion_logprobs, generate
 
 torch.set_num_threads(1)
@@ -118,14 +118,14 @@ def _one_token(seed: int):
 @pytest.mark.parametrize("name", ["sft", "entropy_sft@0.3", "gift@2", "dft", "curio", "pear_token@self"])
 def test_loss_gradients_through_model_logits_match_theory(name):
     logits, y, other = _one_token(7)
-    spec = parse_method(name)
+    spec = Method.parse(name)
     mask = torch.ones_like(y)
     kw = {}
     if spec.kind == "gift":
         kw["base_logits"] = other
     if spec.kind == "curio":
         kw["teacher_logits"] = other
-    per_token = method_loss(spec, logits, y, mask, **kw)  # (B, 1)
+    per_token = spec.loss(logits, y, mask, **kw)  # (B, 1)
     (g,) = torch.autograd.grad(per_token.sum(), logits)
     z, yy, zo = logits.detach()[:, 0].numpy(), y[:, 0].numpy(), other[:, 0].numpy()
     if spec.kind == "sft":

@@ -126,7 +126,7 @@ def test_grpo_smoke_with_kl_and_real_rewards(setup):
     import copy
 
     model = copy.deepcopy(setup.base).requires_grad_(True)
-    recs = run_grpo(model, setup.splits["rl"], setup.prompts["rl"], _cfg(rl_steps=2, rl_kl=0.1), seed=0)
+    recs = run_grpo(model, setup.splits["rl"], setup.prompts["rl"], _cfg(rl_steps=2, kl_coef=0.1), seed=0)
     assert all(0 <= r["train_reward"] <= 1 for r in recs[:-1])
 
 
@@ -144,7 +144,7 @@ def test_evaluate_metrics_are_consistent(setup):
         setup.splits["eval"],
         setup.prompts["eval"],
         4,
-        setup.cfg.max_new_tokens,
+        setup.cfg.max_completion_length,
         1.0,
         torch.Generator().manual_seed(0),
         base=setup.base,
@@ -198,8 +198,8 @@ def test_compare_verdicts():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="rl_group"):
-        TinyConfig(rl_group=1)
+    with pytest.raises(ValueError, match="num_generations"):
+        TinyConfig(num_generations=1)
     with pytest.raises(ValueError, match="sft_lr"):
         TinyConfig(sft_lr=0.0)
     with pytest.raises(ValueError, match="pear_behavior"):
@@ -221,7 +221,7 @@ def test_standalone_entry_point(tmp_path, monkeypatch):
     small = {
         "n-layer": 1, "n-embd": 32, "pretrain-texts": 300, "pretrain-steps": 3, "sft-steps": 2, "rl-steps": 1,
         "n-eval-puzzles": 4, "eval-samples": 2, "post-sft-steps": 1, "n-sft-puzzles": 40, "n-rl-puzzles": 20,
-        "rl-prompts": 4, "rl-group": 2, "track-samples": 1,
+        "rl-prompts": 4, "num-generations": 2, "track-samples": 1,
     }  # fmt: skip
     argv = ["--out", str(tmp_path / "out"), "--seeds", "1", "--cfg.methods", "none", "sft"]
     for k, v in small.items():

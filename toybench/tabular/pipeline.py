@@ -32,7 +32,7 @@ import torch
 from toybench import losses, metrics
 from toybench.advantages import group_advantages
 from toybench.config import require
-from toybench.methods import MethodSpec, method_loss, parse_method
+from toybench.methods import Method, loss_type_reduction
 from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
 from toybench.tabular.envs import Scenario
 from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logits
@@ -65,32 +65,26 @@ class PipelineConfig:
     """SGD step size of RL."""
     rl_algorithm: str = "exact_pg"
     """'exact_pg' (enumeration, no sampling) or 'grpo' (G samples per prompt)."""
-    group_size: int = 8
-    """GRPO group size G."""
-    ppo_epochs: int = 2
-    """GRPO updates per sampled batch (clipping acts from the second one)."""
-    eps_low: float = 0.2
-    """Clip range below 1 of the GRPO ratio."""
-    eps_high: float = 0.28
-    """Clip range above 1 of the GRPO ratio (DAPO clip-higher)."""
+    num_generations: int = 8
+    """GRPO group size G (TRL's name)."""
+    num_iterations: int = 2
+    """GRPO updates per sampled batch (TRL's name; clipping acts from the second one)."""
+    epsilon: float = 0.2
+    """Clip range below 1 of the GRPO ratio (TRL's name)."""
+    epsilon_high: float = 0.28
+    """Clip range above 1 of the GRPO ratio (TRL's name; DAPO clip-higher)."""
     adv_scale: str = "group"
     """Advantage scale for GRPO: group | batch | none."""
-    rl_reduction: str = "seq_mean"
-    """GRPO loss reduction: token_mean | seq_mean | constant | sum."""
+    loss_type: str = "grpo"
+    """GRPO loss normaliser (TRL's names): grpo (per-sequence mean, then mean) | bnpo | dapo (token
+    mean) | dr_grpo (sum / (sequences x horizon)) | sum."""
     kl_coef: float = 0.0
-    """Weight of the KL penalty to the RL start (exact KL for exact PG, k3 for GRPO)."""
+    """Weight of the KL penalty to the RL start (exact KL for exact PG, k3 for GRPO). TRL calls it
+    ``beta``; here ``beta`` is GIFT's inverse temperature."""
     pass_k: tuple[int, ...] = (1, 4, 16, 64)
     """k values of the exact pass@k."""
     coverage_threshold: float = 0.05
     """A correct answer counts as covered when its probability exceeds this."""
-    curio_ema_every: int = 5
-    """CurioSFT: update the EMA teacher every this many steps."""
-    curio_ema_keep: float = 0.01
-    """CurioSFT: teacher <- keep * teacher + (1 - keep) * model."""
-    pear_block_size: int = 2
-    """PEAR block size (in tokens) for the block level."""
-    pear_gamma: float = 0.999
-    """PEAR per-token discount."""
     grpo_seed: int = 0
     """Seed of the GRPO sampler."""
 
@@ -100,10 +94,14 @@ class PipelineConfig:
             self,
             non_negative=("sft_steps", "rl_steps", "kl_coef"),
             positive=("sft_lr", "rl_lr"),
-            at_least={"group_size": 2, "ppo_epochs": 1},
-            one_of={"rl_algorithm": ("exact_pg", "grpo"), "rl_reduction": losses.REDUCE_MODES},
+            at_least={"num_generations": 2, "num_iterations": 1},
+            one_of={"rl_algorithm": ("exact_pg", "grpo")},
             prefix=prefix,
         )
+        try:
+            loss_type_reduction(self.loss_type)
+        except ValueError as e:
+            raise ValueError(f"{prefix}{e}") from None
         if not self.pass_k or not min(self.pass_k) >= 1:
             raise ValueError(f"{prefix}pass_k must be non-empty positive ints, got {self.pass_k}")
 
@@ -178,24 +176,21 @@ def _seedwise(per_token: torch.Tensor, mode: str, S: int, rows_per_seed: int) ->
     return losses.reduce(per_token, mask, "sum")
 
 
-def _sft_loss(sc, policy, params, teacher, spec: MethodSpec, cfg, base_seq):
+def _sft_loss(sc, policy, params, teacher, method: Method, base_seq):
     S, P_sft, n = sc.demo_leaves.shape
     z = policy.node_logits(params)[:, sc.sft_prompts]  # (S, P_sft, N, V)
     logits, targets = sequence_logits(z, sc.demo_leaves, sc.geometry)  # (B, H, V), (B, H)
     teacher_logits = None
-    if spec.needs_teacher:
+    if method.needs_teacher:
         zt = policy.node_logits(teacher)[:, sc.sft_prompts]
         teacher_logits = sequence_logits(zt, sc.demo_leaves, sc.geometry)[0]
-    per_token = method_loss(
-        spec,
+    per_token = method.loss(
         logits,
         targets,
         torch.ones_like(targets, dtype=logits.dtype),
         base_logits=base_seq,
         teacher_logits=teacher_logits,
         behavior_logp=sc.demo_behavior_logp.reshape(-1, sc.geometry.H),
-        pear_block_size=cfg.pear_block_size,
-        pear_gamma=cfg.pear_gamma,
     )  # (B, H)
     # Sum over tokens, mean over a prompt's demos; shared parameters also average over prompts.
     loss = losses.reduce(per_token, torch.ones_like(per_token), "constant", constant=n)
@@ -219,7 +214,7 @@ def exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=None):
 
 def _grpo_update(sc, policy, params, ref_params, cfg, gen):
     g, rl = sc.geometry, sc.rl_prompts
-    S, P_rl, G = sc.num_seeds, len(rl), cfg.group_size
+    S, P_rl, G = sc.num_seeds, len(rl), cfg.num_generations
     with torch.no_grad():
         p = g.leaf_logp(policy.node_logits(params)[:, rl]).exp()  # (S, P_rl, L)
         leaves = torch.multinomial(p.reshape(S * P_rl, -1), G, replacement=True, generator=gen)
@@ -231,17 +226,18 @@ def _grpo_update(sc, policy, params, ref_params, cfg, gen):
         ref_logp = losses.logprobs(ref_logits, targets)
         old_logp = None
     scale = 1.0 if isinstance(policy, TabularPolicy) else 1.0 / P_rl
-    for _ in range(cfg.ppo_epochs):
+    for _ in range(cfg.num_iterations):
         params = params.detach().requires_grad_(True)
         logits, _ = sequence_logits(policy.node_logits(params)[:, rl], leaves, g)  # (S*P_rl*G, H, V)
         logp = losses.logprobs(logits, targets)  # (B, H)
         if old_logp is None:
             old_logp = logp.detach()
-        per_token = losses.clipped_surrogate_loss(logp, old_logp, adv, cfg.eps_low, cfg.eps_high)
+        per_token = losses.clipped_surrogate_loss(logp, old_logp, adv, cfg.epsilon, cfg.epsilon_high)
         if cfg.kl_coef > 0:
             per_token = per_token + cfg.kl_coef * losses.kl_penalty(logp, ref_logp, kind="k3")
-        # Per prompt (tabular) or per seed (shared): a seed's batch is its P_rl * G sequences.
-        loss = _seedwise(per_token, cfg.rl_reduction, S, P_rl * G) * (P_rl * scale)
+        # Per prompt (tabular) or per seed (shared): a seed's batch is its P_rl * G sequences;
+        # dr_grpo's max_completion_length is the horizon H.
+        loss = _seedwise(per_token, loss_type_reduction(cfg.loss_type), S, P_rl * G) * (P_rl * scale)
         (grad,) = torch.autograd.grad(loss, params)
         params = params.detach() - cfg.rl_lr * grad
     return params.detach()
@@ -250,25 +246,28 @@ def _grpo_update(sc, policy, params, ref_params, cfg, gen):
 # ----------------------------------------------------------------------------- driver
 def run_method(
     sc: Scenario,
-    method: str | MethodSpec,
+    method: str | Method,
     cfg: PipelineConfig,
     policy: Policy | None = None,
     escape_threshold: float | None = None,
 ) -> pd.DataFrame:
     """Run base -> SFT(method) -> RL on every seed of ``sc`` and record metrics at every step.
 
-    Returns a long DataFrame with one row per seed x stage x step: columns ``method``,
+    ``method``: a ``toybench.methods`` spec (``"gift@2"``) or a ``Method``.
+    Returns a long DataFrame with one row per seed x stage x step: columns ``method`` (the spec as
+    given; a ``Method`` gives its canonical spelling), ``kind``, ``value`` (the ``@`` constant),
     ``seed`` (index into the scenario's seeds), ``stage`` ('sft' | 'rl'), ``step`` (0 = the
     stage's starting point), ``global_step`` and one column per metric. For method 'none' the
     SFT stage records the unchanged base policy. With ``escape_threshold``, ``df.attrs["escape"]``
     holds the per-prompt escape times of the RL stage (``escape_frame``).
     """
     cfg.validate()
-    spec = parse_method(method) if isinstance(method, str) else method
+    name = method if isinstance(method, str) else str(method)
+    spec = Method.parse(method)
     policy = policy or make_policy(sc)
     S = sc.num_seeds
     params = policy.init()
-    teacher = params.clone()
+    teacher = spec.init_state(params).teacher
     base_seq = sequence_logits(sc.base_logits[:, sc.sft_prompts], sc.demo_leaves, sc.geometry)[0]
     records: list[tuple[str, int, dict]] = []
     const = eval_constants(sc)
@@ -285,11 +284,11 @@ def run_method(
     for step in range(1, cfg.sft_steps + 1):
         if spec.kind != "none":
             params = params.detach().requires_grad_(True)
-            loss = _sft_loss(sc, policy, params, teacher, spec, cfg, base_seq)
+            loss = _sft_loss(sc, policy, params, teacher, spec, base_seq)
             (grad,) = torch.autograd.grad(loss, params)
             params = params.detach() - cfg.sft_lr * grad
-            if spec.needs_teacher and step % cfg.curio_ema_every == 0:
-                teacher = cfg.curio_ema_keep * teacher + (1 - cfg.curio_ema_keep) * params
+            if spec.ema_due(step):
+                teacher = spec.ema_update(teacher, params)
         record("sft", step, policy.node_logits(params))
 
     ref_params = params.detach().clone()
@@ -311,9 +310,9 @@ def run_method(
         for step in range(1, cfg.rl_steps + 1):
             params = _grpo_update(sc, policy, params, ref_params, cfg, gen)
             record("rl", step, policy.node_logits(params))
-    df = _to_frame(records, spec, S, cfg)
+    df = _to_frame(records, name, spec, S, cfg)
     if escape_threshold is not None:
-        df.attrs["escape"] = escape_frame(torch.stack(J_rl), escape_threshold, spec.name)
+        df.attrs["escape"] = escape_frame(torch.stack(J_rl), escape_threshold, name)
     return df
 
 
@@ -340,7 +339,7 @@ def escape_frame(J: torch.Tensor, threshold: float, method: str) -> pd.DataFrame
     )
 
 
-def _to_frame(records, spec: MethodSpec, S: int, cfg: PipelineConfig) -> pd.DataFrame:
+def _to_frame(records, name: str, spec: Method, S: int, cfg: PipelineConfig) -> pd.DataFrame:
     names = metric_names(cfg)
     vals = np.stack(
         [np.stack([m[k].double().numpy() for k in names], -1) for _, _, m in records]
@@ -355,5 +354,5 @@ def _to_frame(records, spec: MethodSpec, S: int, cfg: PipelineConfig) -> pd.Data
     df.insert(0, "seed", np.tile(np.arange(S), R))
     df.insert(0, "value", np.nan if spec.value is None else spec.value)
     df.insert(0, "kind", spec.kind)
-    df.insert(0, "method", spec.name)
+    df.insert(0, "method", name)
     return df

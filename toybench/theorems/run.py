@@ -61,8 +61,8 @@ class TheoremsConfig:
     """Euler step of the exact PG flow used for the T1 identity and figure."""
     flow_steps: int = 100
     """Steps of that flow (RL time flow_dt * flow_steps)."""
-    grpo_group: int = 8
-    """GRPO group size G (samples per instance and step)."""
+    num_generations: int = 8
+    """GRPO group size G (samples per instance and step; TRL's name)."""
     grpo_steps: int = 50
     """Sampled GRPO steps from the SFT optimum (T1)."""
     grpo_lr: float = 0.1

@@ -35,10 +35,10 @@ def rl_from_sft_optimum(cfg, setting, z0, P_data, H_p, kl_fn, R, gen, natural=Tr
     if natural:
         pg = lambda z: dyn.pg_surrogate(z, R)
         runs.append(("natural PG", dict(objective=pg, steps=cfg.flow_steps, lr=cfg.flow_dt, natural=True)))
-    grpo = lambda z: dyn.grpo_surrogate(z, R, cfg.grpo_group, gen)
+    grpo = lambda z: dyn.grpo_surrogate(z, R, cfg.num_generations, gen)
     runs.append(
         (
-            f"sampled GRPO (G={cfg.grpo_group}, seeded)",
+            f"sampled GRPO (G={cfg.num_generations}, seeded)",
             dict(objective=grpo, steps=cfg.grpo_steps, lr=cfg.grpo_lr),
         )
     )

@@ -78,7 +78,7 @@ def check_t5_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     _, mass_g = dyn.run(
         zg,
-        lambda z: dyn.grpo_surrogate(z, Rg, cfg.grpo_group, gen),
+        lambda z: dyn.grpo_surrogate(z, Rg, cfg.num_generations, gen),
         cfg.t5_grpo_steps,
         cfg.t5_grpo_lr,
         record=lambda z: torch.softmax(z[:, 0], -1)[:, 0],
@@ -89,7 +89,7 @@ def check_t5_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
     rho = spearmanr(m, med).statistic
     rows.append(
         make_row(
-            f"T5 sampled GRPO (G={cfg.grpo_group}): median steps fall with initial mass",
+            f"T5 sampled GRPO (G={cfg.num_generations}): median steps fall with initial mass",
             BANDIT,
             SIM,
             len(m) * S,

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 
 from toybench.config import require
+from toybench.methods import Method, loss_type_reduction
 from toybench.tasks.arith import ALPHABET, CharTokenizer
 from toybench.tiny.model import GPTConfig
 
@@ -33,8 +34,8 @@ class TinyConfig:
     """RL puzzles (disjoint from SFT and eval)."""
     n_eval_puzzles: int = 96
     """held-out evaluation puzzles."""
-    max_new_tokens: int = 14
-    """completion length budget N (including eos)."""
+    max_completion_length: int = 14
+    """completion length budget N (including eos; TRL's name)."""
     # model
     n_layer: int = 2
     """transformer blocks."""
@@ -55,17 +56,15 @@ class TinyConfig:
     """seed of the corpus and of the base model's initialisation."""
     # SFT
     methods: tuple[str, ...] = ("none", "sft", "entropy_sft@0.1", "gift@3", "curio", "pear_token", "dft")
-    """SFT methods (``toybench.methods`` names); ``none`` runs RL straight from the base."""
+    """SFT methods (``toybench.methods`` specs, e.g. ``gift@3,smooth=0.1``; every constant, CurioSFT's
+    EMA schedule included, is set in the spec); ``none`` runs RL straight from the base. PEAR's block
+    level runs with the registry's block of 4 unless the spec says otherwise."""
     sft_steps: int = 100
     """SFT steps on the expert demonstrations."""
     sft_batch: int = 64
     """sequences per SFT step."""
     sft_lr: float = 1e-3
     """SFT learning rate (AdamW, constant)."""
-    curio_ema_every: int = 5
-    """CurioSFT: the EMA teacher is updated every this many steps."""
-    curio_ema_keep: float = 0.01
-    """CurioSFT: theta_bar <- keep * theta_bar + (1 - keep) * theta (the released code's 0.01)."""
     pear_behavior: str = "expert"
     """PEAR's pi_beta: ``expert`` (the deterministic expert, log pi_beta = 0) or ``base``."""
     # GRPO
@@ -73,16 +72,20 @@ class TinyConfig:
     """GRPO steps on the RL puzzles."""
     rl_prompts: int = 32
     """prompts per GRPO step."""
-    rl_group: int = 8
-    """samples per prompt (the group G)."""
+    num_generations: int = 8
+    """samples per prompt (the group G; TRL's name)."""
     rl_lr: float = 3e-4
     """GRPO learning rate (AdamW, constant)."""
-    rl_clip: float = 0.2
-    """clipped-surrogate epsilon (one update per batch, so the clip is inactive at the first epoch)."""
-    rl_kl: float = 0.0
-    """coefficient of the k3 KL penalty to the RL start (0 = none, as in DAPO/Dr. GRPO)."""
-    rl_reduce: str = "seq_mean"
-    """reduction mode of the GRPO loss (``toybench.losses.reduce``)."""
+    epsilon: float = 0.2
+    """clip range below 1 of the surrogate (TRL's name; one update per batch, so the clip is inactive)."""
+    epsilon_high: float = 0.2
+    """clip range above 1 (TRL's name; DAPO's clip-higher when > epsilon)."""
+    kl_coef: float = 0.0
+    """coefficient of the k3 KL penalty to the RL start (0 = none, as in DAPO/Dr. GRPO). TRL calls it
+    ``beta``; here ``beta`` is GIFT's inverse temperature."""
+    loss_type: str = "grpo"
+    """GRPO normaliser (TRL's names): grpo (per-sequence mean, then mean) | bnpo | dapo (token mean) |
+    dr_grpo (sum / (sequences x max_completion_length)) | sum."""
     rl_eval_every: int = 10
     """record held-out SFT loss and eval pass@1 every this many GRPO steps."""
     # decoupling: further SFT after RL
@@ -101,17 +104,20 @@ class TinyConfig:
     """training seeds (SFT order, sampling); the base model and the splits are shared."""
 
     def __post_init__(self) -> None:
-        may_be_zero = ("rl_kl", "sft_steps", "rl_steps", "post_sft_steps", "task_seed", "pretrain_seed")
+        may_be_zero = ("kl_coef", "sft_steps", "rl_steps", "post_sft_steps", "task_seed", "pretrain_seed")
         numbers = [f.name for f in dataclasses.fields(self) if type(getattr(self, f.name)) in (int, float)]
         require(
             self,
             non_negative=may_be_zero,
             positive=[n for n in numbers if n not in may_be_zero],
-            at_least={"rl_group": 2},
+            at_least={"num_generations": 2},
             one_of={"pear_behavior": ("expert", "base")},
         )
         if not self.methods:
             raise ValueError("methods must not be empty")
+        for m in self.methods:
+            Method.parse(m)  # ValueError naming the spec
+        loss_type_reduction(self.loss_type)
 
     # derived --------------------------------------------------------------------------------
     @property
@@ -128,7 +134,7 @@ class TinyConfig:
     def model_config(self) -> GPTConfig:
         return GPTConfig(
             vocab_size=CharTokenizer(ALPHABET).vocab_size,
-            block_size=self.prompt_len + self.max_new_tokens,
+            block_size=self.prompt_len + self.max_completion_length,
             n_layer=self.n_layer,
             n_head=self.n_head,
             n_embd=self.n_embd,
@@ -139,7 +145,7 @@ PRETRAIN_FIELDS = (
     "n_numbers",
     "max_number",
     "max_target",
-    "max_new_tokens",
+    "max_completion_length",
     "n_layer",
     "n_head",
     "n_embd",
@@ -154,11 +160,13 @@ PRETRAIN_FIELDS = (
     "n_rl_puzzles",
 )
 _CODE_VERSION = "tiny-base-v1"  # bump when pretraining code changes meaning
+_KEY_NAMES = {"max_completion_length": "max_new_tokens"}  # the name at v1: cached bases stay valid
 
 
 def pretrain_key(cfg: TinyConfig) -> str:
     """Hash of everything that determines the base model (the on-disk cache key)."""
-    d = {k: getattr(cfg, k) for k in PRETRAIN_FIELDS} | {"version": _CODE_VERSION, "alphabet": ALPHABET}
+    d = {_KEY_NAMES.get(k, k): getattr(cfg, k) for k in PRETRAIN_FIELDS}
+    d |= {"version": _CODE_VERSION, "alphabet": ALPHABET}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -176,7 +184,7 @@ def quick_config(**overrides) -> TinyConfig:
         sft_batch=32,
         rl_steps=6,
         rl_prompts=8,
-        rl_group=4,
+        num_generations=4,
         rl_eval_every=3,
         post_sft_steps=6,
         post_sft_eval_every=3,

@@ -44,7 +44,7 @@ def prepare(cfg: TinyConfig, cache_dir: Path | None = None, progress: bool = Tru
     splits = split_puzzles(
         cfg.task_seed, cfg.n_sft_puzzles, cfg.n_rl_puzzles, cfg.n_eval_puzzles, **cfg.task_knobs
     )
-    P, N = cfg.prompt_len, cfg.max_new_tokens
+    P, N = cfg.prompt_len, cfg.max_completion_length
     prompts = {k: encode_prompts(v, P) for k, v in splits.items()}
     sft_data, _ = expert_data(splits["sft"], P, N)
     heldout, _ = expert_data(splits["eval"], P, N)
@@ -63,7 +63,7 @@ def run_method(setup: Setup, method: str, seed: int) -> tuple[list[dict], dict]:
     g_eval = torch.Generator().manual_seed(2000 + seed)
     model = copy.deepcopy(setup.base).requires_grad_(True)
     ev_puz, ev_prompt = setup.splits["eval"], setup.prompts["eval"]
-    N, T = cfg.max_new_tokens, cfg.temperature
+    N, T = cfg.max_completion_length, cfg.temperature
 
     def track(step: int) -> dict:
         return {

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure  # no pyplot: writing PNGs never touches th
 from tqdm.auto import tqdm
 
 from toybench.analysis import markdown_table
+from toybench.methods import Method
 from toybench.tiny.config import TinyConfig, quick_config
 from toybench.tiny.evaluate import pass_ks
 from toybench.tiny.pipeline import prepare, run_method
@@ -101,7 +102,7 @@ def compare(summary: pd.DataFrame, a: str, b: str, column: str, z: float = 2.0) 
 
 
 def _find(methods: list[str], kind: str) -> str | None:
-    return next((m for m in methods if m.partition("@")[0] == kind), None)
+    return next((m for m in methods if Method.parse(m).kind == kind), None)
 
 
 def _fmt(c: Comparison) -> str:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from toybench import losses
 from toybench.advantages import group_advantages
-from toybench.methods import method_loss, parse_method
+from toybench.methods import Method, loss_type_reduction
 from toybench.tasks.arith import Puzzle, pretraining_corpus
 from toybench.tiny.config import TinyConfig, pretrain_key
 from toybench.tiny.data import TOK, SeqData, rewards, text_pairs_data
@@ -84,7 +84,7 @@ def pretrain_base(
         model.load_state_dict(blob["state_dict"])
         return model, {"cached": True, "path": str(path), "final_loss": float(blob["final_loss"])}
     texts = pretraining_corpus(cfg.pretrain_texts, seed=cfg.pretrain_seed, exclude=exclude, **cfg.task_knobs)
-    data = text_pairs_data(texts, cfg.prompt_len, cfg.max_new_tokens)
+    data = text_pairs_data(texts, cfg.prompt_len, cfg.max_completion_length)
     opt = _optimizer(model, cfg.pretrain_lr)
     g = torch.Generator().manual_seed(cfg.pretrain_seed)
     ema = None
@@ -111,30 +111,31 @@ def pretrain_base(
 def run_sft(
     model: GPT,
     data: SeqData,
-    method: str,
+    method: str | Method,
     cfg: TinyConfig,
     seed: int,
     steps: int | None = None,
     on_step: Callable[[int], dict] | None = None,
     every: int = 0,
 ) -> list[dict]:
-    """SFT of ``model`` in place on ``data`` with ``method`` (a ``toybench.methods`` name).
+    """SFT of ``model`` in place on ``data`` with ``method`` (a ``toybench.methods`` spec).
 
-    GIFT scores the data with a FROZEN copy of the model as it was before SFT; CurioSFT's teacher is
-    an EMA copy (``theta_bar <- keep theta_bar + (1 - keep) theta`` every ``curio_ema_every`` steps)
-    with the entropy-guided temperature; PEAR's behaviour log-probs are collected ONCE before SFT
-    (zeros for the deterministic expert, or the base model's). ``on_step(step)`` is called at step
+    The method's state comes from what it declares (``Method.init_state``): GIFT scores the data with
+    a FROZEN copy of the model as it was before SFT; CurioSFT's teacher is an EMA copy
+    (``Method.ema_update`` every ``ema_every`` steps) with the entropy-guided temperature; PEAR's
+    behaviour log-probs are collected ONCE before SFT (zeros for the deterministic expert, or the
+    base model's; ``cfg.pear_behavior``). ``on_step(step)`` is called at step
     0 and every ``every`` steps and its dict is merged into that step's record.
     """
-    spec = parse_method(method)
+    spec = Method.parse(method)
     steps = cfg.sft_steps if steps is None else steps
     if spec.kind == "none" or steps == 0:
         return [{"step": 0, **(on_step(0) if on_step else {})}]
     g = torch.Generator().manual_seed(seed)
-    frozen = copy.deepcopy(model).eval().requires_grad_(False) if spec.kind == "gift" else None
-    teacher = copy.deepcopy(model).eval().requires_grad_(False) if spec.needs_teacher else None
+    state = spec.init_state(model)
+    frozen, teacher = state.base, state.teacher
     behavior_logp = None
-    if spec.pear_level is not None and not spec.pear_self:
+    if spec.needs_behavior_logp:
         if cfg.pear_behavior == "expert":
             behavior_logp = torch.zeros(data.completion.shape)  # deterministic expert: log 1
         else:
@@ -160,12 +161,10 @@ def run_sft(
                 extra["teacher_logits"] = completion_logprobs(teacher, prompt, comp)[1]
         if behavior_logp is not None:
             extra["behavior_logp"] = behavior_logp[idx]
-        per_token = method_loss(spec, logits, comp, mask, **extra)  # (B, N)
+        per_token = spec.loss(logits, comp, mask, **extra)  # (B, N)
         rec["train_loss"] = _step(opt, model, losses.reduce(per_token, mask), f"SFT ({method})")
-        if teacher is not None and (step + 1) % cfg.curio_ema_every == 0:
-            with torch.no_grad():
-                for pt, p in zip(teacher.parameters(), model.parameters()):
-                    pt.mul_(cfg.curio_ema_keep).add_(p, alpha=1 - cfg.curio_ema_keep)
+        if spec.ema_due(step + 1):
+            spec.ema_update(teacher, model)
         records.append(rec)
     return records
 
@@ -183,15 +182,16 @@ def run_grpo(
 ) -> list[dict]:
     """GRPO of ``model`` in place on ``puzzles`` (prompts ``[M, P]``), one update per sampled batch.
 
-    Per step: ``rl_prompts`` puzzles x ``rl_group`` samples at ``temperature``; rewards from the
-    verifier; ``group_advantages``; ``clipped_surrogate_loss`` (+ ``rl_kl`` x k3 ``kl_penalty`` to
-    the RL start) reduced with ``rl_reduce``. Records the mean reward and the loss every
-    step and ``on_eval(step)`` every ``rl_eval_every`` steps.
+    Per step: ``rl_prompts`` puzzles x ``num_generations`` samples at ``temperature``; rewards from
+    the verifier; ``group_advantages``; ``clipped_surrogate_loss`` with ``epsilon``/``epsilon_high``
+    (+ ``kl_coef`` x k3 ``kl_penalty`` to the RL start) reduced as ``loss_type`` says. Records the
+    mean reward and the loss every step and ``on_eval(step)`` every ``rl_eval_every`` steps.
     """
     g = torch.Generator().manual_seed(seed)
-    ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.rl_kl > 0 else None
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     opt = _optimizer(model, cfg.rl_lr)
-    G = cfg.rl_group
+    G = cfg.num_generations
+    mode = loss_type_reduction(cfg.loss_type)
     records = []
     for step in range(cfg.rl_steps + 1):
         rec: dict = {"step": step}
@@ -204,17 +204,21 @@ def run_grpo(
         prompt = prompts[pick].repeat_interleave(G, dim=0)  # (n G, P)
         batch_puzzles = [puzzles[i] for i in pick.tolist() for _ in range(G)]
         model.eval()
-        comp, mask = generate(model, prompt, cfg.max_new_tokens, cfg.temperature, TOK.eos_id, TOK.pad_id, g)
+        comp, mask = generate(
+            model, prompt, cfg.max_completion_length, cfg.temperature, TOK.eos_id, TOK.pad_id, g
+        )
         r, _ = rewards(batch_puzzles, comp)  # (n G,)
         adv = group_advantages(r.view(-1, G)).reshape(-1)  # (n G,)
         model.train()
         logp, _ = completion_logprobs(model, prompt, comp)  # (n G, N)
-        per_token = losses.clipped_surrogate_loss(logp, logp.detach(), adv, cfg.rl_clip, cfg.rl_clip)
+        per_token = losses.clipped_surrogate_loss(logp, logp.detach(), adv, cfg.epsilon, cfg.epsilon_high)
         if ref is not None:
             with torch.no_grad():
                 ref_logp, _ = completion_logprobs(ref, prompt, comp)
-            per_token = per_token + cfg.rl_kl * losses.kl_penalty(logp, ref_logp, "k3")
-        loss = losses.reduce(per_token, mask, cfg.rl_reduce)
+            per_token = per_token + cfg.kl_coef * losses.kl_penalty(logp, ref_logp, "k3")
+        # dr_grpo: sum / (sequences x max_completion_length), as TRL
+        constant = len(comp) * cfg.max_completion_length if mode == "constant" else None
+        loss = losses.reduce(per_token, mask, mode, constant=constant)
         rec["train_loss"] = _step(opt, model, loss, "GRPO")
         rec["train_reward"] = float(r.mean())
         records.append(rec)
