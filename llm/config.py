@@ -20,7 +20,7 @@ from toybench.losses import REDUCE_MODES
 from toybench.methods import Method, loss_type_reduction
 
 #: The default comparison, spelled as at every scale. GIFT runs at beta 5 here: the code default
-#: beta 20 is ~SFT for confident models (METHODS 1.3).
+#: beta 20 is ~SFT for confident models (docs/methods.md §1.3).
 METHODS = ("sft", "entropy_sft@0.1", "gift@5", "curio", "pear_token", "dft")
 DEFAULT_CACHE = os.environ.get("SFTRL_CACHE", str(Path.home() / ".cache" / "sft_for_rl"))
 

@@ -1,4 +1,4 @@
-"""SFT of a causal LM with any method of METHODS.md section 1, through the chunked-vocabulary losses.
+"""SFT of a causal LM with any method of docs/methods.md §1, through the chunked-vocabulary losses.
 
 Loop (one optimizer step):
   global batch of ``batch_size`` examples (a seeded permutation per epoch; position = step) ->

@@ -10,7 +10,7 @@ softmax(z)``; ``p`` is the data distribution; ``r`` a reward vector over answers
 function broadcasts over leading axes. Gradients are with respect to the logits ``z`` and
 are those of the *loss* (to be descended), except ``policy_gradient`` and
 ``natural_gradient`` which are ascent directions of the expected reward J, as in the
-literature. Equations follow ``shared/METHODS.md`` sections 1, 2 and 4.
+literature. Equations follow ``docs/methods.md`` §1, §2 and §4.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def expected_reward(pi: ArrayLike, r: ArrayLike) -> Array:
 
 # ----------------------------------------------------------------------------- SFT
 def sft_loss(p: ArrayLike, pi: ArrayLike) -> Array:
-    """Population SFT loss L(pi) = E_{y~p}[-log pi(y)] = H(p) + KL(p || pi)   (METHODS 1.1, T1).
+    """Population SFT loss L(pi) = E_{y~p}[-log pi(y)] = H(p) + KL(p || pi)   (docs/methods.md §1.1, §4.1).
 
     >>> p = np.array([0.5, 0.5]); float(sft_loss(p, p).round(6)) == float(np.log(2).round(6))
     True
@@ -109,12 +109,12 @@ def sft_token_grad(z: ArrayLike, y: ArrayLike) -> Array:
 
 
 def grad_weighted_sft(z: ArrayLike, y: ArrayLike, w: ArrayLike) -> Array:
-    """Gradient of the PEAR-weighted token loss sg[w] * (-log pi(y)): w (pi - e_y)   (METHODS 1.5)."""
+    """Gradient of the PEAR-weighted token loss sg[w] * (-log pi(y)): w (pi - e_y) (docs/methods.md §1.5)."""
     return np.asarray(w, dtype=np.float64)[..., None] * sft_token_grad(z, y)
 
 
 def grad_entropy_sft(z: ArrayLike, y: ArrayLike, coef: float) -> Array:
-    """Gradient of l = -log pi(y) - coef H(pi): pi - e_y + coef pi (log pi + H(pi))   (METHODS 1.2).
+    """Gradient of l = -log pi(y) - coef H(pi): pi - e_y + coef pi (log pi + H(pi))   (docs/methods.md §1.2).
 
     Uses dH/dz_k = -pi_k (log pi_k + H).
     """
@@ -124,7 +124,7 @@ def grad_entropy_sft(z: ArrayLike, y: ArrayLike, coef: float) -> Array:
 
 
 def grad_dft(z: ArrayLike, y: ArrayLike) -> Array:
-    """Gradient of l = -sg[pi(y)] log pi(y): pi(y) (pi - e_y)   (METHODS 1.6)."""
+    """Gradient of l = -sg[pi(y)] log pi(y): pi(y) (pi - e_y)   (docs/methods.md §1.6)."""
     pi = softmax(z)
     e_y = _onehot(y, pi.shape[-1])
     pi_y = np.sum(pi * e_y, axis=-1, keepdims=True)
@@ -134,7 +134,7 @@ def grad_dft(z: ArrayLike, y: ArrayLike) -> Array:
 def grad_curio(z: ArrayLike, y: ArrayLike, zbar: ArrayLike, tau: ArrayLike, alpha: float = 1.0) -> Array:
     """Gradient of CurioSFT's l = -log pi(y) + (alpha/2)(log pi(y) - sg[log q(y)])^2, q = softmax(zbar/tau).
 
-    Equals w (pi - e_y) with w = 1 - alpha (log pi(y) - log q(y))   (METHODS 1.4, derived).
+    Equals w (pi - e_y) with w = 1 - alpha (log pi(y) - log q(y))   (docs/methods.md §1.4, derived).
     """
     logpi = log_softmax(z)
     tau = np.asarray(tau, dtype=np.float64)
@@ -148,7 +148,7 @@ def grad_curio(z: ArrayLike, y: ArrayLike, zbar: ArrayLike, tau: ArrayLike, alph
 
 # ----------------------------------------------------------------------------- GIFT
 def gift_eps(p_y: ArrayLike, beta: ArrayLike) -> Array:
-    """Mass GIFT's target leaves off the data token: eps = (1 - p) / (1 + (e^beta - 1) p)   (METHODS 1.3).
+    """GIFT target mass off the data token: eps = (1 - p) / (1 + (e^beta - 1) p) (docs/methods.md §1.3).
 
     beta -> inf gives 0 (standard SFT); beta = 0 gives 1 - p (the base distribution).
 
@@ -166,7 +166,7 @@ def gift_eps(p_y: ArrayLike, beta: ArrayLike) -> Array:
 
 
 def gift_target(p_base: ArrayLike, y: ArrayLike, beta: float, smooth: float = 0.0) -> Array:
-    """GIFT's token target in closed form: q = (1 - eps) e_y + eps p_s(. | k != y)   (METHODS 1.3).
+    """GIFT's token target in closed form: q = (1 - eps) e_y + eps p_s(. | k != y)   (docs/methods.md §1.3).
 
     p_s = (1 - smooth) p_base + smooth / V is the smoothed base; eps = gift_eps(p_s(y), beta).
     Equal to softmax(log p_s + beta e_y), written here without that softmax on purpose.
@@ -193,7 +193,7 @@ def grad_gift(z: ArrayLike, y: ArrayLike, z_base: ArrayLike, beta: float, smooth
 
 # ----------------------------------------------------------------------------- RL
 def policy_gradient(pi: ArrayLike, r: ArrayLike) -> Array:
-    """Exact softmax policy gradient dJ/dz = pi * (r - J(pi))   (METHODS 2, exact tabular PG)."""
+    """Exact softmax policy gradient dJ/dz = pi * (r - J(pi))   (docs/methods.md §2.6)."""
     pi = np.asarray(pi, dtype=np.float64)
     r = np.asarray(r, dtype=np.float64)
     return pi * (r - expected_reward(pi, r)[..., None])
@@ -209,7 +209,7 @@ def natural_gradient(pi: ArrayLike, r: ArrayLike) -> Array:
 
 
 def kl_regularised_optimum(pi_ref: ArrayLike, r: ArrayLike, beta: float) -> Array:
-    """argmax_pi J(pi) - beta KL(pi || pi_ref) = pi_ref exp(r / beta) / Z   (METHODS 1.3, T1)."""
+    """argmax_pi J(pi) - beta KL(pi || pi_ref) = pi_ref exp(r / beta) / Z   (docs/methods.md §1.3, §4.1)."""
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     pi_ref = _as_dist(pi_ref, "pi_ref")
@@ -218,7 +218,7 @@ def kl_regularised_optimum(pi_ref: ArrayLike, r: ArrayLike, beta: float) -> Arra
 
 
 def cumulant(p: ArrayLike, r: ArrayLike, lam: ArrayLike) -> Array:
-    """Centred cumulant generating function K(lam) = log E_p exp(lam (r - E_p r))   (METHODS T1).
+    """Centred cumulant generating function K(lam) = log E_p exp(lam (r - E_p r))   (docs/methods.md §4.1).
 
     At the KL-regularised optimum pi* ∝ p exp(lam r), Delta L_SFT = KL(p || pi*) = K(lam).
     """

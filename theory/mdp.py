@@ -18,9 +18,9 @@ Indexing (shared with ``toybench``; keep it):
 
 Design choices: values are computed by backward induction Q(s, a) = V(s a), V(s) = sum_a pi Q;
 occupancy forward d(s a) = d(s) pi(a | s).  The exact policy gradient in logits is
-dJ/dtheta_{s,a} = d_pi(s) pi(a | s) A(s, a) (METHODS.md section 2).
+dJ/dtheta_{s,a} = d_pi(s) pi(a | s) A(s, a) (docs/methods.md §2.6).
 
-Reference: METHODS.md sections 1.3 (GIFT token tilt vs exact sequence Gibbs) and 4 (T1-T5).
+Reference: docs/methods.md §4.6 (GIFT token tilt vs exact sequence Gibbs) and §4 (T1-T5).
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def policy_gradient(logits: np.ndarray, R: np.ndarray) -> np.ndarray:
     Args:
         logits: (..., N, V) tabular logits.  R: (..., V^H) terminal reward.
     Returns:
-        (..., N, V).  Reference: METHODS.md section 2; Agarwal et al. 2021, Lemma C.1.
+        (..., N, V).  Reference: docs/methods.md §2.6; Agarwal et al. 2021, Lemma C.1.
     """
     pi = policy(logits)
     d = occupancy(pi)
@@ -392,7 +392,7 @@ def sequence_gibbs_tilt(base_logits: np.ndarray, y_star, beta: float) -> np.ndar
 
 
 def sequence_gibbs_tilt_closed_form(base_logits: np.ndarray, y_star, beta: float) -> np.ndarray:
-    """tilt_t = log(1 + (e^beta - 1) P_base(y*_{>t} | y*_{<=t})), shape (..., H) (METHODS.md 1.3)."""
+    """tilt_t = log(1 + (e^beta - 1) P_base(y*_{>t} | y*_{<=t})), shape (..., H) (docs/methods.md §4.6)."""
     logp_base = log_softmax(np.asarray(base_logits, dtype=np.float64), axis=-1)
     V, H = _vh(logp_base)
     y_star = np.asarray(y_star, dtype=np.int64)
@@ -408,7 +408,7 @@ def token_gift_logits(base_logits: np.ndarray, y_star, beta: float, smooth: floa
     """Tabular policy GIFT's token loss converges to when trained on the single demo y*.
 
     At the prefixes of y* the node distribution becomes the token target
-    q_t = softmax(log((1 - s) pi_base + s / V) + beta onehot(y*_t)) (METHODS.md 1.3); prefixes the demo
+    q_t = softmax(log((1 - s) pi_base + s / V) + beta onehot(y*_t)) (docs/methods.md §1.3); prefixes the demo
     never visits keep pi_base (no data reaches them).  Returns log-probabilities, shape (..., N, V).
     """
     if beta < 0:

@@ -2,7 +2,7 @@
 
 Each derivation starts from the *definition* (a loss or objective written with ``sympy.exp`` and
 ``sympy.log``), differentiates it with sympy, and compares the result with the closed form claimed in
-METHODS.md.  Two independent checks come out of each:
+docs/methods.md.  Two independent checks come out of each:
 
   * ``residual``: sympy's simplification of (derived - claimed) for a small symbolic vocabulary V;
     zero means an exact symbolic proof at that V;
@@ -12,7 +12,7 @@ METHODS.md.  Two independent checks come out of each:
 Small V (2-4) keeps sympy fast; the identities are the same for every V.  Arguments of the lambdified
 functions are arrays with the answer axis last, e.g. ``fn(z, p, r)`` with shapes (..., V).
 
-Reference: METHODS.md sections 1.3 and 4; the derivations follow the notation there.
+Reference: docs/methods.md §1.3 and §4; the derivations follow the notation there.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Derivation:
     Attributes:
         name: short identifier (used in the theorems table).
         derived: the expression obtained by differentiating / manipulating the definition.
-        claimed: the closed form from METHODS.md.
+        claimed: the closed form from docs/methods.md.
         args: the argument groups (lists of symbols) of the lambdified functions, in order.
         residual: ``simplify(derived - claimed)`` (0 when the identity is proved for this V).
     """

@@ -22,7 +22,7 @@ Pairs are written ``low:high``; ``inf`` and ``none`` (an unset optional int) are
                     tau_min=1.1, tau_max=1.5, top_k=512, floor=0.03
 ``pear_token``      ``pear_weights(level=...)`` times ``sft_loss`` (also ``pear_block``,
                     ``pear_sequence``): gamma=0.999, token_clip=-0.08:0.3, total_clip=-10:5, and
-                    for ``pear_block`` block_size=4 (METHODS 1.5). ``@self``: pi_beta is the
+                    for ``pear_block`` block_size=4 (docs/methods.md §1.5). ``@self``: pi_beta is the
                     current policy (no behaviour log-probs needed); the default ``@data`` needs them.
 ==================  ================================================================================
 

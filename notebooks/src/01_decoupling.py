@@ -37,7 +37,7 @@
 # $J(\pi_{\mathrm{RL}})$ to $J(p)$; at $\pi_{\mathrm{RL}} = \pi^\star$ the drop is $K'(\lambda)$.
 #
 # Source: Niu, Bai, Han, Zhang, *On the Non-decoupling of SFT and RL in Post-training*
-# (arXiv 2601.07389); the forms above are derived in `shared/METHODS.md` §4 and checked here.
+# (arXiv 2601.07389); the forms above are derived in `docs/methods.md` §4 and checked here.
 
 # %%
 import matplotlib.pyplot as plt

@@ -13,7 +13,7 @@
 # reweights the SFT loss with importance weights towards the policy RL will optimise. The weights can be
 # taken per sequence, per token or per block of tokens; this notebook looks at what each level does, at the
 # variance/bias trade-off of the stabilising clips, and at the post-RL result on an off-policy token MDP.
-# No official code is known; the form below is the project's (`shared/METHODS.md` §1.5), with every constant
+# No official code is known; the form below is the project's (`docs/methods.md` §1.5), with every constant
 # exposed.
 
 # %% [markdown]

@@ -205,7 +205,7 @@ def run(
         record: optional z -> (I, ...) statistic, evaluated (without grad) at step 0 and every
             ``record_every`` steps.
         natural: precondition by the tabular softmax Fisher w(s) (diag pi - pi pi^T): step on
-            grad / (w(s) pi(a|s)), the natural gradient (for the bandit PG step: z += lr * A, METHODS T3).
+            grad / (w(s) pi(a|s)), the natural gradient (bandit PG step: z += lr * A; docs/methods.md §4.3).
         state_weight: (I, N) state distribution w(s) of that Fisher (default 1 everywhere, e.g. the nodes
             of one demonstration; pass d_p for population SFT on a tree).  Nodes with w(s) = 0 do not move.
     Returns:

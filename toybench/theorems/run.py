@@ -4,7 +4,7 @@ mechanism three ways (closed form, symbolic, simulation) on the bandit and the p
 One row per check (columns ``COLUMNS``); every row says how it is decided (see
 ``toybench.theorems.common``).  The table is printed, written as ``theorems.md`` and ``theorems.csv``,
 and the figures as PNG files, all into ``cfg.out`` together with the resolved config.
-Specification: METHODS.md sections 1.3 and 4.
+Specification: docs/methods.md §1.3 and §4.
 """
 
 from __future__ import annotations
