@@ -46,7 +46,8 @@ bench: venv
 # fast tests, to MUTATE_FILES / MUTATE_TESTS once the registry rewrite and the subpackage moves land.
 MUTATE_FILES ?= toybench/losses.py toybench/advantages.py toybench/metrics.py
 MUTATE_TESTS ?= tests/test_losses_oracle.py tests/test_losses_properties.py tests/test_losses_branches.py \
-                tests/test_losses_contract.py tests/test_bad_inputs.py
+                tests/test_losses_contract.py tests/test_bad_inputs.py tests/test_losses_messages_edges.py \
+                tests/test_metrics_advantages.py
 MUTATE_DIR   ?= /tmp/sft-for-rl-mutate
 MUTATE_JOBS  ?= 2
 
