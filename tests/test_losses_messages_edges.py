@@ -216,3 +216,48 @@ def test_clipped_mask_with_nonzero_old_logp_and_zero_or_small_advantages():
     assert L.clipped_mask(logp, old, adv)[0].tolist() == [False, True, False, False]
     adv_neg = torch.tensor([[-0.5, -0.5, -0.5, -0.5]], dtype=F64)
     assert L.clipped_mask(logp, old, adv_neg)[0].tolist() == [False, False, True, True]
+
+
+def test_defaults_used_when_omitted_equal_design_values():
+    """Calls WITHOUT the keywords equal calls with DESIGN.md's values (the signature test above
+    reads the declared defaults; this one checks the defaults actually used)."""
+    rng = np.random.default_rng(1)
+    scale = torch.tensor([0.05, 0.3, 1.0, 3.0, 8.0, 20.0], dtype=F64)[None, :, None]
+    zt = torch.tensor(rng.normal(size=(2, 6, 600))) * scale  # V > 512: top_k matters; varied entropy
+    zt[0, 0] = -1e4
+    zt[0, 0, :2] = torch.tensor([2.0, 0.0])  # two live tokens, H ~ 0.37 in (0.03, 1.03): interior solve
+    explicit = dict(pivot=1.2, gain=0.5, slope=2.0, tau_min=1.1, tau_max=1.5, top_k=512, floor=0.03, iters=20)
+    tau = L.entropy_guided_temperature(zt)
+    assert torch.equal(tau, L.entropy_guided_temperature(zt, **explicit))
+    assert ((tau > 1.1) & (tau < 1.5)).any()  # interior solves: iters and top_k show in the bits
+    z = torch.tensor(rng.normal(size=(2, 6, 600)))
+    y = torch.tensor(rng.integers(0, 600, size=(2, 6)))
+    assert torch.equal(L.gift_loss(z, y, zt, beta=2.0), L.gift_loss(z, y, zt, beta=2.0, smooth=0.0))
+    assert torch.equal(L.curio_loss(z, y, zt, tau=1.3), L.curio_loss(z, y, zt, tau=1.3, alpha=1.0))
+    logp = torch.tensor(rng.normal(scale=0.3, size=(2, 9)))
+    beh = torch.tensor(rng.normal(scale=0.3, size=(2, 9)))
+    m = torch.ones(2, 9)
+    assert torch.equal(
+        L.pear_weights(logp, beh, m, level="block"), L.pear_weights(logp, beh, m, level="block", block_size=4)
+    )
+    assert torch.equal(
+        L.pear_weights(logp, beh, m),
+        L.pear_weights(logp, beh, m, "token", 4, 0.999, token_clip=(-0.08, 0.3), total_clip=(-10.0, 5.0)),
+    )
+    assert torch.equal(L.kl_penalty(logp, beh), L.kl_penalty(logp, beh, kind="k3"))
+    adv = torch.tensor([1.0, -1.0], dtype=F64)
+    assert torch.equal(
+        L.clipped_surrogate_loss(logp, beh, adv), L.clipped_surrogate_loss(logp, beh, adv, 0.2, 0.2)
+    )
+
+
+def test_token_mean_with_one_counted_token_is_that_token():
+    x = torch.tensor([[3.0, 5.0]], dtype=F64)
+    assert L.reduce(x, torch.tensor([[0, 1]])).item() == 5.0
+
+
+def test_clipped_mask_at_ratio_one_with_zero_eps_is_not_clipped():
+    # the gradient flows there (see the oracle test at eps = 0), so the mask must say "not clipped"
+    logp = torch.tensor([[-0.5, -1.0]], dtype=F64)
+    for adv in (torch.tensor([1.0]), torch.tensor([-1.0])):
+        assert not L.clipped_mask(logp, logp, adv.double(), eps_low=0.0, eps_high=0.0).any()

@@ -81,3 +81,32 @@ def test_group_advantages_batch_scale_small_batches_and_messages():
         A.group_advantages(torch.zeros(4))
     with pytest.raises(ValueError, match="^scale must be one of"):
         A.group_advantages(torch.zeros(2, 2), scale="std")
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: M.pass_at_k(0, 0, 1), "n must be >= 1"),
+        (lambda: M.pass_at_k(3, 4, 1), "c must satisfy 0 <= c <= n"),
+        (lambda: M.pass_at_k(3, 1, 0), "k must be >= 1"),
+        (lambda: M.pass_at_k_exact(np.array([2.0]), 1), "p_correct must lie in [0, 1] (NaN is rejected)"),
+        (lambda: M.pass_at_k_exact(torch.tensor([2.0]), 1), "p_correct must lie in [0, 1] (NaN is rejected)"),
+    ],
+)
+def test_metric_error_messages_are_exact(call, message):
+    with pytest.raises(ValueError) as e:
+        call()
+    assert str(e.value) == message
+
+
+def test_pass_at_k_exact_tolerance_edge_is_accepted():
+    edge = 1 + 1e-9
+    assert M.pass_at_k_exact(np.array([edge]), 2)[0] == 1.0
+    assert M.pass_at_k_exact(torch.tensor([edge], dtype=torch.float64), 2)[0].item() == 1.0
+
+
+def test_coverage_torch_3d_counts_over_the_last_axis():
+    probs = torch.full((2, 3, 4), 0.25)
+    probs[..., 0] = 0.4
+    correct = torch.ones(2, 3, 4, dtype=torch.bool)
+    assert M.coverage(probs, correct, 0.3).tolist() == [[1, 1, 1], [1, 1, 1]]

@@ -215,8 +215,7 @@ def entropy_sft_loss(
         H = -_xlogy_safe(logp_all.exp(), logp_all).sum(-1)  # (B, T)
     if rho < 1.0:
         if mask is None:
-            raise ValueError("mask is required when rho < 1")
-        _check_same(mask, nll, "mask", "targets")
+            raise ValueError("mask is required when rho < 1")  # its shape is checked by _target_index
         m = mask != 0
         Hd = H.detach()
         threshold = torch.quantile(Hd[m], 1.0 - rho) if bool(m.any()) else Hd.new_tensor(float("inf"))
