@@ -110,3 +110,9 @@ def test_coverage_torch_3d_counts_over_the_last_axis():
     probs[..., 0] = 0.4
     correct = torch.ones(2, 3, 4, dtype=torch.bool)
     assert M.coverage(probs, correct, 0.3).tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+def test_group_advantages_default_eps_is_1e_6():
+    r = torch.tensor([[1.0, 0.0, 0.0], [2.0, 5.0, 3.0]], dtype=torch.float64)
+    for scale in ("group", "batch"):
+        assert torch.equal(A.group_advantages(r, scale), A.group_advantages(r, scale, eps=1e-6))
