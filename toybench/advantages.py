@@ -1,4 +1,4 @@
-"""Group-relative advantages for GRPO and its variants (METHODS section 2).
+"""Group-relative advantages for GRPO and its variants (docs/methods.md §2.1).
 
 A_i = (r_i - mean_g r) / (scale + eps) for the G samples of one prompt. The ``scale`` switch
 is the whole difference between GRPO (group std), Lite-PPO style batch std, and Dr. GRPO
@@ -6,6 +6,8 @@ is the whole difference between GRPO (group std), Lite-PPO style batch std, and 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -41,8 +43,8 @@ def group_advantages(rewards: Tensor, scale: str = "group", eps: float = 1e-6) -
         raise ValueError(f"rewards must have shape [N, G], got {tuple(rewards.shape)}")
     if scale not in ADV_SCALES:
         raise ValueError(f"scale must be one of {ADV_SCALES}, got {scale!r}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not (eps >= 0 and math.isfinite(eps)):  # NaN fails both
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
     r = rewards if rewards.is_floating_point() else rewards.float()
     centred = r - r.mean(dim=1, keepdim=True)  # (N, G)
     if scale == "none":

@@ -12,13 +12,21 @@ Design choices
 * Masked positions never leak: :func:`reduce` selects with ``torch.where`` (NaN * 0 is NaN),
   and :func:`pear_weights` zeroes log-ratios at masked positions before summing them.
 * Targets, teachers and weights are detached where the method says ``sg[.]``.
+* Targets outside ``[0, V)`` (e.g. an ignore index -100 at padding) never yield a plausible
+  loss: their per-token value is NaN with zero gradient, so :func:`reduce` drops them where
+  they are masked and turns NaN where they count. A loss has no mask of its own, so it cannot
+  tell padding from a real target; pass ``mask=`` and, on CPU, an out-of-range target at a
+  counted position raises ``ValueError`` (off CPU the check would sync, so only the NaN is left).
+* Scalar knobs are checked as ``not x >= 0`` / ``math.isfinite``, so NaN never slips through.
 * Logits in half precision are upcast to float32 inside each loss (float64 is kept), so
   the same code is exact in float64 tests and safe in bf16 training.
 
-Equations and sources: ``shared/METHODS.md`` sections 1 and 2.
+Equations and sources: ``docs/methods.md`` §1 and §2.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -67,6 +75,35 @@ def _check_targets(targets: Tensor, logits: Tensor) -> None:
         raise ValueError(f"targets must be torch.long, got {targets.dtype}")
 
 
+def _target_index(targets: Tensor, V: int, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(targets clamped into [0, V) for ``gather``, valid [B, T] bool); CPU: reject bad counted targets."""
+    valid = (targets >= 0) & (targets < V)  # (B, T)
+    if mask is not None:
+        _check_same(mask, targets, "mask", "targets")
+    if targets.device.type == "cpu" and mask is not None:  # value check only where it costs no sync
+        bad = ~valid & (mask != 0)
+        if bool(bad.any()):
+            b, t = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"targets must lie in [0, V) = [0, {V}) at counted positions (mask != 0), "
+                f"got targets[{b}, {t}] = {int(targets[b, t])}"
+            )
+    return targets.clamp(0, V - 1), valid
+
+
+def _nan_where_invalid(loss: Tensor, valid: Tensor) -> Tensor:
+    """NaN (zero gradient) where the target is out of range: never a plausible-looking loss."""
+    return torch.where(valid, loss, torch.full_like(loss, float("nan")))
+
+
+def _check_finite(x: float, name: str, low: float | None = None, strict: bool = False) -> None:
+    """x must be a finite number (NaN and inf rejected), and >= low (> low if strict)."""
+    ok = math.isfinite(x) and (low is None or (x > low if strict else x >= low))
+    if not ok:
+        bound = "" if low is None else f" and {'>' if strict else '>='} {low:g}"
+        raise ValueError(f"{name} must be finite{bound}, got {x}")
+
+
 def _check_same(x: Tensor, ref: Tensor, name: str, ref_name: str) -> None:
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -102,27 +139,31 @@ def _adv_bt(adv: Tensor, like: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- SFT
-def logprobs(logits: Tensor, targets: Tensor) -> Tensor:
+def logprobs(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
     """Per-token log-probability log pi(y_t) = z_{t,y_t} - logsumexp(z_t).
 
     Args:
         logits: ``[B, T, V]``.
-        targets: ``[B, T]`` long.
+        targets: ``[B, T]`` long; outside ``[0, V)`` gives NaN (see the module docstring).
+        mask: optional ``[B, T]``; when given (CPU), out-of-range targets where mask != 0 raise.
     Returns:
         ``[B, T]`` (float32 or float64).
     """
     _check_logits(logits)
     _check_targets(targets, logits)
+    y, valid = _target_index(targets, logits.shape[-1], mask)
     logp_all = torch.log_softmax(_float(logits), dim=-1)  # (B, T, V)
-    return logp_all.gather(-1, targets.clamp(0, logits.shape[-1] - 1)[..., None])[..., 0]
+    return _nan_where_invalid(logp_all.gather(-1, y[..., None])[..., 0], valid)
 
 
-def sft_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Standard (zero-temperature) SFT: l_t = -log pi(y_t). Logit gradient pi - e_y.  (METHODS 1.1)
+def sft_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Standard (zero-temperature) SFT: l_t = -log pi(y_t). Logit gradient pi - e_y.  (docs/methods.md §1.1)
 
     Args:
         logits: ``[B, T, V]``.
-        targets: ``[B, T]`` long; values at masked positions are ignored by :func:`reduce`.
+        targets: ``[B, T]`` long; values at masked positions are ignored by :func:`reduce`
+            (an out-of-range one, e.g. -100, gives NaN there, which :func:`reduce` drops).
+        mask: optional ``[B, T]``: on CPU, an out-of-range target where mask != 0 raises.
     Returns:
         Per-token loss ``[B, T]``.
 
@@ -130,7 +171,7 @@ def sft_loss(logits: Tensor, targets: Tensor) -> Tensor:
     >>> round(sft_loss(logits, torch.tensor([[2]])).item(), 4)  # log 4
     1.3863
     """
-    return -logprobs(logits, targets)
+    return -logprobs(logits, targets, mask)
 
 
 def entropy_sft_loss(
@@ -141,7 +182,7 @@ def entropy_sft_loss(
     mask: Tensor | None = None,
     rho: float = 1.0,
 ) -> Tensor:
-    """Entropy-regularised SFT: l_t = -log pi(y_t) - coef * H(pi_t).  (METHODS 1.2)
+    """Entropy-regularised SFT: l_t = -log pi(y_t) - coef * H(pi_t).  (docs/methods.md §1.2)
 
     H is over the full vocabulary by default. Documented variants: ``top_k`` takes the entropy
     of the renormalised top-k logits; ``rho < 1`` (needs ``mask``) applies the bonus only to
@@ -150,21 +191,22 @@ def entropy_sft_loss(
     implausible tokens.
 
     Args:
-        logits: ``[B, T, V]``; targets: ``[B, T]`` long; coef: lambda >= 0.
+        logits: ``[B, T, V]``; targets: ``[B, T]`` long; coef: lambda >= 0 (finite).
+        mask: ``[B, T]``, needed when rho < 1; on CPU, out-of-range targets where mask != 0 raise.
     Returns:
         ``[B, T]``.
     """
     _check_logits(logits)
     _check_targets(targets, logits)
-    if coef < 0:
-        raise ValueError(f"coef must be >= 0, got {coef}")
+    _check_finite(coef, "coef", low=0.0)
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if not 0.0 < rho <= 1.0:
         raise ValueError(f"rho must lie in (0, 1], got {rho}")
     z = _float(logits)
+    y, valid = _target_index(targets, z.shape[-1], mask)
     logp_all = torch.log_softmax(z, dim=-1)  # (B, T, V)
-    nll = -logp_all.gather(-1, targets.clamp(0, z.shape[-1] - 1)[..., None])[..., 0]  # (B, T)
+    nll = -logp_all.gather(-1, y[..., None])[..., 0]  # (B, T)
     if top_k is not None and top_k < z.shape[-1]:
         zk = torch.topk(z, top_k, dim=-1).values  # (B, T, k)
         lk = torch.log_softmax(zk, dim=-1)
@@ -173,17 +215,18 @@ def entropy_sft_loss(
         H = -_xlogy_safe(logp_all.exp(), logp_all).sum(-1)  # (B, T)
     if rho < 1.0:
         if mask is None:
-            raise ValueError("mask is required when rho < 1")
-        _check_same(mask, nll, "mask", "targets")
+            raise ValueError("mask is required when rho < 1")  # its shape is checked by _target_index
         m = mask != 0
         Hd = H.detach()
         threshold = torch.quantile(Hd[m], 1.0 - rho) if bool(m.any()) else Hd.new_tensor(float("inf"))
         H = torch.where(m & (Hd >= threshold), H, torch.zeros_like(H))
-    return nll - coef * H
+    return _nan_where_invalid(nll - coef * H, valid)
 
 
-def gift_target(base_logits: Tensor, targets: Tensor, beta: float, smooth: float = 0.0) -> Tensor:
-    """GIFT's finite-temperature token target, computed without gradient.  (METHODS 1.3)
+def gift_target(
+    base_logits: Tensor, targets: Tensor, beta: float, smooth: float = 0.0, mask: Tensor | None = None
+) -> Tensor:
+    """GIFT's finite-temperature token target, computed without gradient.  (docs/methods.md §1.3)
 
     q_t = softmax( log((1 - s) p_base,t + s / V) + beta * e_{y_t} ).
     Equivalently q = (1 - eps) e_y + eps p_base(. | k != y), eps = (1 - p) / (1 + (e^beta - 1) p),
@@ -195,19 +238,31 @@ def gift_target(base_logits: Tensor, targets: Tensor, beta: float, smooth: float
         targets: ``[B, T]`` long.
         beta: inverse temperature >= 0 (code default 20; toys sweep [0, 10]).
         smooth: label smoothing s of the base in [0, 1] (code: 0, 0.01 for Llama).
+        mask: optional ``[B, T]``; on CPU, out-of-range targets where mask != 0 raise.
     Returns:
-        Probabilities ``[B, T, V]`` (detached).
+        Probabilities ``[B, T, V]`` (detached); NaN rows where the target is out of range.
 
     >>> q = gift_target(torch.zeros(1, 1, 3), torch.tensor([[0]]), beta=0.0)
     >>> [round(v, 4) for v in q[0, 0].tolist()]
     [0.3333, 0.3333, 0.3333]
     """
+    y, valid = _gift_checks(base_logits, targets, beta, smooth, mask)
+    q = _gift_q(base_logits, y, beta, smooth)
+    return torch.where(valid[..., None], q, torch.full_like(q, float("nan")))
+
+
+def _gift_checks(base_logits, targets, beta, smooth, mask) -> tuple[Tensor, Tensor]:
     _check_logits(base_logits, "base_logits")
     _check_targets(targets, base_logits)
-    if not beta >= 0:
+    if not beta >= 0:  # inf is allowed (the SFT target), NaN is not
         raise ValueError(f"beta must be >= 0, got {beta}")
     if not 0.0 <= smooth <= 1.0:
         raise ValueError(f"smooth must lie in [0, 1], got {smooth}")
+    return _target_index(targets, base_logits.shape[-1], mask)
+
+
+def _gift_q(base_logits: Tensor, y: Tensor, beta: float, smooth: float) -> Tensor:
+    """The GIFT target for in-range indices ``y`` [B, T] (no checks)."""
     with torch.no_grad():
         z = _float(base_logits.detach())
         V = z.shape[-1]
@@ -216,7 +271,7 @@ def gift_target(base_logits: Tensor, targets: Tensor, beta: float, smooth: float
             log_pb = torch.logaddexp(
                 log_pb + torch.log1p(z.new_tensor(-smooth)), z.new_tensor(smooth / V).log()
             )
-        y = targets.clamp(0, V - 1)[..., None]
+        y = y[..., None]
         if beta == float("inf"):
             return torch.zeros_like(log_pb).scatter_(-1, y, 1.0)
         # In place on a buffer we own (no_grad): saves two [B, T, V] temporaries at LLM scale.
@@ -227,23 +282,32 @@ def gift_target(base_logits: Tensor, targets: Tensor, beta: float, smooth: float
 
 
 def gift_loss(
-    logits: Tensor, targets: Tensor, base_logits: Tensor, beta: float, smooth: float = 0.0
+    logits: Tensor,
+    targets: Tensor,
+    base_logits: Tensor,
+    beta: float,
+    smooth: float = 0.0,
+    mask: Tensor | None = None,
 ) -> Tensor:
-    """GIFT loss: cross-entropy of the Gibbs target, l_t = -sum_k q_{t,k} log pi_{t,k}.  (METHODS 1.3)
+    """GIFT loss: cross-entropy of the Gibbs target, l_t = -sum_k q_{t,k} log pi_{t,k}.
+
+    (docs/methods.md §1.3)
 
     Equals KL(q_t || pi_t) + H(q_t); logit gradient pi - q. At beta -> inf it is SFT.
 
     Args:
         logits: ``[B, T, V]`` (trained model); targets: ``[B, T]``;
-        base_logits: ``[B, T, V]`` (frozen base); beta >= 0; smooth in [0, 1].
+        base_logits: ``[B, T, V]`` (frozen base); beta >= 0; smooth in [0, 1];
+        mask: optional ``[B, T]`` (on CPU, out-of-range targets where mask != 0 raise).
     Returns:
         ``[B, T]``.
     """
     _check_logits(logits)
     _check_same(base_logits, logits, "base_logits", "logits")
-    q = gift_target(base_logits, targets, beta, smooth)  # (B, T, V), checks targets
+    y, valid = _gift_checks(base_logits, targets, beta, smooth, mask)
+    q = _gift_q(base_logits, y, beta, smooth)  # (B, T, V)
     logp_all = torch.log_softmax(_float(logits), dim=-1)
-    return -_xlogy_safe(q.to(logp_all.dtype), logp_all).sum(-1)
+    return _nan_where_invalid(-_xlogy_safe(q.to(logp_all.dtype), logp_all).sum(-1), valid)
 
 
 # ----------------------------------------------------------------------------- CurioSFT
@@ -263,7 +327,7 @@ def entropy_guided_temperature(
     floor: float = 0.03,
     iters: int = 20,
 ) -> Tensor:
-    """CurioSFT's entropy-guided temperature per token, detached.  (METHODS 1.4)
+    """CurioSFT's entropy-guided temperature per token, detached.  (docs/methods.md §1.4)
 
     H_t = entropy of the teacher's top-k logits; target H*_t = H_t + gain * sigmoid(slope (H_t - pivot));
     tau_t solves H(softmax(zbar_t^{top-k} / tau)) = H*_t by ``iters`` bisection steps in
@@ -277,10 +341,12 @@ def entropy_guided_temperature(
         tau ``[B, T]`` in [tau_min, tau_max].
     """
     _check_logits(teacher_logits, "teacher_logits")
-    if not tau_min > 0:
-        raise ValueError(f"tau_min must be > 0, got {tau_min}")
+    _check_finite(tau_min, "tau_min", low=0.0, strict=True)
+    _check_finite(tau_max, "tau_max")
     if not tau_max >= tau_min:
         raise ValueError(f"tau_max must be >= tau_min, got tau_max={tau_max} < tau_min={tau_min}")
+    for name, v in (("pivot", pivot), ("gain", gain), ("slope", slope), ("floor", floor)):
+        _check_finite(v, name)
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if iters < 1:
@@ -306,9 +372,14 @@ def entropy_guided_temperature(
 
 
 def curio_loss(
-    logits: Tensor, targets: Tensor, teacher_logits: Tensor, tau: float | Tensor, alpha: float = 1.0
+    logits: Tensor,
+    targets: Tensor,
+    teacher_logits: Tensor,
+    tau: float | Tensor,
+    alpha: float = 1.0,
+    mask: Tensor | None = None,
 ) -> Tensor:
-    """CurioSFT self-exploratory distillation loss.  (METHODS 1.4)
+    """CurioSFT self-exploratory distillation loss.  (docs/methods.md §1.4)
 
     l_t = -log pi(y_t) + (alpha / 2) (log pi(y_t) - sg[log q_t(y_t)])^2,  q_t = softmax(zbar_t / tau_t).
     Logit gradient: w_t (pi - e_y) with w_t = 1 - alpha (log pi(y_t) - log q_t(y_t)). alpha = 0 is SFT.
@@ -316,35 +387,36 @@ def curio_loss(
     Args:
         logits: ``[B, T, V]``; targets: ``[B, T]``;
         teacher_logits: ``[B, T, V]`` (EMA teacher, no gradient);
-        tau: float > 0 or ``[B, T]`` (e.g. from :func:`entropy_guided_temperature`); alpha >= 0.
+        tau: finite float > 0 or ``[B, T]`` (e.g. from :func:`entropy_guided_temperature`; its
+            values are checked on CPU only); alpha >= 0 (finite);
+        mask: optional ``[B, T]`` (on CPU, out-of-range targets where mask != 0 raise).
     Returns:
         ``[B, T]``.
     """
     _check_logits(logits)
     _check_same(teacher_logits, logits, "teacher_logits", "logits")
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    _check_finite(alpha, "alpha", low=0.0)
     if isinstance(tau, Tensor):
         if tau.shape != logits.shape[:2]:
             raise ValueError(
                 f"tau must be a float or have shape [B, T] = {tuple(logits.shape[:2])}, "
                 f"got {tuple(tau.shape)}"
             )
-        if tau.device.type == "cpu" and bool((tau <= 0).any()):  # no sync on accelerators
-            raise ValueError("tau must be > 0 everywhere")
+        ok = torch.isfinite(tau) & (tau > 0)
+        if tau.device.type == "cpu" and not bool(ok.all()):  # no sync on accelerators
+            raise ValueError(f"tau must be finite and > 0 everywhere, got {tau[~ok][0].item()}")
         tau_b = tau.detach()[..., None]
     else:
-        if not tau > 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
+        _check_finite(tau, "tau", low=0.0, strict=True)
         tau_b = tau
-    logp = logprobs(logits, targets)  # (B, T), checks targets
+    _check_targets(targets, logits)
+    y, valid = _target_index(targets, logits.shape[-1], mask)
+    logp = torch.log_softmax(_float(logits), dim=-1).gather(-1, y[..., None])[..., 0]  # (B, T)
     with torch.no_grad():
         zbar = _float(teacher_logits.detach())
-        logq = torch.log_softmax(zbar / tau_b, dim=-1).gather(
-            -1, targets.clamp(0, zbar.shape[-1] - 1)[..., None]
-        )
+        logq = torch.log_softmax(zbar / tau_b, dim=-1).gather(-1, y[..., None])
         logq = logq[..., 0].to(logp.dtype)
-    return -logp + 0.5 * alpha * (logp - logq) ** 2
+    return _nan_where_invalid(-logp + 0.5 * alpha * (logp - logq) ** 2, valid)
 
 
 # ----------------------------------------------------------------------------- PEAR
@@ -358,7 +430,7 @@ def pear_weights(
     token_clip: tuple[float, float] = (-0.08, 0.3),
     total_clip: tuple[float, float] = (-10.0, 5.0),
 ) -> Tensor:
-    """PEAR importance weights G_t for the SFT loss sum_t sg[G_t] l_t, detached.  (METHODS 1.5)
+    """PEAR importance weights G_t for the SFT loss sum_t sg[G_t] l_t, detached.  (docs/methods.md §1.5)
 
     rho_t = clip(log pi_theta(y_t) - log pi_beta(y_t), *token_clip), counted on response tokens
     only (mask = 1); n_t is t's index among them (0-based) and L the number of them.
@@ -412,21 +484,23 @@ def pear_weights(
 
 
 # ----------------------------------------------------------------------------- DFT
-def dft_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Dynamic fine-tuning: l_t = -sg[pi(y_t)] log pi(y_t); logit gradient pi(y)(pi - e_y).  (METHODS 1.6)
+def dft_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Dynamic fine-tuning: l_t = -sg[pi(y_t)] log pi(y_t); logit gradient pi(y)(pi - e_y).
+
+    (docs/methods.md §1.6)
 
     Args:
-        logits: ``[B, T, V]``; targets: ``[B, T]``.
+        logits: ``[B, T, V]``; targets: ``[B, T]``; mask: optional ``[B, T]`` (as in :func:`sft_loss`).
     Returns:
         ``[B, T]``.
     """
-    logp = logprobs(logits, targets)
+    logp = logprobs(logits, targets, mask)
     return -logp.detach().exp() * logp
 
 
 # ----------------------------------------------------------------------------- RL
 def policy_gradient_loss(logp: Tensor, adv: Tensor) -> Tensor:
-    """On-policy REINFORCE with baseline: l_t = -A * log pi(y_t).  (METHODS 2)
+    """On-policy REINFORCE with baseline: l_t = -A * log pi(y_t).  (docs/methods.md §2.2)
 
     Args:
         logp: ``[B, T]`` log-probabilities of the sampled tokens (with gradient).
@@ -438,10 +512,19 @@ def policy_gradient_loss(logp: Tensor, adv: Tensor) -> Tensor:
     return -_adv_bt(adv, logp).detach().to(logp.dtype) * logp
 
 
+def _check_eps(eps_low: float, eps_high: float) -> None:
+    if not 0 <= eps_low < 1:  # NaN fails both comparisons
+        raise ValueError(f"eps_low must lie in [0, 1), got {eps_low}")
+    if not eps_high >= 0:  # inf is allowed (no upper clip)
+        raise ValueError(f"eps_high must be >= 0, got {eps_high}")
+
+
 def clipped_surrogate_loss(
     logp: Tensor, old_logp: Tensor, adv: Tensor, eps_low: float = 0.2, eps_high: float = 0.2
 ) -> Tensor:
-    """PPO/GRPO clipped surrogate: l_t = -min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A).  (METHODS 2)
+    """PPO/GRPO clipped surrogate: l_t = -min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A).
+
+    (docs/methods.md §2.3)
 
     ratio = exp(logp - old_logp). DAPO's clip-higher sets eps_high = 0.28. At ratio = 1 its
     gradient equals that of :func:`policy_gradient_loss`.
@@ -453,10 +536,7 @@ def clipped_surrogate_loss(
     """
     _check_bt(logp, "logp")
     _check_same(old_logp, logp, "old_logp", "logp")
-    if eps_low < 0 or eps_high < 0:
-        raise ValueError(f"eps_low and eps_high must be >= 0, got eps_low={eps_low}, eps_high={eps_high}")
-    if eps_low >= 1:
-        raise ValueError(f"eps_low must be < 1, got {eps_low}")
+    _check_eps(eps_low, eps_high)
     A = _adv_bt(adv, logp).detach().to(logp.dtype)
     ratio = torch.exp(logp - old_logp.detach())
     clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
@@ -472,13 +552,14 @@ def clipped_mask(
     """
     _check_bt(logp, "logp")
     _check_same(old_logp, logp, "old_logp", "logp")
+    _check_eps(eps_low, eps_high)
     A = _adv_bt(adv, logp).detach()
     ratio = torch.exp(logp.detach() - old_logp.detach())
     return ((ratio > 1.0 + eps_high) & (A > 0)) | ((ratio < 1.0 - eps_low) & (A < 0))
 
 
 def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
-    """Per-token KL estimate to a reference policy from samples of pi.  (METHODS 2)
+    """Per-token KL estimate to a reference policy from samples of pi.  (docs/methods.md §2.4)
 
     k1 = logp - ref_logp; k2 = (logp - ref_logp)^2 / 2; k3 = exp(ref - logp) - (ref - logp) - 1 (>= 0).
 
@@ -505,7 +586,7 @@ def reduce(
 ) -> Tensor:
     """Reduce per-token values ``[B, T]`` to a scalar over the counted positions (mask != 0).
 
-    Modes (the only difference between several GRPO variants, METHODS 2):
+    Modes (the only difference between several GRPO variants, docs/methods.md §2.5):
       token_mean: sum / number of counted tokens (DAPO).
       seq_mean:   per-sequence mean, then the mean over sequences with >= 1 counted token (GRPO).
       constant:   sum / constant, default B * T_max (Dr. GRPO).
@@ -529,8 +610,8 @@ def reduce(
         return x.sum() / m.sum().clamp_min(1)
     if mode == "constant":
         c = float(per_token.numel()) if constant is None else float(constant)
-        if not c > 0:
-            raise ValueError(f"constant must be > 0, got {constant}")
+        if not (c > 0 and math.isfinite(c)):
+            raise ValueError(f"constant must be finite and > 0, got {constant}")
         return x.sum() / c
     counts = m.sum(dim=1)  # (B,)
     per_seq = x.sum(dim=1) / counts.clamp_min(1)

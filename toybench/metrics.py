@@ -1,4 +1,4 @@
-"""Evaluation metrics (METHODS section 3).
+"""Evaluation metrics (docs/methods.md §3).
 
 pass@k has two estimators and mixing them up is a classic bug: :func:`pass_at_k` is the
 unbiased estimator from n samples with c correct (Chen et al. 2021), computed as a stable
@@ -59,12 +59,12 @@ def pass_at_k_exact(p_correct, k: int):
     if isinstance(k, bool) or int(k) != k or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k}")
     if isinstance(p_correct, Tensor):
-        if p_correct.device.type == "cpu" and bool(((p_correct < 0) | (p_correct > 1 + 1e-9)).any()):
-            raise ValueError("p_correct must lie in [0, 1]")
+        if p_correct.device.type == "cpu" and not bool(((p_correct >= 0) & (p_correct <= 1 + 1e-9)).all()):
+            raise ValueError("p_correct must lie in [0, 1] (NaN is rejected)")
         return -torch.expm1(k * torch.log1p(-p_correct.clamp(0.0, 1.0)))
     p = np.asarray(p_correct, dtype=np.float64)
-    if np.any((p < 0) | (p > 1 + 1e-9)):
-        raise ValueError("p_correct must lie in [0, 1]")
+    if not np.all((p >= 0) & (p <= 1 + 1e-9)):
+        raise ValueError("p_correct must lie in [0, 1] (NaN is rejected)")
     with np.errstate(divide="ignore"):
         return -np.expm1(k * np.log1p(-np.clip(p, 0.0, 1.0)))
 
@@ -77,8 +77,8 @@ def entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """
     if not isinstance(logits, Tensor):
         raise ValueError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     logp = torch.log_softmax(z / temperature, dim=-1)
     return -(logp.exp() * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(-1)
