@@ -1,0 +1,373 @@
+"""Fused chunked full-vocabulary losses: one pass per chunk, analytic logit gradients, no ``[N, V]``.
+
+:func:`fused_token_loss` gives the same per-token values (and gradients w.r.t. hidden states and the
+output embedding) as ``chunked_per_token(sft_token_fn(method, ...), ...)``, but per chunk of rows it
+does ONE sweep over the vocabulary:
+
+1. ``z = h @ W^T`` into a reused ``[R, V]`` buffer (``torch.matmul(..., out=)``);
+2. row sub-blocks of ``block_rows`` rows (a few MB, so the multi-pass elementwise work stays in
+   cache) turn ``z`` IN PLACE into the per-token statistics the loss needs (max, ``sum e^u``, the
+   target's shifted logit, and per method ``sum e^u u``, the base or teacher statistics) and then
+   into the analytic logit gradient ``dl_t/dz_t``;
+3. ``dh = dz @ W`` and ``dW += dz^T h`` (two more matmuls), stashed for backward.
+
+So no ``[R, V]`` tensor outlives its chunk and nothing V-wide is kept for backward: the stash is
+``dh`` ``[N, D]`` and ``dW`` ``[V, D]`` (the size of ``W.grad`` itself). Forward + backward cost 3
+matmuls per chunk (the checkpointed path of :mod:`llm.chunked` costs 4 plus autograd's elementwise
+graph). Choice measured in ``benchmarks/chunked_losses.py``: recomputing logits in backward
+instead would add a matmul per chunk (two for GIFT/CurioSFT, whose frozen logits would be rebuilt).
+
+Backward gets ``g_t = dL/dl_t``. ``dh`` is scaled per row (exact). ``dW`` was summed over rows with
+``g = 1``, so it is exact only when ``g`` is the same for every counted token (``token_mean``,
+``sum``, ``constant`` reductions): then it is scaled by that scalar. Otherwise (PEAR weights,
+``seq_mean``) backward recomputes the chunks with ``dz_t`` scaled by ``g_t`` (correct, slower). A
+second backward through the same graph (``retain_graph=True``) also takes that recompute path.
+
+Memory. ``chunk_size`` bounds the V-wide rows alive at once, for every method: GIFT needs the base
+and the model logits side by side, so it runs ``chunk_size // 2`` rows per chunk; CurioSFT reduces
+the teacher's logits to three numbers per token (temperature, ``log q_t(y_t)``, full entropy)
+before the model's logits overwrite the same buffer. Peak ~ ``(chunk_size + 4 * block_rows) * V``
+floats + the stash.
+
+Formulas (``u = z - max z``, ``S0 = sum e^u``, ``S1 = sum e^u u``, ``log pi_y = u_y - log S0``,
+``H = log S0 - S1 / S0``; gradients checked against ``theory.bandit``'s numpy closed forms):
+  sft, pear      l = -log pi_y                                 dz = pi - e_y
+  logp           l = log pi_y                                  dz = e_y - pi
+  dft            l = -sg[pi_y] log pi_y                        dz = pi_y (pi - e_y)
+  entropy_sft    l = -log pi_y - c H                           dz = pi (1 + c (u - S1/S0)) - e_y
+  gift           l = log S0 - sum_k q_k u_k                    dz = pi - q
+                 q = p's e^{beta [k=y]} / Z, p's = (1-s) p_base + s/V, Z = 1 + (e^beta - 1) p's_y
+  curio          l = -log pi_y + alpha/2 (log pi_y - log q_y)^2, dz = w (pi - e_y),
+                 w = 1 - alpha (log pi_y - log q_y), q = softmax(zbar / tau)
+Why statistics and not ``toybench.losses`` on the chunk: those functions build 3-5 ``[R, V]``
+temporaries each (log-softmax, exp, products), which is exactly the time and memory this module
+removes. The formulas above are therefore written a second time; what guards them against drifting
+from ``toybench.losses`` is ``tests/llm/test_fused.py``: values and gradients equal the unfused
+path in float64 for every method, with masks and aux inputs. CurioSFT's temperature is NOT
+re-derived: ``toybench.losses.entropy_guided_temperature`` itself runs on the teacher's exact top-k
+logits (found here by a block-max pre-selection, far cheaper than ``topk`` over V), and only its
+full-vocabulary entropy floor is applied here (that one needs all V logits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from llm.chunked import flatten_rows, scatter_rows
+from toybench import losses
+
+METHODS = ("sft", "pear", "entropy_sft", "gift", "curio", "dft", "logp")
+#: how many frozen ``(hidden, weight)`` pairs each method takes (base for GIFT, teacher for CurioSFT)
+N_AUX = {"gift": 1, "curio": 1}
+#: CurioSFT's entropy-guided temperature options (``toybench.losses.entropy_guided_temperature``)
+CURIO_TAU = {"top_k": 512, "floor": 0.03, "tau_min": 1.1}
+
+
+@dataclass(frozen=True)
+class _Opts:
+    method: str
+    coef: float
+    beta: float
+    smooth: float
+    alpha: float
+    rows: int  # rows per chunk (V-wide buffer rows)
+    block: int  # rows per elementwise sub-block
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _logits_into(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if h.dtype == out.dtype and w.dtype == out.dtype:
+        return torch.matmul(h, w.t(), out=out)
+    return out.copy_(F.linear(h, w))
+
+
+def _dot_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise inner products of two ``[b, V]`` tensors without a ``[b, V]`` temporary."""
+    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^x) for x <= 0."""
+    return torch.log(-torch.expm1(x))
+
+
+def _topk_values(u: torch.Tensor, k: int) -> torch.Tensor:
+    """``torch.topk(u, k).values`` (sorted, same multiset of values) via block maxima.
+
+    The top-k elements of a row all lie in the k blocks with the largest maxima (or in the tail
+    past the last whole block), so topk runs on ``~8% of V`` candidates instead of V.
+    """
+    b, V = u.shape
+    bs = V // (8 * k)
+    if bs < 2:
+        return torch.topk(u, min(k, V), dim=-1).values
+    nb = V // bs
+    main = u[:, : nb * bs].reshape(b, nb, bs)
+    idx = main.amax(-1).topk(k, dim=-1).indices  # (b, k) blocks
+    cand = main.gather(1, idx[..., None].expand(b, k, bs)).reshape(b, k * bs)
+    cand = torch.cat([cand, u[:, nb * bs :]], dim=1)
+    return torch.topk(cand, k, dim=-1).values
+
+
+def _curio_teacher(o: _Opts, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Teacher logits ``t`` [R, V] (destroyed) -> log q_t(y_t) at the entropy-guided temperature."""
+    R, V = t.shape
+    k = min(CURIO_TAU["top_k"], V)
+    H_full = t.new_empty(R)
+    zk = t.new_empty(R, k)
+    uy = t.new_empty(R)
+    for i in range(0, R, o.block):
+        u = t[i : i + o.block]
+        u.sub_(u.amax(-1, keepdim=True))
+        uy[i : i + o.block] = u.gather(1, y[i : i + o.block, None])[:, 0]
+        e = torch.exp(u)
+        S0 = e.sum(-1)
+        H_full[i : i + o.block] = S0.log() - _dot_rows(e, u) / S0
+        zk[i : i + o.block] = _topk_values(u, k)
+    # toybench's own solver on the exact top-k logits; its floor rule needs the full-V entropy,
+    # so it is switched off there (entropy >= 0 > -1) and applied here with H_full.
+    tau = losses.entropy_guided_temperature(zk[None], top_k=k, floor=-1.0)[0]
+    tau = torch.where(H_full <= CURIO_TAU["floor"], torch.full_like(tau, CURIO_TAU["tau_min"]), tau)
+    logq = t.new_empty(R)
+    for i in range(0, R, o.block):
+        u = t[i : i + o.block]
+        inv = (1.0 / tau[i : i + o.block])[:, None]
+        logq[i : i + o.block] = uy[i : i + o.block] * inv[:, 0] - u.mul_(inv).exp_().sum(-1).log()
+    return logq
+
+
+def _rows(
+    o: _Opts,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    aux: torch.Tensor | None,
+    logq: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    grad: bool,
+) -> torch.Tensor:
+    """One sub-block: model logits ``z`` [b, V] -> per-token values [b]; ``z`` becomes dl/dz if grad.
+
+    ``aux``: the base logits of the same rows (GIFT, destroyed); ``logq``: CurioSFT's log q_t(y_t);
+    ``scale``: per-row factors for dz (the backward recompute path).
+    """
+    V = z.shape[1]
+    yc = y[:, None]
+    z.sub_(z.amax(-1, keepdim=True))  # u
+    uy = z.gather(1, yc)[:, 0]
+    m = o.method
+    if m == "entropy_sft":
+        e = torch.exp(z)
+        S0 = e.sum(-1)
+        mean_u = _dot_rows(e, z) / S0  # S1 / S0
+        logS0 = S0.log()
+        val = -(uy - logS0) - o.coef * (logS0 - mean_u)
+        if grad:
+            sc = torch.ones_like(S0) if scale is None else scale
+            z.sub_(mean_u[:, None]).mul_(o.coef).add_(1.0).mul_(e).mul_((sc / S0)[:, None])
+            z.scatter_add_(1, yc, -sc[:, None])
+        return val
+    if m == "gift":
+        # smoothed base distribution p's, in place in `aux`
+        mb = aux.amax(-1, keepdim=True)
+        aby = aux.gather(1, yc)[:, 0] - mb[:, 0]
+        aux.sub_(mb).exp_()
+        Sb = aux.sum(-1)
+        log_py = aby - Sb.log()  # log p_base(y)
+        aux.mul_(((1.0 - o.smooth) / Sb)[:, None])
+        if o.smooth > 0:
+            aux.add_(o.smooth / V)
+            keep = math.log1p(-o.smooth) if o.smooth < 1 else -math.inf
+            log_py = torch.logaddexp(log_py + keep, log_py.new_tensor(o.smooth / V).log())
+        py = aux.gather(1, yc)[:, 0]
+        Q = _dot_rows(aux, z)  # sum_k p's_k u_k
+        logZ = torch.logaddexp(_log1mexp(log_py), log_py + o.beta)
+        invZ = torch.exp(-logZ)
+        qy = torch.exp(log_py + o.beta - logZ)
+        z.exp_()
+        S0 = z.sum(-1)
+        val = S0.log() - ((Q - py * uy) * invZ + qy * uy)
+        if grad:
+            sc = torch.ones_like(S0) if scale is None else scale
+            z.mul_((sc / S0)[:, None]).addcmul_(aux, (-sc * invZ)[:, None])
+            z.scatter_add_(1, yc, (sc * (py * invZ - qy))[:, None])
+        return val
+    # sft / pear / dft / curio / logp: dz = c (pi - e_y) with a per-row c
+    z.exp_()
+    S0 = z.sum(-1)
+    logp = uy - S0.log()
+    if m in ("sft", "pear"):
+        val, c = -logp, None
+    elif m == "logp":
+        val, c = logp, -torch.ones_like(logp)
+    elif m == "dft":
+        py = logp.exp()
+        val, c = -py * logp, py
+    else:  # curio
+        gap = logp - logq
+        val, c = -logp + 0.5 * o.alpha * gap**2, 1.0 - o.alpha * gap
+    if grad:
+        sc = torch.ones_like(S0) if c is None else c
+        sc = sc if scale is None else sc * scale
+        z.mul_((sc / S0)[:, None])
+        z.scatter_add_(1, yc, -sc[:, None])
+    return val
+
+
+def _run(
+    o: _Opts,
+    h: torch.Tensor,
+    w: torch.Tensor,
+    ah: torch.Tensor | None,
+    aw: torch.Tensor | None,
+    y: torch.Tensor,
+    *,
+    want_dh: bool,
+    want_dw: bool,
+    scale: torch.Tensor | None = None,
+):
+    """All chunks: per-token values [N] and (if asked) dh [N, D], dW [V, D] for dL/dl_t = scale or 1."""
+    N, V = h.shape[0], w.shape[0]
+    dt = _acc(h.dtype)
+    vals = torch.empty(N, dtype=dt, device=h.device)
+    grad = want_dh or want_dw
+    dh = torch.empty(N, w.shape[1], dtype=dt, device=h.device) if want_dh else None
+    dw = torch.zeros(V, w.shape[1], dtype=_acc(w.dtype), device=w.device) if want_dw else None
+    R = max(1, min(o.rows, N))
+    buf = torch.empty(R, V, dtype=dt, device=h.device)
+    abuf = torch.empty(R, V, dtype=dt, device=h.device) if o.method == "gift" else None
+    for s in range(0, N, R):
+        e = min(s + R, N)
+        hc, yc = h[s:e], y[s:e]
+        z = buf[: e - s]
+        logq = None
+        if o.method == "curio":
+            logq = _curio_teacher(o, _logits_into(z, ah[s:e], aw), yc)
+        if o.method == "gift":
+            _logits_into(abuf[: e - s], ah[s:e], aw)
+        _logits_into(z, hc, w)
+        for i in range(0, e - s, o.block):
+            j = min(i + o.block, e - s)
+            vals[s + i : s + j] = _rows(
+                o,
+                z[i:j],
+                yc[i:j],
+                None if abuf is None else abuf[i:j],
+                None if logq is None else logq[i:j],
+                None if scale is None else scale[s + i : s + j],
+                grad,
+            )
+        if want_dh:
+            if hc.dtype == dt and w.dtype == dt:
+                torch.matmul(z, w, out=dh[s:e])
+            else:
+                dh[s:e] = z.to(w.dtype) @ w
+        if want_dw:
+            dw.addmm_(z.t().to(hc.dtype) if hc.dtype != dw.dtype else z.t(), hc.to(dw.dtype))
+    return vals, dh, dw
+
+
+class _Fused(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, w, ah, aw, y, o):
+        want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        vals, dh, dw = _run(o, h, w, ah, aw, y, want_dh=want_dh, want_dw=want_dw)
+        ctx.o = o
+        ctx.stash = [dh, dw]  # ctx attributes, not saved tensors: backward hands them on unshared
+        ctx.save_for_backward(h, w, ah, aw, y)
+        return vals
+
+    @staticmethod
+    def backward(ctx, g):
+        h, w, ah, aw, y = ctx.saved_tensors
+        dh, dw = ctx.stash
+        ctx.stash = [None, None]
+        want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if (want_dh and dh is None) or (want_dw and dw is None):  # second backward: recompute all
+            _, dh, dw = _run(ctx.o, h, w, ah, aw, y, want_dh=want_dh, want_dw=want_dw, scale=g)
+            return dh, dw, None, None, None, None
+        g = g.to(dh.dtype if dh is not None else dw.dtype)
+        if dh is not None:
+            dh = dh.mul_(g[:, None]).to(h.dtype)
+        if dw is not None:
+            if g.numel() == 0:
+                dw = dw.zero_()
+            elif bool((g == g[0]).all()):  # one device sync per backward, not per token
+                dw = dw.mul_(g[0])
+            else:
+                dw = _run(ctx.o, h, w, ah, aw, y, want_dh=False, want_dw=True, scale=g)[2]
+            dw = dw.to(w.dtype)
+        return dh, dw, None, None, None, None
+
+
+def fused_token_loss(
+    method: str,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    targets: torch.Tensor,
+    aux: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+    mask: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+    entropy_coef: float = 0.1,
+    gift_beta: float = 5.0,
+    gift_smooth: float = 0.0,
+    curio_alpha: float = 1.0,
+    block_rows: int = 4,
+) -> torch.Tensor:
+    """Per-token loss of ``method`` on ``hidden @ weight^T``, fused; ``[B, T]``, 0 where ``mask`` is 0.
+
+    Same values and gradients as ``chunked_per_token(sft_token_fn(method, entropy_coef=...,
+    gift_beta=..., gift_smooth=..., curio_alpha=...), hidden, weight, aux=aux,
+    token_args={"targets": targets}, mask=mask)`` (CurioSFT: entropy-guided temperature with its
+    default constants, as :func:`llm.objectives.sft_token_fn`). ``method`` is one of
+    :data:`METHODS` (``logp`` = log pi(y_t), for scoring). ``aux``: GIFT's frozen base / CurioSFT's
+    teacher as one ``(hidden [B, T, D_a], weight [V, D_a])`` pair. ``chunk_size``: V-wide rows alive
+    at once; ``block_rows``: rows per in-cache elementwise sub-block.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if len(aux) != N_AUX.get(method, 0):
+        raise ValueError(f"method {method!r} takes {N_AUX.get(method, 0)} aux pair(s), got {len(aux)}")
+    if entropy_coef < 0:
+        raise ValueError(f"entropy_coef must be >= 0, got {entropy_coef}")
+    if not gift_beta >= 0:
+        raise ValueError(f"gift_beta must be >= 0, got {gift_beta}")
+    if not 0.0 <= gift_smooth <= 1.0:
+        raise ValueError(f"gift_smooth must lie in [0, 1], got {gift_smooth}")
+    if curio_alpha < 0:
+        raise ValueError(f"curio_alpha must be >= 0, got {curio_alpha}")
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    if method == "gift" and gift_beta == float("inf"):  # one-hot target: plain SFT
+        method, aux = "sft", ()
+    rows, h, flat_aux, args = flatten_rows(
+        hidden, weight, aux=aux, token_args={"targets": targets}, mask=mask, chunk_size=chunk_size
+    )
+    y = args["targets"].clamp(0, weight.shape[0] - 1)
+    ah, aw = flat_aux[0] if flat_aux else (None, None)
+    o = _Opts(
+        method,
+        float(entropy_coef),
+        float(gift_beta),
+        float(gift_smooth),
+        float(curio_alpha),
+        max(1, chunk_size // 2) if method == "gift" else chunk_size,
+        block_rows,
+    )
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        vals = _Fused.apply(h, weight, ah, aw, y, o)
+    else:
+        with torch.no_grad():
+            vals = _run(o, h, weight, ah, aw, y, want_dh=False, want_dw=False)[0]
+    return scatter_rows(vals, rows, hidden.shape[:2])
+
+
+__all__ = ["METHODS", "N_AUX", "fused_token_loss"]
