@@ -200,3 +200,14 @@ def test_fused_bad_inputs():
         fused_token_loss("sft", h, w, targets=y, mask=mask[:, :2])
     with pytest.raises(ValueError, match="chunk_size"):
         fused_token_loss("sft", h, w, targets=y, chunk_size=0)
+
+
+def test_fused_curio_floor_rule_on_peaked_teacher():
+    """Teacher rows with full-vocabulary entropy <= 0.03 get tau_min (the exact-entropy fallback)."""
+    h, w, hb, wb, y, mask = _inputs(6)
+    hb = hb * torch.linspace(0.5, 40.0, T, dtype=torch.float64)[:, None]  # flat to one-hot teachers
+    p = torch.softmax(hb @ wb.T, -1)
+    H = -(p * p.clamp_min(1e-300).log()).sum(-1)
+    assert (H <= 0.03).any() and (H > 0.03).any()
+    ref, got = _both("curio", {}, h, w, hb, wb, y, None, chunk=4)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
