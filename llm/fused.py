@@ -66,6 +66,8 @@ METHODS = ("sft", "pear", "entropy_sft", "gift", "curio", "dft", "logp")
 N_AUX = {"gift": 1, "curio": 1}
 #: CurioSFT's entropy-guided temperature options (``toybench.losses.entropy_guided_temperature``)
 CURIO_TAU = {"top_k": 512, "floor": 0.03, "tau_min": 1.1}
+#: rows per top-k pre-selection step (its scratch is ~V/8 floats per row)
+TOPK_ROWS = 128
 
 
 @dataclass(frozen=True)
@@ -129,17 +131,18 @@ def _log_softmax_(x: torch.Tensor) -> torch.Tensor:
 def _topk_values(u: torch.Tensor, k: int) -> torch.Tensor:
     """``torch.topk(u, k).values`` (sorted, same multiset of values) via block maxima.
 
-    The top-k elements of a row all lie in the k blocks with the largest maxima (or in the tail
-    past the last whole block), so topk runs on ``~1/8 of V`` candidates instead of V.
+    Split the first ``nb * bs`` entries of a row into ``nb >= 8 k`` strided blocks
+    ``{j, j + nb, j + 2 nb, ...}``: the top-k entries all lie in the k blocks with the largest
+    maxima or in the tail past ``nb * bs``, so the exact topk runs on ~1/8 of V candidates.
     """
     b, V = u.shape
     bs = V // (8 * k)
     if bs < 2:
         return torch.topk(u, min(k, V), dim=-1).values
     nb = V // bs
-    main = u[:, : nb * bs].reshape(b, nb, bs)
-    idx = main.amax(-1).topk(k, dim=-1).indices  # (b, k) blocks
-    cand = main.gather(1, idx[..., None].expand(b, k, bs)).reshape(b, k * bs)
+    main = u[:, : nb * bs].reshape(b, bs, nb)
+    idx = main.amax(1).topk(k, dim=-1).indices  # (b, k) blocks with the largest maxima
+    cand = main.gather(2, idx[:, None, :].expand(b, bs, k)).reshape(b, bs * k)
     cand = torch.cat([cand, u[:, nb * bs :]], dim=1)
     return torch.topk(cand, k, dim=-1).values
 
@@ -148,7 +151,7 @@ def _curio_teacher(o: _Opts, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Teacher logits ``t`` [R, V] (destroyed) -> log q_t(y_t) at the entropy-guided temperature."""
     R, V = t.shape
     k = min(CURIO_TAU["top_k"], V)
-    zk = torch.cat([_topk_values(t[i : i + o.block], k) for i in range(0, R, o.block)])  # (R, k)
+    zk = torch.cat([_topk_values(t[i : i + TOPK_ROWS], k) for i in range(0, R, TOPK_ROWS)])  # (R, k)
     # toybench's own solver on the exact top-k logits; its floor rule needs the full-V entropy,
     # so it is switched off there (entropy >= 0 > -1) and applied here.
     with _one_thread(t.device):
@@ -203,8 +206,9 @@ def _rows(
         val = -logp - o.coef * H
         if grad:
             sc = torch.ones_like(H) if scale is None else scale
-            # dz = sc * p (1 + c (log pi + H)) - sc e_y
-            torch.addcmul(p, p, L.add_(H[:, None]), value=o.coef, out=L).mul_(sc[:, None])
+            # dz = sc (p (1 + c H) + c p log pi) - sc e_y; tmp2 still holds p log pi
+            torch.mul(p, (sc * (1.0 + o.coef * H))[:, None], out=L)
+            L.addcmul_(tmp2, (o.coef * sc)[:, None])
             L.scatter_add_(1, yc, -sc[:, None])
         return val
     if m == "gift":
