@@ -5,17 +5,18 @@ output embedding) as ``chunked_per_token(sft_token_fn(method, ...), ...)``, but 
 does ONE sweep over the vocabulary:
 
 1. ``z = h @ W^T`` into a reused ``[R, V]`` buffer (``torch.matmul(..., out=)``);
-2. row sub-blocks of ``block_rows`` rows (a few MB, so the multi-pass elementwise work stays in
-   cache) turn ``z`` IN PLACE into the per-token statistics the loss needs (max, ``sum e^u``, the
-   target's shifted logit, and per method ``sum e^u u``, the base or teacher statistics) and then
-   into the analytic logit gradient ``dl_t/dz_t``;
+2. row sub-blocks of ``block_rows`` rows turn ``z`` IN PLACE (in-place log-softmax, then exp) into
+   the per-token statistics the loss needs (``log pi_y``; per method ``sum pi log pi``, the
+   base's ``sum p'_base log pi``, the teacher's ``log q_y``) and then into the analytic logit
+   gradient ``dl_t/dz_t``, with at most two ``[block_rows, V]`` scratch buffers;
 3. ``dh = dz @ W`` and ``dW += dz^T h`` (two more matmuls), stashed for backward.
 
 So no ``[R, V]`` tensor outlives its chunk and nothing V-wide is kept for backward: the stash is
 ``dh`` ``[N, D]`` and ``dW`` ``[V, D]`` (the size of ``W.grad`` itself). Forward + backward cost 3
 matmuls per chunk (the checkpointed path of :mod:`llm.chunked` costs 4 plus autograd's elementwise
-graph). Choice measured in ``benchmarks/chunked_losses.py``: recomputing logits in backward
-instead would add a matmul per chunk (two for GIFT/CurioSFT, whose frozen logits would be rebuilt).
+graph). Why not recompute logits in backward instead (reasoned, not measured): that adds a
+matmul per chunk, two for GIFT/CurioSFT whose frozen logits would be rebuilt too, while the
+stash costs one ``[V, D]`` buffer, the size of the gradient autograd must return anyway.
 
 Backward gets ``g_t = dL/dl_t``. ``dh`` is scaled per row (exact). ``dW`` was summed over rows with
 ``g = 1``, so it is exact only when ``g`` is the same for every counted token (``token_mean``,
@@ -26,16 +27,17 @@ second backward through the same graph (``retain_graph=True``) also takes that r
 Memory. ``chunk_size`` bounds the V-wide rows alive at once, for every method: GIFT needs the base
 and the model logits side by side, so it runs ``chunk_size // 2`` rows per chunk; CurioSFT reduces
 the teacher's logits to three numbers per token (temperature, ``log q_t(y_t)``, full entropy)
-before the model's logits overwrite the same buffer. Peak ~ ``(chunk_size + 4 * block_rows) * V``
-floats + the stash.
+before the model's logits overwrite the same buffer. Scratch: up to two ``[block_rows, V]``
+buffers (entropy-SFT: pi and pi log pi; GIFT: one) and CurioSFT's top-k pre-selection
+(``128 x V / 8``). Peak ~ ``(chunk_size + 2 * block_rows) * V`` floats + the stash.
 
-Formulas (``u = z - max z``, ``S0 = sum e^u``, ``S1 = sum e^u u``, ``log pi_y = u_y - log S0``,
-``H = log S0 - S1 / S0``; gradients checked against ``theory.bandit``'s numpy closed forms):
+Formulas (``L = log pi = log_softmax(z)``, ``H = -sum pi L``; gradients checked against
+``theory.bandit``'s numpy closed forms in the tests):
   sft, pear      l = -log pi_y                                 dz = pi - e_y
   logp           l = log pi_y                                  dz = e_y - pi
   dft            l = -sg[pi_y] log pi_y                        dz = pi_y (pi - e_y)
-  entropy_sft    l = -log pi_y - c H                           dz = pi (1 + c (u - S1/S0)) - e_y
-  gift           l = log S0 - sum_k q_k u_k                    dz = pi - q
+  entropy_sft    l = -log pi_y - c H                           dz = pi (1 + c (L + H)) - e_y
+  gift           l = -sum_k q_k L_k                            dz = pi - q
                  q = p's e^{beta [k=y]} / Z, p's = (1-s) p_base + s/V, Z = 1 + (e^beta - 1) p's_y
   curio          l = -log pi_y + alpha/2 (log pi_y - log q_y)^2, dz = w (pi - e_y),
                  w = 1 - alpha (log pi_y - log q_y), q = softmax(zbar / tau)
@@ -45,8 +47,12 @@ removes. The formulas above are therefore written a second time; what guards the
 from ``toybench.losses`` is ``tests/llm/test_fused.py``: values and gradients equal the unfused
 path in float64 for every method, with masks and aux inputs. CurioSFT's temperature is NOT
 re-derived: ``toybench.losses.entropy_guided_temperature`` itself runs on the teacher's exact top-k
-logits (found here by a block-max pre-selection, far cheaper than ``topk`` over V), and only its
-full-vocabulary entropy floor is applied here (that one needs all V logits).
+logits (found here by a block-max pre-selection instead of ``topk`` over all V), and only its
+full-vocabulary entropy floor is applied here (that one needs all V logits): exactly, on the rows
+where the bound ``H >= log sum_topk e^(z - max)`` cannot rule it out.
+
+On CPU the temperature bisection (``[R, top_k]`` tensors) runs on one thread: on busy cores the
+2-thread version spent most of CurioSFT's time waiting (see :func:`_one_thread`).
 """
 
 from __future__ import annotations
