@@ -29,7 +29,7 @@ and the model logits side by side, so it runs ``chunk_size // 2`` rows per chunk
 the teacher's logits to three numbers per token (temperature, ``log q_t(y_t)``, full entropy)
 before the model's logits overwrite the same buffer. Scratch: up to two ``[block_rows, V]``
 buffers (entropy-SFT: pi and pi log pi; GIFT: one) and CurioSFT's top-k pre-selection
-(``128 x V / 8``). Peak ~ ``(chunk_size + 2 * block_rows) * V`` floats + the stash.
+(``256 x 2 sqrt(V top_k)``). Peak ~ ``(chunk_size + 2 * block_rows) * V`` floats + the stash.
 
 Formulas (``L = log pi = log_softmax(z)``, ``H = -sum pi L``; gradients checked against
 ``theory.bandit``'s numpy closed forms in the tests):
@@ -57,6 +57,7 @@ On CPU the temperature bisection (``[R, top_k]`` tensors) runs on one thread: on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,8 +73,8 @@ METHODS = ("sft", "pear", "entropy_sft", "gift", "curio", "dft", "logp")
 N_AUX = {"gift": 1, "curio": 1}
 #: CurioSFT's entropy-guided temperature options (``toybench.losses.entropy_guided_temperature``)
 CURIO_TAU = {"top_k": 512, "floor": 0.03, "tau_min": 1.1}
-#: rows per top-k pre-selection step (its scratch is ~V/8 floats per row)
-TOPK_ROWS = 128
+#: rows per top-k pre-selection step (its scratch is ~2 sqrt(V top_k) floats per row)
+TOPK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -137,12 +138,13 @@ def _log_softmax_(x: torch.Tensor) -> torch.Tensor:
 def _topk_values(u: torch.Tensor, k: int) -> torch.Tensor:
     """``torch.topk(u, k).values`` (sorted, same multiset of values) via block maxima.
 
-    Split the first ``nb * bs`` entries of a row into ``nb >= 8 k`` strided blocks
+    Split the first ``nb * bs`` entries of a row into ``nb >= k`` strided blocks of ``bs`` entries
     ``{j, j + nb, j + 2 nb, ...}``: the top-k entries all lie in the k blocks with the largest
-    maxima or in the tail past ``nb * bs``, so the exact topk runs on ~1/8 of V candidates.
+    maxima or in the tail past ``nb * bs``. Two small topk calls (over ``nb`` block maxima and
+    ``k bs`` candidates, balanced by ``bs = sqrt(V / k)``) replace one over V.
     """
     b, V = u.shape
-    bs = V // (8 * k)
+    bs = int(math.sqrt(V / k))
     if bs < 2:
         return torch.topk(u, min(k, V), dim=-1).values
     nb = V // bs
