@@ -102,10 +102,10 @@ def run_timing(names: list[str], tokens: int, hidden: int, vocab: int, chunk: in
     return {"variant": "timing", "tokens": tokens, "best_s": best}
 
 
-def _sub(a, v: str, tokens: int, hidden: int, vocab: int) -> dict | None:
+def _sub(a, v: str, tokens: int, hidden: int, vocab: int, repeat: int | None = None) -> dict | None:
     cmd = [sys.executable, __file__, "--variant", v, "--tokens", str(tokens), "--hidden", str(hidden)]
     cmd += ["--vocab", str(vocab), "--chunk", str(a.chunk), "--threads", str(a.threads)]
-    cmd += ["--repeat", str(a.repeat)]
+    cmd += ["--repeat", str(a.repeat if repeat is None else repeat)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         print(f"{v}: failed (rc={p.returncode}; out of memory?) {p.stderr[-300:]}", flush=True)
@@ -123,10 +123,13 @@ def measure(a, v: str, tokens: int, hidden: int, vocab: int, cap: int) -> dict |
     if r1 is None or r2 is None:
         return None
     out = {"variant": v, "tokens": tokens}
-    for k in ("time_s", "peak_mb"):
-        slope = (r2[k] - r1[k]) / (n2 - n1)
+    for k in ("time_s", "peak_mb"):  # a load spike can make one point look cheaper: slope >= 0
+        slope = max(0.0, (r2[k] - r1[k]) / (n2 - n1))
         out[k] = r2[k] + slope * (tokens - n2)
-    out["note"] = f"measured at {n1} and {n2} tokens, extrapolated linearly"
+    out["note"] = (
+        f"peak measured at {n1} and {n2} tokens ({r1['peak_mb']:.0f}, {r2['peak_mb']:.0f} MB), "
+        "extrapolated linearly"
+    )
     return out
 
 
@@ -162,30 +165,33 @@ def main() -> None:
         if r is None:
             continue
         res[v] = r
-        print(
-            f"{v:12s} time {r['time_s']:8.3f} s  peak {r['peak_mb']:9.1f} MB  {r.get('note', '')}", flush=True
-        )
+        t = f"time {r['time_s']:8.3f} s" if "note" not in r else "time        - "
+        print(f"{v:12s} {t}  peak {r['peak_mb']:9.1f} MB  {r.get('note', '')}", flush=True)
     # time ratios: all chunked variants in one process, interleaved, best of --repeat rounds
     n_time = min(a.tokens, cap)
     timed = [v for v in ("ce", "gift", "curio", "entropy", "dft", "gift_unfused") if v in res]
-    tr_run = _sub(a, "timing:" + ",".join(timed), n_time, a.hidden, a.vocab)
+    rounds = a.repeat if n_time == a.tokens else min(a.repeat, 2)  # extrapolated shapes: 2 rounds
+    tr_run = _sub(a, "timing:" + ",".join(timed), n_time, a.hidden, a.vocab, repeat=rounds)
     best = tr_run["best_s"] if tr_run else {}
     print(f"V={a.vocab} B*T={a.tokens} D={a.hidden} chunk={a.chunk} threads={a.threads}")
     print(
-        f"time ratios: best of {a.repeat} interleaved rounds in one process at {n_time} tokens; "
+        f"time ratios: best of {rounds} interleaved rounds in one process at {n_time} tokens; "
         f"peaks: one run per variant in a fresh process"
     )
     fmt = lambda x: f"{x:.2f}" if x is not None else "nan"
     c = res.get("ce")
     ratios = {}
+    scale = a.tokens / n_time  # each chunk costs the same: time is linear in tokens
+    if scale != 1:
+        print(f"'best s' is the time at {n_time} tokens x {scale:g} (linear in tokens), i.e. at {a.tokens}")
     print(f"{'loss':12s} {'best s':>8s} {'time/CE':>8s} {'peak/CE':>8s}")
     for v in ("gift", "curio", "entropy", "dft", "gift_unfused"):
         if v in res and c and v in best:
             tr, mr = best[v] / best["ce"], res[v]["peak_mb"] / c["peak_mb"]
             ratios[v] = (tr, mr)
-            print(f"{v:12s} {best[v]:8.2f} {tr:8.2f} {mr:8.2f}")
+            print(f"{v:12s} {best[v] * scale:8.2f} {tr:8.2f} {mr:8.2f}")
     if "ce" in best:
-        print(f"{'ce':12s} {best['ce']:8.2f} {1.0:8.2f} {1.0:8.2f}")
+        print(f"{'ce':12s} {best['ce'] * scale:8.2f} {1.0:8.2f} {1.0:8.2f}")
     g, n = res.get("gift"), res.get("gift_naive")
     gt, gm = ratios.get("gift", (None, None))
     print(
