@@ -95,6 +95,7 @@ def run_timing(names: list[str], tokens: int, hidden: int, vocab: int, chunk: in
     """Best-of-``rounds`` times of several variants in ONE process, interleaved round-robin, so that
     a change of machine load hits all of them alike."""
     inputs = _inputs(tokens, hidden, vocab)
+    _step(names[0], inputs, chunk)  # warm-up (thread pool, first page faults), not timed
     best = dict.fromkeys(names, float("inf"))
     for _ in range(rounds):
         for v in names:
