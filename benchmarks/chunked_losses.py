@@ -3,7 +3,8 @@
 Each variant runs once in a fresh subprocess (forward + backward of one token-mean loss) for its
 peak RSS above the inputs' baseline (``ru_maxrss``: torch's CPU allocations are plain malloc/mmap,
 so RSS sees them; tracemalloc would not). Time RATIOS come from one more subprocess that runs all
-chunked variants interleaved, ``--repeat`` rounds, best time each (load changes hit all alike).
+chunked variants interleaved, ``--repeat`` rounds, best process CPU time each (wall time is
+printed too; on shared cores it is at the mercy of other jobs).
 Variants:
   ce, gift, curio, entropy, dft   llm.fused.fused_token_loss (sft / gift / curio / entropy_sft / dft)
   gift_unfused                    llm.chunked.chunked_per_token + toybench.losses (--with-unfused)
@@ -59,8 +60,8 @@ def _inputs(tokens: int, hidden: int, vocab: int):
     return h, w, hb, wb, y, mask
 
 
-def _step(name: str, inputs, chunk: int) -> float:
-    """One forward + backward of the token-mean loss of variant ``name``; wall seconds."""
+def _step(name: str, inputs, chunk: int) -> tuple[float, float]:
+    """One forward + backward of the token-mean loss of variant ``name``: (wall, process CPU) s."""
     from llm.chunked import chunked_per_token, full_per_token
     from llm.fused import fused_token_loss
     from llm.objectives import sft_token_fn
@@ -69,7 +70,7 @@ def _step(name: str, inputs, chunk: int) -> float:
     h, w, hb, wb, y, mask = inputs
     method = FUSED.get(name, "gift")
     aux = [(hb, wb)] if method in ("gift", "curio") else []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if name == "gift_naive":
         per_token = full_per_token(sft_token_fn("gift", **OPTS), h, w, aux=aux, token_args={"targets": y})
     elif name == "gift_unfused":
@@ -80,14 +81,14 @@ def _step(name: str, inputs, chunk: int) -> float:
     else:
         per_token = fused_token_loss(method, h, w, targets=y, aux=aux, mask=mask, chunk_size=chunk, **OPTS)
     reduce(per_token, mask, "token_mean").backward()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_variant(name: str, tokens: int, hidden: int, vocab: int, chunk: int, repeat: int) -> dict:
     """Peak RSS above the inputs (and the time of one run) of one variant, alone in this process."""
     inputs = _inputs(tokens, hidden, vocab)
     base = _rss_mb()
-    dt = _step(name, inputs, chunk)
+    dt = _step(name, inputs, chunk)[0]
     return {"variant": name, "time_s": dt, "peak_mb": _rss_mb() - base, "tokens": tokens}
 
 
@@ -97,10 +98,12 @@ def run_timing(names: list[str], tokens: int, hidden: int, vocab: int, chunk: in
     inputs = _inputs(tokens, hidden, vocab)
     _step(names[0], inputs, chunk)  # warm-up (thread pool, first page faults), not timed
     best = dict.fromkeys(names, float("inf"))
+    best_cpu = dict.fromkeys(names, float("inf"))
     for _ in range(rounds):
         for v in names:
-            best[v] = min(best[v], _step(v, inputs, chunk))
-    return {"variant": "timing", "tokens": tokens, "best_s": best}
+            wall, cpu = _step(v, inputs, chunk)
+            best[v], best_cpu[v] = min(best[v], wall), min(best_cpu[v], cpu)
+    return {"variant": "timing", "tokens": tokens, "best_s": best, "best_cpu_s": best_cpu}
 
 
 def _sub(a, v: str, tokens: int, hidden: int, vocab: int, repeat: int | None = None) -> dict | None:
@@ -173,10 +176,14 @@ def main() -> None:
     timed = [v for v in ("ce", "gift", "curio", "entropy", "dft", "gift_unfused") if v in res]
     rounds = a.repeat if n_time == a.tokens else min(a.repeat, 2)  # extrapolated shapes: 2 rounds
     tr_run = _sub(a, "timing:" + ",".join(timed), n_time, a.hidden, a.vocab, repeat=rounds)
-    best = tr_run["best_s"] if tr_run else {}
+    # CPU time of this process (all its threads): the work done, whatever other jobs take the
+    # cores; wall time on shared cores measured +-50% between identical runs here.
+    best = tr_run["best_cpu_s"] if tr_run else {}
+    wall = tr_run["best_s"] if tr_run else {}
     print(f"V={a.vocab} B*T={a.tokens} D={a.hidden} chunk={a.chunk} threads={a.threads}")
     print(
-        f"time ratios: best of {rounds} interleaved rounds in one process at {n_time} tokens; "
+        f"time ratios: process CPU time, best of {rounds} interleaved rounds in one process at "
+        f"{n_time} tokens; "
         f"peaks: one run per variant in a fresh process"
     )
     fmt = lambda x: f"{x:.2f}" if x is not None else "nan"
@@ -184,15 +191,16 @@ def main() -> None:
     ratios = {}
     scale = a.tokens / n_time  # each chunk costs the same: time is linear in tokens
     if scale != 1:
-        print(f"'best s' is the time at {n_time} tokens x {scale:g} (linear in tokens), i.e. at {a.tokens}")
-    print(f"{'loss':12s} {'best s':>8s} {'time/CE':>8s} {'peak/CE':>8s}")
+        print(f"times are those at {n_time} tokens x {scale:g} (linear in tokens), i.e. at {a.tokens}")
+    print(f"{'loss':12s} {'cpu s':>8s} {'wall s':>8s} {'time/CE':>8s} {'wall/CE':>8s} {'peak/CE':>8s}")
     for v in ("gift", "curio", "entropy", "dft", "gift_unfused"):
         if v in res and c and v in best:
             tr, mr = best[v] / best["ce"], res[v]["peak_mb"] / c["peak_mb"]
             ratios[v] = (tr, mr)
-            print(f"{v:12s} {best[v] * scale:8.2f} {tr:8.2f} {mr:8.2f}")
+            wr = wall[v] / wall["ce"]
+            print(f"{v:12s} {best[v] * scale:8.2f} {wall[v] * scale:8.2f} {tr:8.2f} {wr:8.2f} {mr:8.2f}")
     if "ce" in best:
-        print(f"{'ce':12s} {best['ce'] * scale:8.2f} {1.0:8.2f} {1.0:8.2f}")
+        print(f"{'ce':12s} {best['ce'] * scale:8.2f} {wall['ce'] * scale:8.2f} {1:8.2f} {1:8.2f} {1:8.2f}")
     g, n = res.get("gift"), res.get("gift_naive")
     gt, gm = ratios.get("gift", (None, None))
     print(
