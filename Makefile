@@ -35,8 +35,19 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Every benchmark at its documented shape; all RESULT lines are repeated at the end.
+# grpo_vs_trl prints RESULT ...=nan without trl; llm_gpu is skipped without CUDA.
+BENCH_LOG ?= out/bench.log
 bench: venv
-	$(PY) benchmarks/report_scaling.py
+	@mkdir -p $(dir $(BENCH_LOG)); : > $(BENCH_LOG)
+	$(PY) benchmarks/report_scaling.py 2>&1 | tee -a $(BENCH_LOG)
+	$(PY) benchmarks/chunked_losses.py 2>&1 | tee -a $(BENCH_LOG)
+	$(PY) benchmarks/transformer_speed.py 2>&1 | tee -a $(BENCH_LOG)
+	$(PY) benchmarks/grpo_vs_trl.py --prompts 8 --group 8 2>&1 | tee -a $(BENCH_LOG)
+	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+		$(PY) benchmarks/llm_gpu.py 2>&1 | tee -a $(BENCH_LOG); \
+	else echo "llm_gpu.py: skipped (no CUDA device)" | tee -a $(BENCH_LOG); fi
+	@echo "== RESULT lines =="; grep '^RESULT' $(BENCH_LOG)
 
 # Mutation testing (mutmut 3, dev extra) of the loss-side modules against a FAST test subset.
 # Not part of `make test`; about 10 minutes on 2 cores. Runs in a scratch copy (MUTATE_DIR) so the

@@ -49,6 +49,60 @@ def _chunk_value(
     return out[0]
 
 
+def flatten_rows(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    aux: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+    token_args: Mapping[str, torch.Tensor] | None = None,
+    mask: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+):
+    """Check the wrapper's inputs and keep the counted rows: ``(rows, h [N, D], aux, token_args)``.
+
+    ``rows`` is None (all ``B*T`` rows) or the ``(N,)`` indices where ``mask`` is nonzero; ``aux``
+    comes back as detached ``[(h_a [N, D_a], w_a)]``, ``token_args`` as ``{name: [N]}``. Shared
+    with :mod:`llm.fused`.
+    """
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [B, T, D], got shape {tuple(hidden.shape)}")
+    B, T, D = hidden.shape
+    if weight.dim() != 2 or weight.shape[1] != D:
+        raise ValueError(f"weight must be [V, {D}], got shape {tuple(weight.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    token_args = dict(token_args or {})
+    for k, v in token_args.items():
+        if v.shape[:2] != (B, T):
+            raise ValueError(f"token_args[{k!r}] must be [B, T] = {(B, T)}, got {tuple(v.shape)}")
+    for i, (h_a, w_a) in enumerate(aux):
+        if h_a.shape[:2] != (B, T) or w_a.shape[0] != weight.shape[0] or w_a.shape[1] != h_a.shape[-1]:
+            raise ValueError(
+                f"aux[{i}] must be ([B, T, D_a], [V, D_a]), got {tuple(h_a.shape)}, {tuple(w_a.shape)}"
+            )
+    rows = None
+    if mask is not None:
+        if mask.shape != (B, T):
+            raise ValueError(f"mask must be [B, T] = {(B, T)}, got {tuple(mask.shape)}")
+        rows = mask.reshape(-1).nonzero().squeeze(1)  # (N,) one sync per call, not per token
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(B * T, *x.shape[2:])
+        return x if rows is None else x.index_select(0, rows)
+
+    aux_flat = [(flat(h_a.detach()), w_a.detach()) for h_a, w_a in aux]
+    return rows, flat(hidden), aux_flat, {k: flat(v) for k, v in token_args.items()}
+
+
+def scatter_rows(values: torch.Tensor, rows: torch.Tensor | None, bt: Sequence[int]) -> torch.Tensor:
+    """Per-row values ``(N,)`` back to ``[B, T]``, 0 at rows not in ``rows`` (differentiable)."""
+    B, T = bt
+    if rows is None:
+        return values.view(B, T)
+    out = values.new_zeros(B * T)
+    return out.index_put((rows,), values).view(B, T)
+
+
 def chunked_per_token(
     fn: TokenFn,
     hidden: torch.Tensor,
@@ -77,36 +131,12 @@ def chunked_per_token(
     Returns:
         ``[B, T]`` float32 per-token values.
     """
-    if hidden.dim() != 3:
-        raise ValueError(f"hidden must be [B, T, D], got shape {tuple(hidden.shape)}")
-    B, T, D = hidden.shape
-    if weight.dim() != 2 or weight.shape[1] != D:
-        raise ValueError(f"weight must be [V, {D}], got shape {tuple(weight.shape)}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    token_args = dict(token_args or {})
-    for k, v in token_args.items():
-        if v.shape[:2] != (B, T):
-            raise ValueError(f"token_args[{k!r}] must be [B, T] = {(B, T)}, got {tuple(v.shape)}")
-    for i, (h_a, w_a) in enumerate(aux):
-        if h_a.shape[:2] != (B, T) or w_a.shape[0] != weight.shape[0] or w_a.shape[1] != h_a.shape[-1]:
-            raise ValueError(
-                f"aux[{i}] must be ([B, T, D_a], [V, D_a]), got {tuple(h_a.shape)}, {tuple(w_a.shape)}"
-            )
-    rows = None
-    if mask is not None:
-        if mask.shape != (B, T):
-            raise ValueError(f"mask must be [B, T] = {(B, T)}, got {tuple(mask.shape)}")
-        rows = mask.reshape(-1).nonzero().squeeze(1)  # (N,) one sync per call, not per token
-
-    def flat(x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(B * T, *x.shape[2:])
-        return x if rows is None else x.index_select(0, rows)
-
-    h = flat(hidden)  # (N, D)
-    aux_flat = [t for h_a, w_a in aux for t in (flat(h_a.detach()), w_a.detach())]
+    rows, h, aux_pairs, token_args = flatten_rows(
+        hidden, weight, aux=aux, token_args=token_args, mask=mask, chunk_size=chunk_size
+    )
+    aux_flat = [t for pair in aux_pairs for t in pair]
     names = tuple(token_args)
-    args_flat = [flat(v) for v in token_args.values()]
+    args_flat = list(token_args.values())
     n = h.shape[0]
     pieces = []
     for s in range(0, n, chunk_size):
@@ -120,10 +150,7 @@ def chunked_per_token(
         else:
             pieces.append(_chunk_value(fn, names, len(aux), *ins))
     values = torch.cat(pieces) if pieces else _upcast(hidden.new_zeros(0))  # (N,)
-    if rows is None:
-        return values.view(B, T)
-    out = values.new_zeros(B * T)
-    return out.index_put((rows,), values).view(B, T)
+    return scatter_rows(values, rows, hidden.shape[:2])
 
 
 def full_per_token(
@@ -158,4 +185,11 @@ def output_weight(model) -> torch.Tensor:
     return head.weight
 
 
-__all__ = ["chunked_per_token", "final_hidden", "full_per_token", "output_weight"]
+__all__ = [
+    "chunked_per_token",
+    "final_hidden",
+    "flatten_rows",
+    "full_per_token",
+    "output_weight",
+    "scatter_rows",
+]
