@@ -8,6 +8,7 @@ from scipy.integrate import quad
 
 from theory import bandit as tb
 from theory import symbolic as sym
+from toybench.theorems.symbolic import numpy_oracles
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +38,8 @@ def test_lambdified_against_numpy(derivations):
     rng = np.random.default_rng(0)
     n, V = 50, 2
     p, pi, r = tb.softmax(rng.normal(size=(n, V))), tb.softmax(rng.normal(size=(n, V))), rng.random((n, V))
-    z, lam = np.log(pi), rng.uniform(0.1, 3, n)
-    A = r - tb.expected_reward(pi, r)[:, None]
-    checks = {
-        "sft_grad": ((z, p), tb.sft_population_grad(p, pi)),
-        "pg": ((z, r), tb.policy_gradient(pi, r)),
-        "sft_rate": ((z, p, r), tb.sft_loss_rate_under_rl(pi, p, r)),
-        "sft_curvature": ((p, r), tb.sft_loss_curvature_at_optimum(p, r)),
-        "kl_opt_loss": ((p, r, lam), tb.cumulant(p, r, lam)),
-        "kl_opt_reward": ((p, r, lam), tb.cumulant_grad(p, r, lam)),
-        "one_step_kl": ((p, r, lam), tb.cumulant(p, r, lam)),
-        "gift_eps": ((p[:, 0], lam), tb.gift_eps(p[:, 0], lam)),
-        "entropy_pg": ((z, A), tb.entropy_change_pg(pi, A, 1.0)),
-        "entropy_npg": ((z, A), tb.entropy_change_npg(pi, A, 1.0)),
-    }
+    lam = rng.uniform(0.1, 3, n)
+    checks = numpy_oracles(p, r, pi, lam, eta=lam)
     for name, (args, oracle) in checks.items():
         d = derivations[name]
         np.testing.assert_allclose(d.derived_fn(*args), oracle, atol=1e-12, err_msg=name)

@@ -13,6 +13,11 @@ from theory import mdp
 TREES = st.tuples(st.integers(2, 4), st.integers(1, 3), st.integers(0, 2**31 - 1))
 
 
+def tree_property(max_examples: int, *more):
+    """A hypothesis property over random trees ``args = (V, H, seed)``, then ``more`` strategies."""
+    return lambda test: settings(max_examples=max_examples, deadline=None)(given(TREES, *more)(test))
+
+
 def _instance(V, H, seed, batch=2):
     rng = np.random.default_rng(seed)
     N = mdp.num_internal(V, H)
@@ -43,8 +48,7 @@ def test_indexing_matches_toybench_geometry():
     assert torch is not None
 
 
-@settings(max_examples=25, deadline=None)
-@given(TREES)
+@tree_property(25)
 def test_leaf_probs_are_products_along_paths(args):
     V, H, seed = args
     _, z, _, _ = _instance(V, H, seed)
@@ -59,8 +63,7 @@ def test_leaf_probs_are_products_along_paths(args):
         np.testing.assert_allclose(d[:, off[t] : off[t + 1]].sum(-1), 1.0, atol=1e-12)
 
 
-@settings(max_examples=20, deadline=None)
-@given(TREES)
+@tree_property(20)
 def test_policy_gradient_matches_finite_differences(args):
     V, H, seed = args
     rng, z, _, R = _instance(V, H, seed, batch=1)
@@ -76,8 +79,7 @@ def test_policy_gradient_matches_finite_differences(args):
     np.testing.assert_allclose(Vs[:, 0], mdp.expected_return(mdp.policy(z), R), atol=1e-12)
 
 
-@settings(max_examples=25, deadline=None)
-@given(TREES)
+@tree_property(25)
 def test_sequence_kl_chain_rule_with_unvisited_prefixes(args):
     V, H, seed = args
     rng, zp, z, _ = _instance(V, H, seed)
@@ -89,8 +91,7 @@ def test_sequence_kl_chain_rule_with_unvisited_prefixes(args):
     np.testing.assert_allclose(ce, mdp.sequence_entropy(p) + mdp.sequence_kl(p, pi), atol=1e-12)
 
 
-@settings(max_examples=25, deadline=None)
-@given(TREES)
+@tree_property(25)
 def test_sft_rate_cov_form_equals_gradient_inner_product(args):
     V, H, seed = args
     _, zp, z, R = _instance(V, H, seed)
@@ -111,8 +112,7 @@ def test_h1_reduces_to_bandit_closed_forms():
     np.testing.assert_allclose(q, tb.gift_target(p[0], 2, 2.5, smooth=0.1), atol=1e-12)
 
 
-@settings(max_examples=20, deadline=None)
-@given(TREES, st.floats(0.0, 6.0))
+@tree_property(20, st.floats(0.0, 6.0))
 def test_gibbs_target_is_the_tilted_sequence_distribution(args, beta):
     V, H, seed = args
     _, z, _, R = _instance(V, H, seed)
@@ -121,8 +121,7 @@ def test_gibbs_target_is_the_tilted_sequence_distribution(args, beta):
     np.testing.assert_allclose(star, tilted / tilted.sum(-1, keepdims=True), atol=1e-12)
 
 
-@settings(max_examples=20, deadline=None)
-@given(TREES, st.floats(0.01, 8.0))
+@tree_property(20, st.floats(0.01, 8.0))
 def test_sequence_tilt_closed_form_and_gap(args, beta):
     V, H, seed = args
     rng, z, _, _ = _instance(V, H, seed)

@@ -1,34 +1,10 @@
 """Verifiable contextual tasks shared by the tiny transformer (``toybench``) and ``llm``.
 
 Pure Python (no torch), so ``llm`` can import it without pulling the toy trainers.
+The public names are those of ``toybench.tasks.arith`` (its ``__all__``).
 """
 
-from toybench.tasks.arith import (
-    ALPHABET,
-    CharTokenizer,
-    Puzzle,
-    Verdict,
-    all_solutions,
-    expert_solution,
-    extract_answer,
-    format_prompt,
-    generate_puzzles,
-    pretraining_corpus,
-    split_puzzles,
-    verify,
-)
+from toybench.tasks import arith
+from toybench.tasks.arith import *  # noqa: F403  (re-export: the names listed in arith.__all__)
 
-__all__ = [
-    "ALPHABET",
-    "CharTokenizer",
-    "Puzzle",
-    "Verdict",
-    "all_solutions",
-    "expert_solution",
-    "extract_answer",
-    "format_prompt",
-    "generate_puzzles",
-    "pretraining_corpus",
-    "split_puzzles",
-    "verify",
-]
+__all__ = list(arith.__all__)

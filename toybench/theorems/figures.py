@@ -33,6 +33,14 @@ def make_figures(figs: dict, out: Path) -> list[str]:
     return written
 
 
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, title and legend of one panel."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+
+
 def _t1_flow(figs: dict):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in zip(axes, ("T1 bandit", "T1 token MDP"), ("bandit", "token MDP")):
@@ -43,10 +51,7 @@ def _t1_flow(figs: dict):
             dl = d["dL_flow"][:, i] if "dL_flow" in d else d["dL"][:, i]
             ax.plot(d["t"], dl, color=f"C{i}", label=f"instance {i}: measured" if i == 0 else None)
             ax.plot(d["t"], d["pred"][:, i], "--", color=f"C{i}", label="(t^2/2) Var law" if i == 0 else None)
-        ax.set_xlabel("RL time t (exact PG flow)")
-        ax.set_ylabel("L_SFT(t) - H(p_data)")
-        ax.set_title(f"T1, {title}")
-        ax.legend()
+        _label(ax, "RL time t (exact PG flow)", "L_SFT(t) - H(p_data)", f"T1, {title}")
     return fig
 
 
@@ -60,10 +65,7 @@ def _t2_reward(figs: dict):
         ax.axhline(d["J_p"][i], color=f"C{i}", ls=":", label="J(p_data) (T2 end point)" if i == 0 else None)
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlim(left=0)
-    ax.set_xlabel("SFT time (lr x steps)")
-    ax.set_ylabel("expected reward J")
-    ax.set_title("T2: SFT from the KL-regularised RL optimum")
-    ax.legend()
+    _label(ax, "SFT time (lr x steps)", "expected reward J", "T2: SFT from the KL-regularised RL optimum")
     return fig
 
 
@@ -76,10 +78,12 @@ def _t1_dl_dj(figs: dict):
     ax.scatter(x, d["dL"], s=6, c=np.log(d["lam"]), cmap="viridis", label="KL-reg. RL (simulated)")
     grid = np.linspace(0, x.max(), 100)
     ax.plot(grid, grid**2 / 2, "k--", label="quadratic law dJ^2 / (2 Var_p r) (exact as lam -> 0)")
-    ax.set_xlabel("Delta J / sd_p(r)")
-    ax.set_ylabel("Delta L_SFT = K(lam)")
-    ax.set_title("T1: SFT loss paid for reward gained (colour: log lam)")
-    ax.legend()
+    _label(
+        ax,
+        "Delta J / sd_p(r)",
+        "Delta L_SFT = K(lam)",
+        "T1: SFT loss paid for reward gained (colour: log lam)",
+    )
     return fig
 
 
@@ -94,10 +98,12 @@ def _t5_escape(figs: dict):
         ax.loglog(b["m"], b["T_grpo"], "^:", label="bandit: sampled GRPO, median (lr x steps)")
     if "m" in t:
         ax.loglog(t["m"], t["steps"], "s-", label="token MDP: simulated exact PG")
-    ax.set_xlabel("initial mass on the best answer / sequence")
-    ax.set_ylabel("RL time to reach the threshold")
-    ax.set_title("T5: collapsed initial mass => long plateau")
-    ax.legend()
+    _label(
+        ax,
+        "initial mass on the best answer / sequence",
+        "RL time to reach the threshold",
+        "T5: collapsed initial mass => long plateau",
+    )
     return fig
 
 
@@ -118,8 +124,10 @@ def _gift_tilt(figs: dict):
     ax.plot(pos, d["token"].mean(0), "s--", label="GIFT token tilt (closed form)")
     ax.plot(pos, d["learned"].mean(0), "x", ms=10, label="GIFT token tilt (trained, torch)")
     ax.axhline(d["beta"], color="grey", ls=":", label="beta")
-    ax.set_xlabel("position t in the demonstration")
-    ax.set_ylabel("logit tilt on y*_t")
-    ax.set_title("GIFT: token-level tilt over-tilts early positions")
-    ax.legend()
+    _label(
+        ax,
+        "position t in the demonstration",
+        "logit tilt on y*_t",
+        "GIFT: token-level tilt over-tilts early positions",
+    )
     return fig

@@ -46,32 +46,53 @@ def rl_from_sft_optimum(cfg, setting, z0, P_data, H_p, kl_fn, R, gen, natural=Tr
     for name, kw in runs:
         _, zs = dyn.run(z0, record=lambda z: z.clone(), **kw)
         dL = torch.stack([loss(z) for z in zs]).numpy() - H_p  # (K+1, I)
-        n = dL.shape[1]
-        err = np.max(np.abs(dL - kl_fn(zs.numpy())))
-        rows.append(
-            make_row(
-                f"T1 dL_SFT = KL(p||pi_RL) along {name}",
-                setting,
-                SIM,
-                n,
-                "max|lhs-rhs|",
-                err,
-                cfg.tol_identity,
-            )
-        )
-        rows.append(
-            make_row(
-                f"T1 {name} from SFT optimum raises L_SFT",
-                setting,
-                SIM,
-                n,
-                "fraction dL_SFT > 0 at end",
-                np.mean(dL[-1] > 0),
-                1.0,
-                ">=",
-            )
-        )
+        kl = kl_fn(zs.numpy())
+        rows += _flow_rows(cfg, setting, dL, kl, f"KL(p||pi_RL) along {name}", f"{name} from SFT optimum")
     return rows
+
+
+def _flow_rows(cfg, setting, dL, kl, identity: str, run: str) -> list[dict]:
+    """Rows along an RL run from the SFT optimum: dL_SFT = ``kl`` (both (K+1, I)); dL_SFT > 0 at the end."""
+    return [
+        make_row(
+            f"T1 dL_SFT = {identity}",
+            setting,
+            SIM,
+            dL.shape[1],
+            "max|lhs-rhs|",
+            np.max(np.abs(dL - kl)),
+            cfg.tol_identity,
+        ),
+        make_row(
+            f"T1 {run} raises L_SFT",
+            setting,
+            SIM,
+            dL.shape[1],
+            "fraction dL_SFT > 0 at end",
+            np.mean(dL[-1] > 0),
+            1.0,
+            ">=",
+        ),
+    ]
+
+
+def _second_order_row(cfg, result: str, setting, z0, H_p, c, loss, pg) -> dict:
+    """L - H = (t^2 / 2) c after a short, fine exact-PG flow from the SFT optimum ``z0``.
+
+    Euler error is O(dt) relative, the O(t^3) term O(t) relative.
+    """
+    K, T = cfg.second_order_steps, cfg.second_order_time
+    z_end, _ = dyn.run(z0, pg, K, T / K)
+    rel = np.abs((loss(z_end).numpy() - H_p) / (0.5 * T**2 * c) - 1)
+    return make_row(
+        result, setting, SIM, len(c), f"max rel. error at t={T:g}", rel.max(), cfg.tol_second_order
+    )
+
+
+def _central_difference(z0, loss, pg, h) -> np.ndarray:
+    """d loss / dt along one exact-PG step from ``z0``: a torch central difference of step ``h``."""
+    z_plus, _ = dyn.run(z0, pg, 1, h)
+    return (loss(z_plus) - loss(2 * z0 - z_plus)).numpy() / (2 * h)
 
 
 # --------------------------------------------------------------------------- T1, bandit
@@ -112,32 +133,10 @@ def _bandit_identity(cfg, p, pi) -> dict:
 
 def _bandit_pg_flow(cfg, p, loss, pg) -> tuple[list[dict], torch.Tensor, np.ndarray]:
     """The identity along a real exact-PG run from the SFT optimum; returns rows, logits and dL_SFT."""
-    n = len(p)
     _, zs = dyn.run(as_logits(p), pg, cfg.flow_steps, cfg.flow_dt, record=lambda z: z.clone())
     dL = torch.stack([loss(z) for z in zs]).numpy() - tb.entropy(p)  # (K+1, n)
     kl_path = tb.kl(p, as_probs(zs))
-    rows = [
-        make_row(
-            "T1 dL_SFT = KL(p||pi_RL) along exact PG",
-            BANDIT,
-            SIM,
-            n,
-            "max|lhs-rhs|",
-            np.max(np.abs(dL - kl_path)),
-            cfg.tol_identity,
-        ),
-        make_row(
-            "T1 RL from SFT optimum raises L_SFT",
-            BANDIT,
-            SIM,
-            n,
-            "fraction dL_SFT > 0 at end",
-            np.mean(dL[-1] > 0),
-            1.0,
-            ">=",
-        ),
-    ]
-    return rows, zs, dL
+    return _flow_rows(cfg, BANDIT, dL, kl_path, "KL(p||pi_RL) along exact PG", "RL from SFT optimum"), zs, dL
 
 
 def _bandit_second_order_npg(cfg, p, r, loss, pg) -> dict:
@@ -158,29 +157,15 @@ def _bandit_second_order_npg(cfg, p, r, loss, pg) -> dict:
 
 
 def _bandit_second_order_pg(cfg, p, c, loss, pg) -> dict:
-    """Plain PG: a fine, short flow (Euler error is O(dt) relative, the O(t^3) term O(t) relative)."""
-    K = cfg.second_order_steps
-    dt = cfg.second_order_time / K
-    z_end, _ = dyn.run(as_logits(p), pg, K, dt)
-    rise = loss(z_end).numpy() - tb.entropy(p)
-    rel = np.abs(rise / (0.5 * cfg.second_order_time**2 * c) - 1)
-    return make_row(
-        "T1 second order L - H = t^2/2 Var_p[p(r-E_p r)]",
-        BANDIT,
-        SIM,
-        len(p),
-        f"max rel. error at t={cfg.second_order_time:g}",
-        rel.max(),
-        cfg.tol_second_order,
-    )
+    """Plain PG from p: L - H = (t^2 / 2) Var_p[p (r - E_p r)] + O(t^3)."""
+    result = "T1 second order L - H = t^2/2 Var_p[p(r-E_p r)]"
+    return _second_order_row(cfg, result, BANDIT, as_logits(p), tb.entropy(p), c, loss, pg)
 
 
 def _bandit_threshold(cfg, p, r, pi, loss, pg) -> list[dict]:
     """Threshold form away from the optimum: central difference of the measured loss along the flow."""
-    n, h = len(p), cfg.fd_step
-    z0 = as_logits(pi)
-    z_plus, _ = dyn.run(z0, pg, 1, h)
-    rate_fd = (loss(z_plus) - loss(2 * z0 - z_plus)).numpy() / (2 * h)
+    n = len(p)
+    rate_fd = _central_difference(as_logits(pi), loss, pg, cfg.fd_step)
     rate = tb.sft_loss_rate_under_rl(pi, p, r)
     return [
         make_row(
@@ -361,56 +346,25 @@ def _mdp_threshold_closed(cfg, p, z, R) -> tuple[list[dict], np.ndarray]:
 
 def _mdp_pg_flow(cfg, p, loss, pg, H_p) -> tuple[list[dict], torch.Tensor, np.ndarray]:
     """Simulation: exact PG flow on the tree from the SFT optimum; returns rows, logits and dL_SFT."""
-    I = len(p)
     _, zs = dyn.run(as_t(np.log(p)), pg, cfg.flow_steps, cfg.flow_dt, record=lambda x: x.clone())
     dL = torch.stack([loss(x) for x in zs]).numpy() - H_p  # (K+1, I)
     kl_path = mdp.sequence_kl(p, mdp.policy(zs.numpy()))
-    rows = [
-        make_row(
-            "T1 dL_SFT = seq. KL(p||pi_RL) along exact PG",
-            MDP,
-            SIM,
-            I,
-            "max|lhs-rhs|",
-            np.max(np.abs(dL - kl_path)),
-            cfg.tol_identity,
-        ),
-        make_row(
-            "T1 RL from SFT optimum raises L_SFT",
-            MDP,
-            SIM,
-            I,
-            "fraction dL_SFT > 0 at end",
-            np.mean(dL[-1] > 0),
-            1.0,
-            ">=",
-        ),
-    ]
-    return rows, zs, dL
+    return (
+        _flow_rows(cfg, MDP, dL, kl_path, "seq. KL(p||pi_RL) along exact PG", "RL from SFT optimum"),
+        zs,
+        dL,
+    )
 
 
 def _mdp_second_order(cfg, p, c, loss, pg, H_p) -> dict:
     """L - H = t^2/2 sum_s d_p Var_p[g] after a short exact-PG flow from the SFT optimum."""
-    K = cfg.second_order_steps
-    z_end, _ = dyn.run(as_t(np.log(p)), pg, K, cfg.second_order_time / K)
-    rel = np.abs((loss(z_end).numpy() - H_p) / (0.5 * cfg.second_order_time**2 * c) - 1)
-    return make_row(
-        "T1 second order L - H = t^2/2 sum_s d_p Var_p[g]",
-        MDP,
-        SIM,
-        len(p),
-        f"max rel. error at t={cfg.second_order_time:g}",
-        rel.max(),
-        cfg.tol_second_order,
-    )
+    result = "T1 second order L - H = t^2/2 sum_s d_p Var_p[g]"
+    return _second_order_row(cfg, result, MDP, as_t(np.log(p)), H_p, c, loss, pg)
 
 
 def _mdp_threshold_sim(cfg, z, rate, loss, pg) -> dict:
     """The threshold rate as a torch central difference of the measured loss along one PG step."""
-    h = cfg.fd_step
-    z0 = as_t(z)
-    z_plus, _ = dyn.run(z0, pg, 1, h)
-    rate_sim = (loss(z_plus) - loss(2 * z0 - z_plus)).numpy() / (2 * h)
+    rate_sim = _central_difference(as_t(z), loss, pg, cfg.fd_step)
     return make_row(
         "T1 threshold dL/dt (torch finite diff) = Cov form",
         MDP,

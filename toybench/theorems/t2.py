@@ -50,7 +50,6 @@ def _bandit_sft_from_rl_optimum(cfg, p, r, sft, rec) -> tuple[list[dict], np.nda
     _, Js = dyn.run(as_logits(pi_rl), sft, cfg.sft_steps, cfg.sft_lr, record=rec)
     Js = Js.numpy()  # (K+1, n)
     J_p = tb.expected_reward(p, r)
-    rises = np.max(np.diff(Js, axis=0), axis=0) > cfg.tol_monotone
     rows = [
         make_row(
             "T2 SFT from pi_RL ends at J(p_data)",
@@ -70,11 +69,25 @@ def _bandit_sft_from_rl_optimum(cfg, p, r, sft, rec) -> tuple[list[dict], np.nda
             np.max(np.abs(Js[0] - Js[-1] - tb.cumulant_grad(p, r, lam))),
             cfg.tol_converged_sft,
         ),
+    ]
+    rows += _drop_and_path_rows(cfg, BANDIT, "r", Js)
+    return rows, Js, J_p
+
+
+def _rises(Js: np.ndarray, tol: float) -> np.ndarray:
+    """Per instance: does the reward path Js (K+1, I) ever rise by more than ``tol`` in one step?"""
+    return np.max(np.diff(Js, axis=0), axis=0) > tol
+
+
+def _drop_and_path_rows(cfg, setting, reward: str, Js: np.ndarray) -> list[dict]:
+    """T2 along SFT from pi* (reward path Js (K+1, I)): strict drop, and how often the path rises."""
+    I = Js.shape[1]
+    return [
         make_row(
-            "T2 strict drop when Var_p r > 0",
-            BANDIT,
+            f"T2 strict drop when Var_p {reward} > 0",
+            setting,
             SIM,
-            n,
+            I,
             "fraction J_end < J_0",
             np.mean(Js[-1] < Js[0]),
             1.0,
@@ -82,16 +95,15 @@ def _bandit_sft_from_rl_optimum(cfg, p, r, sft, rec) -> tuple[list[dict], np.nda
         ),
         make_row(
             "T2 reward path during SFT non-monotone (from pi*)",
-            BANDIT,
+            setting,
             SIM,
-            n,
+            I,
             "fraction with a transient rise",
-            np.mean(rises),
+            np.mean(_rises(Js, cfg.tol_monotone)),
             0,
             "report",
         ),
     ]
-    return rows, Js, J_p
 
 
 def _bandit_transient_search(cfg, rng: np.random.Generator, V: int) -> list[dict]:
@@ -108,7 +120,7 @@ def _bandit_transient_search(cfg, rng: np.random.Generator, V: int) -> list[dict
             cfg.t2_search_lr,
             record=lambda z, R_s=R_s: dyn.expected_return(z, R_s),
         )
-        rise = np.max(np.diff(J_s.numpy(), axis=0), axis=0) > cfg.tol_monotone
+        rise = _rises(J_s.numpy(), cfg.tol_monotone)
         rows.append(
             make_row(
                 f"T2 reward path during SFT non-monotone (from pi*, lam={lam_s:g})",
@@ -196,27 +208,8 @@ def check_t2_t4_mdp(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
             np.max(np.abs(J_end - J_p)),
             cfg.tol_converged,
         ),
-        make_row(
-            "T2 strict drop when Var_p R > 0",
-            MDP,
-            SIM,
-            I,
-            "fraction J_end < J_0",
-            np.mean(Js[-1] < Js[0]),
-            1.0,
-            ">=",
-        ),
-        make_row(
-            "T2 reward path during SFT non-monotone (from pi*)",
-            MDP,
-            SIM,
-            I,
-            "fraction with a transient rise",
-            np.mean(np.max(np.diff(Js, axis=0), 0) > cfg.tol_monotone),
-            0,
-            "report",
-        ),
     ]
+    rows += _drop_and_path_rows(cfg, MDP, "R", Js)
     beta, lam = cfg.t4_eta - cfg.t4_lam, cfg.t4_lam
     base = zp
     two = mdp.gibbs_logits(mdp.gibbs_logits(base, R, beta), R, lam)
