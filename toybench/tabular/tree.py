@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
-from toybench.tabular.envs import Scenario, TreeGeometry, data_config, demo_data, stack_seeds
+from toybench.config import require
+from toybench.tabular.envs import Scenario, TreeGeometry, data_config, demo_data, shift_to_mass, stack_seeds
 
 __all__ = ["ReasoningTree"]
 
@@ -26,6 +27,12 @@ class ReasoningTree(Scenario):
     on a confident wrong answer otherwise; off-path nodes have N(0, 1) logits. Expert demos use
     one working strategy per prompt; the expert's mistake is a failing strategy executed
     on-path. pi_beta: pi_base plus N(0, ``behavior_shift``^2) logit noise at every node.
+
+    ``base_correct_mass`` (None: the fork as drawn) shifts the working strategies' logits at the
+    root so that pi_base's mass on them is exactly that value, before pi_beta's noise is added;
+    pi_base's J is then that mass times the mean chance of a correct execution and answer after a
+    working strategy. Parameters are per prompt and SFT and RL use the same prompts, so this
+    setting cannot measure generalisation to held-out prompts.
     """
 
     def __init__(
@@ -44,6 +51,7 @@ class ReasoningTree(Scenario):
         heldout_demos: int = 64,
         data_source: str = "expert",
         error_unit: str = "prompt",
+        base_correct_mass: float | None = None,
     ):
         cfg = data_config(
             num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit
@@ -52,6 +60,8 @@ class ReasoningTree(Scenario):
             raise ValueError(f"H must be >= 3 (strategy, execution, answer), got {H}")
         if not 1 <= num_good < V:
             raise ValueError(f"num_good must be in [1, V-1], got {num_good}")
+        if base_correct_mass is not None:
+            require({"base_correct_mass": base_correct_mass}, within={"base_correct_mass": (1e-6, 1 - 1e-6)})
         if V**H > 2_000_000:
             raise ValueError(f"V**H = {V**H} leaves is too many for exact enumeration")
         geom = TreeGeometry(V, H)
@@ -84,6 +94,8 @@ class ReasoningTree(Scenario):
                     margin = answer_margin
                 bump = margin * on[..., None] * torch.nn.functional.one_hot(target, V)  # (P, V^t, V)
                 z[:, nodes] += bump
+            if base_correct_mass is not None:
+                z[:, 0] = shift_to_mass(z[:, 0], works, base_correct_mass)
             zb = z + behavior_shift * torch.randn(P, geom.num_nodes, V, generator=gen)
             ids = torch.arange(V)
             s_exp = torch.where(works, ids, V).amin(-1)  # the expert's strategy: first working one
@@ -97,4 +109,6 @@ class ReasoningTree(Scenario):
                 geom, reward, z, zb, expert_good, expert_bad, cfg, gen
             )
             per_seed.append(d)
-        self.__dict__.update(vars(stack_seeds("tree", geom, per_seed, prompts, prompts)))
+        self.__dict__.update(
+            vars(stack_seeds("tree", geom, per_seed, prompts, prompts, data_source=data_source))
+        )
