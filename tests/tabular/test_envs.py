@@ -8,7 +8,7 @@ import torch
 
 from theory import mdp
 from toybench.metrics import entropy
-from toybench.tabular import MultiAnswerBandit, ReasoningTree, SharedBandit, TreeGeometry
+from toybench.tabular import MultiAnswerBandit, ReasoningTree, SharedBandit, SharedTree, TreeGeometry
 
 SEEDS = [3, 4, 5]
 ENVS = {
@@ -17,6 +17,7 @@ ENVS = {
     "shared": lambda **kw: SharedBandit(SEEDS, num_prompts=10, sft_prompts=4, V=10, d=4, **kw),
     "tree": lambda **kw: ReasoningTree(SEEDS, num_prompts=4, V=4, H=4, **kw),
     "tree_beta": lambda **kw: ReasoningTree(SEEDS, num_prompts=4, V=4, H=4, data_source="behavior", **kw),
+    "tree_shared": lambda **kw: SharedTree(SEEDS, num_prompts=6, sft_prompts=3, V=3, H=3, k=3, **kw),
 }
 
 

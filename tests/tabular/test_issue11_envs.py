@@ -17,6 +17,7 @@ from toybench.tabular import (
     ReasoningTree,
     Scenario,
     SharedBandit,
+    SharedTree,
     TreeGeometry,
     run_method,
 )
@@ -243,3 +244,34 @@ def test_shared_bandit_base_correct_mass_is_the_mean_mass_on_correct_answers():
 def test_base_correct_mass_must_be_a_probability(make):
     with pytest.raises(ValueError, match="base_correct_mass"):
         make(1.5)
+
+
+# ----------------------------------------------------------------------------- tree_shared
+def _shared_tree(**kw):
+    return SharedTree([0, 1], num_prompts=6, sft_prompts=3, V=3, H=3, k=3, eval_prompts=4, **kw)
+
+
+def test_shared_tree_is_log_linear_with_held_out_prompts():
+    sc = _shared_tree()
+    S, P, L = sc.reward.shape
+    assert P == 10 and sc.eval_prompts.tolist() == [6, 7, 8, 9]
+    assert sc.features.shape == (2, 10, sc.geometry.num_nodes, 3, 2 + 3)
+    torch.testing.assert_close(torch.einsum("spnvd,sd->spnv", sc.features, sc.theta0), sc.base_logits)
+    assert torch.equal(sc.optimal_value(), torch.ones(2, 10))
+    plain = SharedTree([0, 1], num_prompts=6, sft_prompts=3, V=3, H=3, k=3, eval_prompts=0)
+    assert plain.eval_prompts is None and torch.equal(plain.demo_leaves, sc.demo_leaves)
+    assert torch.equal(plain.base_logits, sc.base_logits[:, :6])
+    # SFT on 3 prompts moves the policy on the 4 prompts nobody trains on (shared theta)
+    df = run_method(sc, "gift_seq@2", PipelineConfig(sft_steps=10, rl_steps=5))
+    e0, e1 = df[df.global_step == 0].eval_J.to_numpy(), df[df.global_step == 10].eval_J.to_numpy()
+    assert (e0 != e1).all() and not df.pear_degenerate.any()
+
+
+def test_shared_tree_base_correct_mass_and_expert_data():
+    sc = _shared_tree(base_correct_mass=0.05, wrong_demo_frac=0.0)
+    g = sc.geometry
+    works = (sc.reward.reshape(2, 10, g.V, -1) > 0).any(-1)[:, :6]  # (S, P_train, V)
+    mass = (torch.softmax(sc.base_logits[:, :6, 0], -1) * works).sum(-1).mean(1)
+    torch.testing.assert_close(mass, torch.full((2,), 0.05), atol=1e-5, rtol=0)
+    assert (torch.gather(sc.reward[:, sc.sft_prompts], 2, sc.demo_leaves) == 1).all()  # a correct expert
+    assert (sc.demo_leaves == sc.demo_leaves[..., :1]).all() and sc.behavior_deterministic.all()

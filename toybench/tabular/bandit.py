@@ -16,6 +16,7 @@ from toybench.tabular.envs import (
     data_config,
     demo_data,
     eval_generator,
+    mean_mass_shift,
     sample_heldout,
     shift_to_mass,
     stack_seeds,
@@ -151,7 +152,8 @@ class SharedBandit(Scenario):
             v = torch.randn(d, generator=gen)
             theta0 = base_align * u / d**0.5 + base_noise * torch.randn(d, generator=gen)
             if base_correct_mass is not None:
-                theta0 = theta0 + _mass_shift(phi, u, theta0, num_correct, base_correct_mass) * u
+                good = (phi @ u).argsort(-1).argsort(-1) >= V - num_correct
+                theta0 = theta0 + mean_mass_shift(phi @ theta0, phi @ u, good, base_correct_mass) * u
             d_, y_star, w = answers(phi, u, v, theta0, torch.randn(P, V, generator=gen))
             eye = torch.eye(V)
             d_["demo_leaves"], d_["demo_behavior_logp"], d_["heldout"] = demo_data(
@@ -177,15 +179,3 @@ class SharedBandit(Scenario):
                 )
             )
         )
-
-
-def _mass_shift(phi, u, theta0, num_correct, mass, iters=80) -> float:
-    """c such that the mean over prompts of pi_{theta0 + c u}'s mass on correct answers is ``mass``."""
-    V = phi.shape[1]
-    good = (phi @ u).argsort(-1).argsort(-1) >= V - num_correct
-    lo, hi = -1e3, 1e3
-    for _ in range(iters):
-        c = (lo + hi) / 2
-        m = (torch.softmax(phi @ (theta0 + c * u), -1) * good).sum(-1).mean()
-        lo, hi = (c, hi) if m < mass else (lo, c)
-    return (lo + hi) / 2

@@ -61,6 +61,7 @@ __all__ = [
     "stack_seeds",
     "data_config",
     "shift_to_mass",
+    "mean_mass_shift",
     "eval_generator",
 ]
 
@@ -302,3 +303,19 @@ def shift_to_mass(z: torch.Tensor, good: torch.Tensor, mass: float) -> torch.Ten
     A = (z.exp() * good).sum(-1, keepdim=True)
     B = (z.exp() * ~good).sum(-1, keepdim=True)
     return z + good * torch.log(mass * B / ((1 - mass) * A))
+
+
+def mean_mass_shift(
+    z: torch.Tensor, dz: torch.Tensor, good: torch.Tensor, mass: float, iters: int = 80
+) -> float:
+    """c such that softmax(z + c dz)'s mass on ``good``, averaged over the leading axis, is ``mass``.
+
+    Bisection on [-1000, 1000]; it needs the mass to increase with c (dz larger on good answers).
+    z, dz: [P, V]; good: [P, V] bool.
+    """
+    lo, hi = -1e3, 1e3
+    for _ in range(iters):
+        c = (lo + hi) / 2
+        m = (torch.softmax(z + c * dz, -1) * good).sum(-1).mean()
+        lo, hi = (c, hi) if m < mass else (lo, c)
+    return (lo + hi) / 2
