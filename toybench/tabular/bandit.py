@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import torch
 
-from toybench.config import require
 from toybench.tabular.envs import (
     Scenario,
     TreeGeometry,
@@ -51,11 +50,16 @@ class MultiAnswerBandit(Scenario):
         error_unit: str = "prompt",
     ):
         cfg = data_config(
-            num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit
+            num_prompts,
+            wrong_demo_frac,
+            demos_per_prompt,
+            heldout_demos,
+            data_source,
+            error_unit,
+            base_correct_mass,
         )
         if not 1 <= num_correct < V:
             raise ValueError(f"num_correct must be in [1, V-1], got {num_correct}")
-        require({"base_correct_mass": base_correct_mass}, within={"base_correct_mass": (1e-6, 1 - 1e-6)})
         if len(seeds) < 1:
             raise ValueError("seeds must be a non-empty sequence of ints")
         geom = TreeGeometry(V, 1)
@@ -118,17 +122,20 @@ class SharedBandit(Scenario):
         base_correct_mass: float | None = None,
     ):
         cfg = data_config(
-            num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit
+            num_prompts,
+            wrong_demo_frac,
+            demos_per_prompt,
+            heldout_demos,
+            data_source,
+            error_unit,
+            base_correct_mass,
+            sft_prompts,
+            eval_prompts,
         )
-        if not 1 <= sft_prompts < num_prompts:
-            raise ValueError(f"sft_prompts must be in [1, num_prompts-1], got {sft_prompts}")
         if not 1 <= num_correct < V:
             raise ValueError(f"num_correct must be in [1, V-1], got {num_correct}")
         if d < 1:
             raise ValueError(f"d must be >= 1, got {d}")
-        require({"eval_prompts": eval_prompts}, non_negative=("eval_prompts",))
-        if base_correct_mass is not None:
-            require({"base_correct_mass": base_correct_mass}, within={"base_correct_mass": (1e-6, 1 - 1e-6)})
         geom = TreeGeometry(V, 1)
         sft_idx, rl_idx = torch.arange(sft_prompts), torch.arange(sft_prompts, num_prompts)
         eval_idx = torch.arange(num_prompts, num_prompts + eval_prompts) if eval_prompts else None

@@ -281,7 +281,27 @@ def stack_seeds(name, geom, per_seed, sft_prompts, rl_prompts, eval_prompts=None
     )
 
 
-def data_config(num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit):
+def data_config(
+    num_prompts,
+    wrong_demo_frac,
+    demos_per_prompt,
+    heldout_demos,
+    data_source,
+    error_unit,
+    base_correct_mass=None,
+    sft_prompts=None,
+    eval_prompts=0,
+):
+    """The data knobs as a dict, validated with the knobs every builder shares (ValueError naming one).
+
+    ``base_correct_mass`` (None: unset) must be in (0, 1); ``sft_prompts`` (None: SFT and RL share
+    the prompts) in [1, num_prompts - 1]; ``eval_prompts`` >= 0.
+    """
+    if base_correct_mass is not None:
+        require({"base_correct_mass": base_correct_mass}, within={"base_correct_mass": (1e-6, 1 - 1e-6)})
+    if sft_prompts is not None and not 1 <= sft_prompts < num_prompts:
+        raise ValueError(f"sft_prompts must be in [1, num_prompts-1], got {sft_prompts}")
+    require({"eval_prompts": eval_prompts}, non_negative=("eval_prompts",))
     cfg = dict(
         wrong_demo_frac=wrong_demo_frac,
         demos_per_prompt=demos_per_prompt,

@@ -97,14 +97,18 @@ class ReasoningTree(Scenario):
         base_correct_mass: float | None = None,
     ):
         cfg = data_config(
-            num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit
+            num_prompts,
+            wrong_demo_frac,
+            demos_per_prompt,
+            heldout_demos,
+            data_source,
+            error_unit,
+            base_correct_mass,
         )
         if H < 3:
             raise ValueError(f"H must be >= 3 (strategy, execution, answer), got {H}")
         if not 1 <= num_good < V:
             raise ValueError(f"num_good must be in [1, V-1], got {num_good}")
-        if base_correct_mass is not None:
-            require({"base_correct_mass": base_correct_mass}, within={"base_correct_mass": (1e-6, 1 - 1e-6)})
         if V**H > 2_000_000:
             raise ValueError(f"V**H = {V**H} leaves is too many for exact enumeration")
         geom = TreeGeometry(V, H)
@@ -183,19 +187,19 @@ class SharedTree(Scenario):
         base_correct_mass: float | None = None,
     ):
         cfg = data_config(
-            num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit
+            num_prompts,
+            wrong_demo_frac,
+            demos_per_prompt,
+            heldout_demos,
+            data_source,
+            error_unit,
+            base_correct_mass,
+            sft_prompts,
+            eval_prompts,
         )
-        require(
-            dict(H=H, k=k, eval_prompts=eval_prompts),
-            at_least={"H": 3, "k": 1},
-            non_negative=("eval_prompts",),
-        )
-        if not 1 <= sft_prompts < num_prompts:
-            raise ValueError(f"sft_prompts must be in [1, num_prompts-1], got {sft_prompts}")
+        require(dict(H=H, k=k), at_least={"H": 3, "k": 1})
         if not 1 <= num_good < V:
             raise ValueError(f"num_good must be in [1, V-1], got {num_good}")
-        if base_correct_mass is not None:
-            require({"base_correct_mass": base_correct_mass}, within={"base_correct_mass": (1e-6, 1 - 1e-6)})
         if V**H > 2_000_000:
             raise ValueError(f"V**H = {V**H} leaves is too many for exact enumeration")
         geom = TreeGeometry(V, H)
