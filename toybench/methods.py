@@ -306,6 +306,13 @@ class Method:
         """Needs log pi_beta of the data tokens (PEAR, unless ``@self``)."""
         return self.pear_level is not None and self["behavior"] == "data"
 
+    def token_level(self, scale: str) -> Method:
+        """This method if ``scale`` (a model trained on sampled sequences: the tiny transformer,
+        ``llm``) can run it, else a ValueError naming the spec: ``gift_seq`` needs the prefix tree."""
+        if self.needs_sequence_target:
+            raise ValueError(f"{scale}: " + _NO_SEQUENCE_TARGET.format(str(self)))
+        return self
+
     @property
     def aux(self) -> str | None:
         """Which frozen copy's logits :meth:`token_loss` reads: ``base``, ``teacher`` or None."""

@@ -124,6 +124,11 @@ def test_gift_seq_spec_and_clear_errors_outside_the_tree():
         m.loss(z, y, torch.ones(2, 3), base_logits=z)
     with pytest.raises(ValueError, match="beta"):
         Method.parse("gift_seq@-1")
+    from toybench.tiny.config import TinyConfig
+
+    with pytest.raises(ValueError, match="tiny transformer.*gift_seq@2.*only the tabular pipeline"):
+        TinyConfig(methods=("sft", "gift_seq@2")).validate()
+    assert Method.parse("gift@2").token_level("llm") == Method.parse("gift@2")
 
 
 def test_gift_seq_at_horizon_one_is_token_gift():
