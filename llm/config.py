@@ -247,7 +247,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.quick:
         cfg = _quick(cfg)
     for m in ([cfg.method] if isinstance(cfg, SFTConfig) else []) + list(getattr(cfg, "methods", ())):
-        Method.parse(m)  # ValueError naming the spec
+        Method.parse(m).token_level("llm")  # ValueError naming the spec
     for c in (cfg, getattr(cfg, "sft", None), getattr(cfg, "grpo", None)):
         if c is not None:
             _check(c)

@@ -16,6 +16,10 @@ Pairs are written ``low:high``; ``inf`` and ``none`` (an unset optional int) are
 ``entropy_sft@c``   ``entropy_sft_loss``: coef=0.1, top_k=none, rho=1
 ``gift@beta``       ``gift_loss`` against a FROZEN base copy: beta=20 (the released code's default;
                     ``llm`` runs ``gift@5`` because beta 20 is ~SFT for confident models), smooth=0
+``gift_seq@beta``   the EXACT sequence-level Gibbs target q(y) ∝ pi_base(y) exp(beta 1[y = demo]) as
+                    per-position conditionals q(. | y_<t), the cross-entropy to them through
+                    ``gift_loss`` at beta 0 (docs/methods.md §4.6): beta=20, tabular only (the target
+                    needs the whole prefix tree, ``TreeGeometry.gibbs_logp``; elsewhere a ValueError)
 ``curio``           ``curio_loss`` against an EMA teacher with ``entropy_guided_temperature``:
                     alpha=1, ema_every=5, ema_keep=0.01 (teacher <- keep teacher + (1 - keep) model
                     every ``ema_every`` steps; the released code), pivot=1.2, gain=0.5, slope=2,
@@ -27,8 +31,8 @@ Pairs are written ``low:high``; ``inf`` and ``none`` (an unset optional int) are
 ==================  ================================================================================
 
 Defaults: one per constant, listed above. ``str(method)`` is the canonical spec: the kind, its
-``@value`` (always for ``gift`` and ``entropy_sft``, whose value names the method; for the others
-only when it differs from the default) and then every other constant that differs from its
+``@value`` (always for ``gift``, ``gift_seq`` and ``entropy_sft``, whose value names the method; for
+the others only when it differs from the default) and then every other constant that differs from its
 default, in the order above; it parses back to an equal ``Method``.
 
 A method declares what it needs (``needs_base``, ``needs_teacher``, ``needs_behavior_logp``);
@@ -102,6 +106,10 @@ _KINDS: dict[str, tuple[tuple[_Const, ...], bool]] = {
             _c("beta", 20.0, "float", (lambda x: x >= 0, "a number >= 0 (inf = SFT)")),
             _c("smooth", 0.0, "float", (lambda x: _finite(x) and 0 <= x <= 1, "a number in [0, 1]")),
         ),
+        True,
+    ),
+    "gift_seq": (
+        (_c("beta", 20.0, "float", (lambda x: _finite(x) and x >= 0, "a finite number >= 0")),),
         True,
     ),
     "curio": (
@@ -183,6 +191,13 @@ def loss_type_reduction(loss_type: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the method
+_NO_SEQUENCE_TARGET = (
+    "method {!r} needs the exact per-position Gibbs target over whole sequences (sequence_target), which "
+    "only the tabular pipeline (toybench.tabular, which enumerates the prefix tree) computes; use "
+    "gift@beta, the token approximation, at the other scales"
+)
+
+
 @dataclass
 class MethodState:
     """A method's frozen copies: ``base`` (pi_base, GIFT) and ``teacher`` (EMA, CurioSFT); None if unused."""
@@ -273,7 +288,13 @@ class Method:
     @property
     def needs_base(self) -> bool:
         """Needs a frozen copy of the model as it was before SFT (GIFT's pi_base)."""
-        return self.kind == "gift"
+        return self.kind in ("gift", "gift_seq")
+
+    @property
+    def needs_sequence_target(self) -> bool:
+        """Needs the exact per-position target over whole sequences (``gift_seq``): only the tabular
+        pipeline, which enumerates the prefix tree, can give it (``sequence_target`` of :meth:`loss`)."""
+        return self.kind == "gift_seq"
 
     @property
     def needs_teacher(self) -> bool:
@@ -284,6 +305,13 @@ class Method:
     def needs_behavior_logp(self) -> bool:
         """Needs log pi_beta of the data tokens (PEAR, unless ``@self``)."""
         return self.pear_level is not None and self["behavior"] == "data"
+
+    def token_level(self, scale: str) -> Method:
+        """This method if ``scale`` (a model trained on sampled sequences: the tiny transformer,
+        ``llm``) can run it, else a ValueError naming the spec: ``gift_seq`` needs the prefix tree."""
+        if self.needs_sequence_target:
+            raise ValueError(f"{scale}: " + _NO_SEQUENCE_TARGET.format(str(self)))
+        return self
 
     @property
     def aux(self) -> str | None:
@@ -342,6 +370,8 @@ class Method:
         k = self.kind
         if k == "none":
             raise ValueError("method 'none' has no SFT loss")
+        if k == "gift_seq":
+            raise ValueError(_NO_SEQUENCE_TARGET.format(str(self)))
         if k in ("sft",) or self.pear_level is not None:
             return losses.sft_loss(logits, targets)
         if k == "dft":
@@ -393,6 +423,7 @@ class Method:
         base_logits: torch.Tensor | None = None,
         teacher_logits: torch.Tensor | None = None,
         behavior_logp: torch.Tensor | None = None,
+        sequence_target: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-token SFT loss ``[B, T]`` (unreduced; reduce with ``losses.reduce``).
 
@@ -400,8 +431,15 @@ class Method:
           logits: [B, T, V] trained policy; targets, mask: [B, T].
           base_logits: [B, T, V] frozen pi_base (GIFT). teacher_logits: [B, T, V] EMA teacher (CurioSFT).
           behavior_logp: [B, T] log pi_beta of the data tokens (PEAR, unless ``@self``).
+          sequence_target: [B, T, V] log q(. | y_<t) of the exact sequence-level Gibbs target at the
+            data's prefixes (``gift_seq``; the tabular pipeline builds it with ``TreeGeometry.gibbs_logp``).
         Inputs the method does not need are ignored.
         """
+        if self.kind == "gift_seq":
+            if sequence_target is None:
+                raise ValueError(_NO_SEQUENCE_TARGET.format(str(self)))
+            # cross-entropy to softmax(log q) = q: GIFT's loss with the target as "base" and no tilt
+            return losses.gift_loss(logits, targets, sequence_target, beta=0.0)
         per_token = self.token_loss(logits, targets, base_logits, teacher_logits, mask=mask)  # (B, T)
         G = self.weights(-per_token.detach(), behavior_logp, mask)
         return per_token if G is None else G * per_token

@@ -8,7 +8,7 @@ import torch
 
 from theory import mdp
 from toybench.metrics import entropy
-from toybench.tabular import MultiAnswerBandit, ReasoningTree, SharedBandit, TreeGeometry
+from toybench.tabular import MultiAnswerBandit, ReasoningTree, SharedBandit, SharedTree, TreeGeometry
 
 SEEDS = [3, 4, 5]
 ENVS = {
@@ -17,6 +17,7 @@ ENVS = {
     "shared": lambda **kw: SharedBandit(SEEDS, num_prompts=10, sft_prompts=4, V=10, d=4, **kw),
     "tree": lambda **kw: ReasoningTree(SEEDS, num_prompts=4, V=4, H=4, **kw),
     "tree_beta": lambda **kw: ReasoningTree(SEEDS, num_prompts=4, V=4, H=4, data_source="behavior", **kw),
+    "tree_shared": lambda **kw: SharedTree(SEEDS, num_prompts=6, sft_prompts=3, V=3, H=3, k=3, **kw),
 }
 
 
@@ -66,7 +67,7 @@ def test_demos_per_prompt_and_disjoint_prompts():
     sc = SharedBandit([0], num_prompts=12, sft_prompts=5, V=8, d=3, demos_per_prompt=3)
     assert sc.demo_leaves.shape == (1, 5, 3)
     assert set(sc.sft_prompts.tolist()).isdisjoint(sc.rl_prompts.tolist())
-    assert sc.features.shape == (1, 12, 1, 8, 3)
+    assert sc.features.shape == (1, 12 + 16, 1, 8, 3)  # + 16 held-out eval prompts (default)
     # shared parameters: the base logits are theta0 . phi
     torch.testing.assert_close(torch.einsum("spnvd,sd->spnv", sc.features, sc.theta0), sc.base_logits)
     tab = MultiAnswerBandit([0], num_prompts=4, V=8)

@@ -5,7 +5,7 @@ from toybench.tabular.bandit import MultiAnswerBandit, SharedBandit
 from toybench.tabular.envs import Scenario, TreeGeometry
 from toybench.tabular.pipeline import PipelineConfig, escape_frame, evaluate, run_method
 from toybench.tabular.policies import LogLinearPolicy, Policy, TabularPolicy, make_policy
-from toybench.tabular.tree import ReasoningTree
+from toybench.tabular.tree import ReasoningTree, SharedTree
 
 __all__ = [
     "LogLinearPolicy",
@@ -15,6 +15,7 @@ __all__ = [
     "ReasoningTree",
     "Scenario",
     "SharedBandit",
+    "SharedTree",
     "TabularPolicy",
     "TreeGeometry",
     "escape_frame",

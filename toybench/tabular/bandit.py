@@ -9,8 +9,17 @@ from collections.abc import Sequence
 
 import torch
 
-from toybench.config import require
-from toybench.tabular.envs import Scenario, TreeGeometry, data_config, demo_data, shift_to_mass, stack_seeds
+from toybench.tabular.envs import (
+    Scenario,
+    TreeGeometry,
+    data_config,
+    demo_data,
+    eval_generator,
+    mean_mass_shift,
+    sample_heldout,
+    shift_to_mass,
+    stack_seeds,
+)
 
 __all__ = ["MultiAnswerBandit", "SharedBandit"]
 
@@ -21,7 +30,8 @@ class MultiAnswerBandit(Scenario):
     pi_base: Gaussian logits (std ``base_scale``) shifted so that exactly ``base_correct_mass`` of
     the mass is on correct answers. Expert: one correct answer per prompt (chosen at random);
     its mistake is the most plausible wrong answer under pi_base. pi_beta: pi_base with extra
-    Gaussian logit noise (std ``behavior_shift``). SFT and RL use the same prompts.
+    Gaussian logit noise (std ``behavior_shift``). SFT and RL use the same prompts; the parameters
+    are per prompt, so this setting cannot measure generalisation to held-out prompts.
     """
 
     def __init__(
@@ -40,11 +50,16 @@ class MultiAnswerBandit(Scenario):
         error_unit: str = "prompt",
     ):
         cfg = data_config(
-            num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit
+            num_prompts,
+            wrong_demo_frac,
+            demos_per_prompt,
+            heldout_demos,
+            data_source,
+            error_unit,
+            base_correct_mass,
         )
         if not 1 <= num_correct < V:
             raise ValueError(f"num_correct must be in [1, V-1], got {num_correct}")
-        require({"base_correct_mass": base_correct_mass}, within={"base_correct_mass": (1e-6, 1 - 1e-6)})
         if len(seeds) < 1:
             raise ValueError("seeds must be a non-empty sequence of ints")
         geom = TreeGeometry(V, 1)
@@ -65,7 +80,9 @@ class MultiAnswerBandit(Scenario):
                 geom, d["reward"], d["base_logits"], d["behavior_logits"], eye[y_star], eye[w], cfg, gen
             )
             per_seed.append(d)
-        self.__dict__.update(vars(stack_seeds("bandit", geom, per_seed, prompts, prompts)))
+        self.__dict__.update(
+            vars(stack_seeds("bandit", geom, per_seed, prompts, prompts, data_source=data_source))
+        )
 
 
 class SharedBandit(Scenario):
@@ -76,6 +93,13 @@ class SharedBandit(Scenario):
     answers, the one its own style direction v prefers; pi_base has theta0 = ``base_align`` u +
     noise. SFT prompts (first ``sft_prompts``) and RL prompts (the rest) are disjoint, so SFT
     moves the policy on RL prompts only through the shared theta.
+
+    Generalisation: ``eval_prompts`` more prompts (indices ``num_prompts ..``, drawn from the
+    seed's ``eval_generator`` with the same u, v and theta0) are used by neither SFT nor RL; the
+    pipeline reports its metrics on them as ``eval_*`` columns. ``base_correct_mass`` (None: the
+    base as drawn) moves theta0 along u, theta0 + c u, with c found by bisection so that pi_base's
+    mass on correct answers averaged over the SFT and RL prompts is exactly that value (the mass is
+    increasing in c because the correct answers are those with the largest u . phi).
     """
 
     def __init__(
@@ -94,18 +118,36 @@ class SharedBandit(Scenario):
         heldout_demos: int = 64,
         data_source: str = "expert",
         error_unit: str = "prompt",
+        eval_prompts: int = 16,
+        base_correct_mass: float | None = None,
     ):
         cfg = data_config(
-            num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit
+            num_prompts,
+            wrong_demo_frac,
+            demos_per_prompt,
+            heldout_demos,
+            data_source,
+            error_unit,
+            base_correct_mass,
+            sft_prompts,
+            eval_prompts,
         )
-        if not 1 <= sft_prompts < num_prompts:
-            raise ValueError(f"sft_prompts must be in [1, num_prompts-1], got {sft_prompts}")
         if not 1 <= num_correct < V:
             raise ValueError(f"num_correct must be in [1, V-1], got {num_correct}")
         if d < 1:
             raise ValueError(f"d must be >= 1, got {d}")
         geom = TreeGeometry(V, 1)
         sft_idx, rl_idx = torch.arange(sft_prompts), torch.arange(sft_prompts, num_prompts)
+        eval_idx = torch.arange(num_prompts, num_prompts + eval_prompts) if eval_prompts else None
+
+        def answers(phi, u, v, theta0, zb_noise):  # correctness, expert answer, mistake on prompts phi
+            good = (phi @ u).argsort(-1).argsort(-1) >= V - num_correct  # (P, V)
+            z = phi @ theta0  # (P, V)
+            zb = z + behavior_shift * zb_noise
+            y_star = torch.where(good, phi @ v, -torch.inf).argmax(-1)
+            w = torch.where(good, -torch.inf, z).argmax(-1)
+            return dict(reward=good.float(), base_logits=z[:, None], behavior_logits=zb[:, None]), y_star, w
+
         cfg.update(sft_prompts=sft_idx, rl_prompts=rl_idx)
         per_seed = []
         for seed in seeds:
@@ -115,17 +157,32 @@ class SharedBandit(Scenario):
             u = torch.randn(d, generator=gen)
             u = u / u.norm() * d**0.5
             v = torch.randn(d, generator=gen)
-            good = (phi @ u).argsort(-1).argsort(-1) >= V - num_correct  # (P, V)
             theta0 = base_align * u / d**0.5 + base_noise * torch.randn(d, generator=gen)
-            z = phi @ theta0  # (P, V)
-            zb = z + behavior_shift * torch.randn(P, V, generator=gen)
-            y_star = torch.where(good, phi @ v, -torch.inf).argmax(-1)
-            w = torch.where(good, -torch.inf, z).argmax(-1)
-            d_ = dict(reward=good.float(), base_logits=z[:, None], behavior_logits=zb[:, None])
+            if base_correct_mass is not None:
+                good = (phi @ u).argsort(-1).argsort(-1) >= V - num_correct
+                theta0 = theta0 + mean_mass_shift(phi @ theta0, phi @ u, good, base_correct_mass) * u
+            d_, y_star, w = answers(phi, u, v, theta0, torch.randn(P, V, generator=gen))
             eye = torch.eye(V)
             d_["demo_leaves"], d_["demo_behavior_logp"], d_["heldout"] = demo_data(
                 geom, d_["reward"], d_["base_logits"], d_["behavior_logits"], eye[y_star], eye[w], cfg, gen
             )
-            d_.update(features=phi[:, None], theta0=theta0)
+            d_.update(features=phi, theta0=theta0)
+            if eval_prompts:  # second generator: the training prompts' tensors are unchanged
+                ge = eval_generator(seed)
+                phi_e = torch.randn(eval_prompts, V, d, generator=ge) / d**0.5
+                e, ye, we = answers(phi_e, u, v, theta0, torch.randn(eval_prompts, V, generator=ge))
+                d_["eval_heldout"] = sample_heldout(
+                    geom, e["reward"], e["behavior_logits"], eye[ye], eye[we], cfg, ge
+                )
+                for k in ("reward", "base_logits", "behavior_logits"):
+                    d_[k] = torch.cat([d_[k], e[k]])
+                d_["features"] = torch.cat([phi, phi_e])
+            d_["features"] = d_["features"][:, None]
             per_seed.append(d_)
-        self.__dict__.update(vars(stack_seeds("bandit_shared", geom, per_seed, sft_idx, rl_idx)))
+        self.__dict__.update(
+            vars(
+                stack_seeds(
+                    "bandit_shared", geom, per_seed, sft_idx, rl_idx, eval_idx, data_source=data_source
+                )
+            )
+        )

@@ -19,11 +19,30 @@ Ground truth exposed by every environment (tensors, leading axes ``[S, P]``):
 prompt split ``sft_prompts`` / ``rl_prompts`` (equal with per-prompt parameters, disjoint
 with shared parameters). The optimal value is 1 on every prompt (each has a correct leaf).
 
+Generalisation: settings with SHARED parameters (``SharedBandit``) also expose held-out
+evaluation prompts ``eval_prompts [P_eval]`` (never used by SFT or RL) with their own held-out
+data ``eval_heldout [S,P_eval,L]``; the pipeline reports its metrics on them as ``eval_*``
+columns. Settings with per-prompt (tabular) parameters (``MultiAnswerBandit``, ``ReasoningTree``)
+cannot measure generalisation: a prompt no update touches stays at pi_base, so they have
+``eval_prompts = None``. The eval prompts are drawn from a second generator per seed
+(``eval_generator``), so adding them leaves every other tensor of the instance unchanged.
+
 Knobs: ``wrong_demo_frac`` f with ``error_unit`` (``"prompt"``: the teacher is confidently
 wrong on a fraction f of prompts, all their demonstrations; ``"demo"``: each demonstration is
 independently the teacher's mistake w.p. f), ``demos_per_prompt`` (n), ``data_source``
-(``"expert"``: concentrated on one correct answer/strategy; ``"behavior"``: rejection-sampled
-from pi_beta != pi_base, PEAR's setting).
+(``"expert"``: concentrated on one correct answer/strategy; ``"behavior"``: sampled from the
+stochastic pi_beta != pi_base and filtered by a verifier, PEAR's setting), ``base_correct_mass``
+(the base's initial mass on correct answers, bandits, or on working strategies, tree).
+
+Behaviour log-probs (PEAR, docs/methods.md §1.5 and §6.5): ``demo_behavior_logp`` is log pi(y_t | y_<t)
+of the policy that GENERATED each demonstration, recorded when it is drawn. With
+``data_source="behavior"`` that is pi_beta itself (``behavior_logits``), stochastic; the verifier
+that filters the samples is not part of pi_beta, as when a model's samples are filtered for a
+rejection-sampling data set. With ``data_source="expert"`` the generator is the expert's
+distribution, which is deterministic on a prompt (``error_unit="prompt"``): every recorded
+log-prob is 0, so PEAR's ratios rho_t = clip(log pi_theta - 0) sit at the lower clip unless
+pi_theta(y_t) > e^-0.08, and its weights are a fixed positional decay, not importance weights:
+``Scenario.behavior_deterministic`` flags it per seed (the pipeline's ``pear_degenerate``).
 """
 
 from __future__ import annotations
@@ -34,7 +53,17 @@ import torch
 
 from toybench.config import require
 
-__all__ = ["TreeGeometry", "Scenario", "demo_data", "stack_seeds", "data_config", "shift_to_mass"]
+__all__ = [
+    "TreeGeometry",
+    "Scenario",
+    "demo_data",
+    "sample_heldout",
+    "stack_seeds",
+    "data_config",
+    "shift_to_mass",
+    "mean_mass_shift",
+    "eval_generator",
+]
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -105,6 +134,27 @@ class TreeGeometry:
         logm = torch.log(torch.stack(masses, -1).clamp_min(1e-30))  # (..., L, H+1)
         return logm[..., 1:] - logm[..., :-1]
 
+    def gibbs_logp(self, node_logits: torch.Tensor, R: torch.Tensor, beta: float) -> torch.Tensor:
+        """Exact sequence-level Gibbs target q(y) ∝ pi(y) exp(beta R(y)) as node conditionals.
+
+        q(a | s) ∝ pi(a | s) W(s a) with W(s) = E_pi[exp(beta R) | s], by soft backward induction
+        over the whole tree (the enumeration of ``theory.mdp.gibbs_logits``, which is its oracle).
+        node_logits: [..., N, V]; R: [..., L] (broadcast). Returns log q(a | s): [..., N, V].
+        """
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        V, H = self.V, self.H
+        node_logp = torch.log_softmax(node_logits, -1)
+        batch = torch.broadcast_shapes(node_logp.shape[:-2], R.shape[:-1])
+        log_w = (beta * R).expand(*batch, self.num_leaves)  # log W of the children at depth t + 1
+        out = []
+        for t in range(H - 1, -1, -1):
+            off = (V**t - 1) // (V - 1)
+            tilted = node_logp[..., off : off + V**t, :] + log_w.reshape(*batch, V**t, V)  # (..., V^t, V)
+            log_w = torch.logsumexp(tilted, -1)  # (..., V^t)
+            out.append(tilted - log_w[..., None])
+        return torch.cat(out[::-1], -2)  # (..., N, V), breadth-first
+
 
 # ----------------------------------------------------------------------------- scenario
 @dataclass
@@ -123,6 +173,15 @@ class Scenario:
     rl_prompts: torch.Tensor  # (P_rl,)
     features: torch.Tensor | None = None  # (S, P, N, V, d): log-linear variant only
     theta0: torch.Tensor | None = None  # (S, d): log-linear base parameters
+    eval_prompts: torch.Tensor | None = None  # (P_eval,): held-out prompts (shared parameters only)
+    eval_heldout: torch.Tensor | None = None  # (S, P_eval, L): held-out data on the eval prompts
+    data_source: str = "expert"  # who generated the demos: "expert" or "behavior" (pi_beta)
+
+    @property
+    def behavior_deterministic(self) -> torch.Tensor:
+        """[S] bool: the data-generating policy put probability 1 on every demonstrated token of the
+        seed (every recorded log pi_beta is 0), so PEAR's importance weights are degenerate."""
+        return (self.demo_behavior_logp.flatten(1) > -1e-9).all(-1)
 
     @property
     def correct(self) -> torch.Tensor:
@@ -142,17 +201,12 @@ class Scenario:
         return self.reward.amax(-1)
 
 
-def demo_data(geom, reward, base_logits, behavior_logits, expert_good, expert_bad, cfg, gen):
-    """Demos, their data-policy token log-probs and the held-out distribution for one seed.
-
-    With ``error_unit="demo"`` each demo is independently the teacher's mistake w.p. f; with
-    ``"prompt"`` the teacher is wrong on a fraction f of prompts (on all their demos, held-out
-    ones included), a systematically imperfect teacher.
-    """
-    f, n, P = cfg["wrong_demo_frac"], cfg["demos_per_prompt"], reward.shape[0]
+def _teacher(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gen):
+    """(q_good, q_bad, teacher [P, L], sample(rows, m)): the data distributions of one seed's prompts."""
+    f, P = cfg["wrong_demo_frac"], reward.shape[0]
     if cfg["data_source"] == "expert":
         q_good, q_bad = expert_good, expert_bad
-    else:  # rejection sampling from pi_beta with a verifier that lets failures through at rate f
+    else:  # samples of pi_beta, filtered by a verifier that lets failures through at rate f
         pb = geom.leaf_token_logp(behavior_logits).sum(-1).exp()  # (P, L)
         q_good = pb * (reward > 0) + 1e-12
         q_bad = pb * (reward == 0) + 1e-12
@@ -164,29 +218,90 @@ def demo_data(geom, reward, base_logits, behavior_logits, expert_good, expert_ba
     else:
         teacher = (1 - f) * q_good + f * q_bad  # (P, L): the data distribution
 
-    def sample(prompts, m):
-        good = torch.multinomial(q_good[prompts], m, replacement=True, generator=gen)  # (P', m)
-        bad = torch.multinomial(q_bad[prompts], m, replacement=True, generator=gen)
-        return torch.where(torch.rand(len(prompts), m, generator=gen) < f, bad, good)
+    def sample(rows, m):
+        good = torch.multinomial(q_good[rows], m, replacement=True, generator=gen)  # (P', m)
+        bad = torch.multinomial(q_bad[rows], m, replacement=True, generator=gen)
+        return torch.where(torch.rand(len(rows), m, generator=gen) < f, bad, good)
 
+    return teacher, sample
+
+
+def _leaf_dist(leaves: torch.Tensor, L: int) -> torch.Tensor:
+    """Empirical distribution of sampled leaves [P, m] -> [P, L]."""
+    counts = torch.zeros(leaves.shape[0], L).scatter_add_(1, leaves, torch.ones(leaves.shape))
+    return counts / counts.sum(-1, keepdim=True)
+
+
+def demo_data(geom, reward, base_logits, behavior_logits, expert_good, expert_bad, cfg, gen):
+    """Demos, their generating policy's token log-probs and the held-out distribution for one seed.
+
+    With ``error_unit="demo"`` each demo is independently the teacher's mistake w.p. f; with
+    ``"prompt"`` the teacher is wrong on a fraction f of prompts (on all their demos, held-out
+    ones included), a systematically imperfect teacher. The log-probs are those of the policy
+    that drew the demo: pi_beta (``behavior_logits``) with ``data_source="behavior"``, the
+    expert's distribution otherwise (module docstring).
+    """
+    teacher, sample = _teacher(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gen)
     sft, rl = cfg["sft_prompts"], cfg["rl_prompts"]
-    demos = sample(sft, n)  # (P_sft, n)
-    logp_tok = geom.token_logp_from_leaf_dist(teacher[sft])  # (P_sft, L, H)
+    demos = sample(sft, cfg["demos_per_prompt"])  # (P_sft, n)
+    if cfg["data_source"] == "behavior":  # recorded when drawn: log pi_beta(y_t | y_<t)
+        logp_tok = geom.leaf_token_logp(behavior_logits[sft])  # (P_sft, L, H)
+    else:
+        logp_tok = geom.token_logp_from_leaf_dist(teacher[sft])  # (P_sft, L, H)
     beh = torch.gather(logp_tok, 1, demos[..., None].expand(-1, -1, geom.H))  # (P_sft, n, H)
     held = sample(rl, cfg["heldout_demos"])  # (P_rl, m)
-    heldout = torch.zeros(len(rl), geom.num_leaves).scatter_add_(1, held, torch.ones(held.shape))
-    return demos, beh, heldout / heldout.sum(-1, keepdim=True)
+    return demos, beh, _leaf_dist(held, geom.num_leaves)
 
 
-def stack_seeds(name, geom, per_seed, sft_prompts, rl_prompts) -> Scenario:
+def sample_heldout(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gen):
+    """Held-out data distribution [P, L] on every prompt given (the eval prompts), from ``gen``."""
+    _, sample = _teacher(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gen)
+    return _leaf_dist(sample(torch.arange(reward.shape[0]), cfg["heldout_demos"]), geom.num_leaves)
+
+
+def eval_generator(seed: int) -> torch.Generator:
+    """The second generator of seed ``seed``: draws the held-out eval prompts (module docstring)."""
+    return torch.Generator().manual_seed(int(seed) + 1_000_003)
+
+
+def stack_seeds(name, geom, per_seed, sft_prompts, rl_prompts, eval_prompts=None, data_source="expert"):
+    """One ``Scenario`` from per-seed dicts of tensors (optional: features, theta0, eval_heldout)."""
     keys = ["reward", "base_logits", "behavior_logits", "demo_leaves", "demo_behavior_logp", "heldout"]
-    extra = {k: torch.stack([d[k] for d in per_seed]) for k in ("features", "theta0") if k in per_seed[0]}
+    opt = ("features", "theta0", "eval_heldout")
+    extra = {k: torch.stack([d[k] for d in per_seed]) for k in opt if k in per_seed[0]}
     return Scenario(
-        name, geom, *[torch.stack([d[k] for d in per_seed]) for k in keys], sft_prompts, rl_prompts, **extra
+        name,
+        geom,
+        *[torch.stack([d[k] for d in per_seed]) for k in keys],
+        sft_prompts,
+        rl_prompts,
+        eval_prompts=eval_prompts,
+        data_source=data_source,
+        **extra,
     )
 
 
-def data_config(num_prompts, wrong_demo_frac, demos_per_prompt, heldout_demos, data_source, error_unit):
+def data_config(
+    num_prompts,
+    wrong_demo_frac,
+    demos_per_prompt,
+    heldout_demos,
+    data_source,
+    error_unit,
+    base_correct_mass=None,
+    sft_prompts=None,
+    eval_prompts=0,
+):
+    """The data knobs as a dict, validated with the knobs every builder shares (ValueError naming one).
+
+    ``base_correct_mass`` (None: unset) must be in (0, 1); ``sft_prompts`` (None: SFT and RL share
+    the prompts) in [1, num_prompts - 1]; ``eval_prompts`` >= 0.
+    """
+    if base_correct_mass is not None:
+        require({"base_correct_mass": base_correct_mass}, within={"base_correct_mass": (1e-6, 1 - 1e-6)})
+    if sft_prompts is not None and not 1 <= sft_prompts < num_prompts:
+        raise ValueError(f"sft_prompts must be in [1, num_prompts-1], got {sft_prompts}")
+    require({"eval_prompts": eval_prompts}, non_negative=("eval_prompts",))
     cfg = dict(
         wrong_demo_frac=wrong_demo_frac,
         demos_per_prompt=demos_per_prompt,
@@ -208,3 +323,19 @@ def shift_to_mass(z: torch.Tensor, good: torch.Tensor, mass: float) -> torch.Ten
     A = (z.exp() * good).sum(-1, keepdim=True)
     B = (z.exp() * ~good).sum(-1, keepdim=True)
     return z + good * torch.log(mass * B / ((1 - mass) * A))
+
+
+def mean_mass_shift(
+    z: torch.Tensor, dz: torch.Tensor, good: torch.Tensor, mass: float, iters: int = 80
+) -> float:
+    """c such that softmax(z + c dz)'s mass on ``good``, averaged over the leading axis, is ``mass``.
+
+    Bisection on [-1000, 1000]; it needs the mass to increase with c (dz larger on good answers).
+    z, dz: [P, V]; good: [P, V] bool.
+    """
+    lo, hi = -1e3, 1e3
+    for _ in range(iters):
+        c = (lo + hi) / 2
+        m = (torch.softmax(z + c * dz, -1) * good).sum(-1).mean()
+        lo, hi = (c, hi) if m < mass else (lo, c)
+    return (lo + hi) / 2

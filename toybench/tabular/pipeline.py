@@ -17,8 +17,13 @@ Design choices
   parameters get the mean over prompts.
 * Metrics are exact (enumeration) at every step on the RL prompts: SFT loss on held-out
   data, J = pass@1, pass@k = 1 - (1 - J)^k, entropy, coverage, mass on reward-0 and on
-  implausible answers, KL to base. Every loss comes from ``toybench.losses`` via
-  ``toybench.methods``.
+  implausible answers, KL to base. Where the scenario has held-out eval prompts (shared
+  parameters: ``SharedBandit``) the same metrics on them are the ``eval_*`` columns; settings
+  with per-prompt parameters cannot measure generalisation and have no such columns. Every loss
+  comes from ``toybench.losses`` via ``toybench.methods``.
+* ``gift_seq@beta``: the exact per-position conditionals of the sequence-level Gibbs target
+  q(y) ∝ pi_base(y) exp(beta 1[y = demo]) are enumerated on the prefix tree once per run
+  (``sequence_target``, ``TreeGeometry.gibbs_logp``) and the SFT loss is the cross-entropy to them.
 """
 
 from __future__ import annotations
@@ -37,7 +42,15 @@ from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
 from toybench.tabular.envs import Scenario
 from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logits
 
-__all__ = ["PipelineConfig", "run_method", "evaluate", "exact_pg_loss", "escape_frame", "METRICS"]
+__all__ = [
+    "PipelineConfig",
+    "run_method",
+    "evaluate",
+    "exact_pg_loss",
+    "escape_frame",
+    "sequence_target",
+    "METRICS",
+]
 
 METRIC_BASE = (
     "sft_loss",
@@ -115,18 +128,34 @@ METRICS = metric_names(PipelineConfig())
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def eval_constants(sc: Scenario) -> dict[str, torch.Tensor]:
-    """Per-scenario tensors that ``evaluate`` needs at every step, computed once."""
-    g, rl = sc.geometry, sc.rl_prompts
-    base = g.leaf_logp(sc.base_logits[:, rl])  # (S, P_rl, L)
-    r = sc.reward[:, rl]
+def eval_constants(sc: Scenario, split: str = "rl") -> dict[str, torch.Tensor]:
+    """Per-scenario tensors that ``evaluate`` needs at every step, computed once.
+
+    ``split``: ``"rl"`` (the RL training prompts, held-out data ``sc.heldout``) or ``"eval"`` (the
+    held-out prompts ``sc.eval_prompts`` with ``sc.eval_heldout``; shared-parameter settings only).
+    """
+    g = sc.geometry
+    if split == "rl":
+        prompts, heldout = sc.rl_prompts, sc.heldout
+    elif split == "eval":
+        if sc.eval_prompts is None:
+            raise ValueError(
+                f"scenario {sc.name!r} has no held-out eval prompts: with per-prompt parameters "
+                "it cannot measure generalisation"
+            )
+        prompts, heldout = sc.eval_prompts, sc.eval_heldout
+    else:
+        raise ValueError(f"split must be 'rl' or 'eval', got {split!r}")
+    base = g.leaf_logp(sc.base_logits[:, prompts])  # (S, P', L)
+    r = sc.reward[:, prompts]
     return dict(
+        prompts=prompts,
         base=base,
         reward=r,
         correct=r > 0,
         wrong=(r == 0).to(base.dtype),
         implausible=((base < -np.log(g.num_leaves)) & (r == 0)).to(base.dtype),  # less likely than uniform
-        heldout=sc.heldout,
+        heldout=heldout,
     )
 
 
@@ -142,11 +171,12 @@ def evaluate(
 
     node_logits: [S, P, N, V] (all prompts). Entropy is per token along trajectories
     (sequence entropy / H); ``entropy_fork`` is the entropy of the first token. ``const``:
-    ``eval_constants(sc)``, cached by callers that evaluate every step; ``logp``: the leaf
-    log-probs on the RL prompts [S, P_rl, L] when the caller already has them.
+    ``eval_constants(sc)``, cached by callers that evaluate every step; ``eval_constants(sc,
+    "eval")`` evaluates on the held-out eval prompts instead. ``logp``: the leaf log-probs on the
+    const's prompts [S, P', L] when the caller already has them.
     """
     g, c = sc.geometry, const or eval_constants(sc)
-    z = node_logits[:, sc.rl_prompts]  # (S, P_rl, N, V)
+    z = node_logits[:, c["prompts"]]  # (S, P', N, V)
     logp = g.leaf_logp(z) if logp is None else logp  # (S, P_rl, L)
     p = logp.exp()
     J = (p * c["reward"]).sum(-1)  # (S, P_rl)
@@ -176,7 +206,23 @@ def _seedwise(per_token: torch.Tensor, mode: str, S: int, rows_per_seed: int) ->
     return losses.reduce(per_token, mask, "sum")
 
 
-def _sft_loss(sc, policy, params, teacher, method: Method, base_seq):
+@torch.no_grad()
+def sequence_target(sc: Scenario, beta: float) -> torch.Tensor:
+    """log q(. | y_<t) at every demo's prefixes, q(y) ∝ pi_base(y) exp(beta 1[y = demo]): [B, H, V].
+
+    One exact Gibbs backward pass over the whole tree per demonstration (rows in the order of
+    ``sequence_logits(.., sc.demo_leaves, ..)``), from the scenario's pi_base.
+    """
+    g = sc.geometry
+    base = sc.base_logits[:, sc.sft_prompts]  # (S, P_sft, N, V)
+    R = torch.nn.functional.one_hot(sc.demo_leaves, g.num_leaves).to(base.dtype)  # (S, P_sft, n, L)
+    logq = g.gibbs_logp(base[:, :, None], R, beta)  # (S, P_sft, n, N, V)
+    nodes = g.path_nodes[sc.demo_leaves]  # (S, P_sft, n, H)
+    out = torch.gather(logq, 3, nodes[..., None].expand(*nodes.shape, g.V))  # (S, P_sft, n, H, V)
+    return out.reshape(-1, g.H, g.V)
+
+
+def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=None):
     S, P_sft, n = sc.demo_leaves.shape
     z = policy.node_logits(params)[:, sc.sft_prompts]  # (S, P_sft, N, V)
     logits, targets = sequence_logits(z, sc.demo_leaves, sc.geometry)  # (B, H, V), (B, H)
@@ -191,6 +237,7 @@ def _sft_loss(sc, policy, params, teacher, method: Method, base_seq):
         base_logits=base_seq,
         teacher_logits=teacher_logits,
         behavior_logp=sc.demo_behavior_logp.reshape(-1, sc.geometry.H),
+        sequence_target=seq_target,
     )  # (B, H)
     # Sum over tokens, mean over a prompt's demos; shared parameters also average over prompts.
     loss = losses.reduce(per_token, torch.ones_like(per_token), "constant", constant=n)
@@ -257,9 +304,16 @@ def run_method(
     Returns a long DataFrame with one row per seed x stage x step: columns ``method`` (the spec as
     given; a ``Method`` gives its canonical spelling), ``kind``, ``value`` (the ``@`` constant),
     ``seed`` (index into the scenario's seeds), ``stage`` ('sft' | 'rl'), ``step`` (0 = the
-    stage's starting point), ``global_step`` and one column per metric. For method 'none' the
+    stage's starting point), ``global_step``, one column per metric on the RL (training) prompts,
+    and ``pear_degenerate`` (bool: a PEAR method with behaviour log-probs from the data, on a seed
+    whose data-generating policy is deterministic, ``Scenario.behavior_deterministic``: its rho_t
+    are not importance ratios). Held-out prompts: when ``sc.eval_prompts`` is not None (shared
+    parameters, ``SharedBandit``), every metric is also computed on the held-out eval prompts, which
+    neither SFT nor RL sees, as the column ``eval_<metric>`` (``eval_J``, ``eval_pass@4``, ...);
+    without eval prompts (per-prompt parameters) these columns are absent. For method 'none' the
     SFT stage records the unchanged base policy. With ``escape_threshold``, ``df.attrs["escape"]``
-    holds the per-prompt escape times of the RL stage (``escape_frame``).
+    holds the per-prompt escape times of the RL stage (``escape_frame``). ``gift_seq`` needs the
+    tree's enumeration, which every tabular scenario has.
     """
     cfg.validate()
     name = method if isinstance(method, str) else str(method)
@@ -269,8 +323,10 @@ def run_method(
     params = policy.init()
     teacher = spec.init_state(params).teacher
     base_seq = sequence_logits(sc.base_logits[:, sc.sft_prompts], sc.demo_leaves, sc.geometry)[0]
+    seq_target = sequence_target(sc, spec["beta"]) if spec.needs_sequence_target else None
     records: list[tuple[str, int, dict]] = []
     const = eval_constants(sc)
+    const_eval = eval_constants(sc, "eval") if sc.eval_prompts is not None else None
 
     J_rl: list[torch.Tensor] = []  # per-prompt J along RL, for the escape-time analysis (T5)
 
@@ -278,13 +334,16 @@ def run_method(
         m = evaluate(sc, z, cfg, const, per_prompt=True, logp=logp)
         if stage == "rl":
             J_rl.append(m["J"])
-        records.append((stage, step, {k: v.mean(1) for k, v in m.items()}))
+        row = {k: v.mean(1) for k, v in m.items()}
+        if const_eval is not None:
+            row.update({f"eval_{k}": v for k, v in evaluate(sc, z, cfg, const_eval).items()})
+        records.append((stage, step, row))
 
     record("sft", 0, policy.node_logits(params))
     for step in range(1, cfg.sft_steps + 1):
         if spec.kind != "none":
             params = params.detach().requires_grad_(True)
-            loss = _sft_loss(sc, policy, params, teacher, spec, base_seq)
+            loss = _sft_loss(sc, policy, params, teacher, spec, base_seq, seq_target)
             (grad,) = torch.autograd.grad(loss, params)
             params = params.detach() - cfg.sft_lr * grad
             if spec.ema_due(step):
@@ -310,7 +369,9 @@ def run_method(
         for step in range(1, cfg.rl_steps + 1):
             params = _grpo_update(sc, policy, params, ref_params, cfg, gen)
             record("rl", step, policy.node_logits(params))
-    df = _to_frame(records, name, spec, S, cfg)
+    df = _to_frame(records, name, spec, S, list(records[0][2]))
+    degenerate = sc.behavior_deterministic.numpy() & spec.needs_behavior_logp
+    df.insert(df.columns.get_loc(metric_names(cfg)[-1]) + 1, "pear_degenerate", degenerate[df["seed"]])
     if escape_threshold is not None:
         df.attrs["escape"] = escape_frame(torch.stack(J_rl), escape_threshold, name)
     return df
@@ -339,8 +400,7 @@ def escape_frame(J: torch.Tensor, threshold: float, method: str) -> pd.DataFrame
     )
 
 
-def _to_frame(records, name: str, spec: Method, S: int, cfg: PipelineConfig) -> pd.DataFrame:
-    names = metric_names(cfg)
+def _to_frame(records, name: str, spec: Method, S: int, names: list[str]) -> pd.DataFrame:
     vals = np.stack(
         [np.stack([m[k].double().numpy() for k in names], -1) for _, _, m in records]
     )  # (R, S, M)

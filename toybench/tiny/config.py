@@ -116,7 +116,7 @@ class TinyConfig:
         if not self.methods:
             raise ValueError("methods must not be empty")
         for m in self.methods:
-            Method.parse(m)  # ValueError naming the spec
+            Method.parse(m).token_level("the tiny transformer")  # ValueError naming the spec
         loss_type_reduction(self.loss_type)
 
     # derived --------------------------------------------------------------------------------
