@@ -13,9 +13,12 @@ from toybench.tabular.pipeline import PipelineConfig
     "kw, field",
     [
         (dict(pipeline=PipelineConfig(sft_steps=-1)), "sft_steps"),
-        (dict(pipeline=PipelineConfig(rl_steps=-5)), "rl_steps"),
+        (dict(rl_budgets=(-5, 10)), "rl_budgets"),
         (dict(methods=("none", "sft", "magic")), "methods"),
-        (dict(gift_betas=(-1.0,)), "methods"),
+        (dict(methods=("sft", "gift")), "methods"),
+        (dict(knob_lrs=(1.0,)), "knob_lrs"),
+        (dict(wrong_demo_fracs=(0.0, 1.5)), "wrong_demo_fracs"),
+        (dict(gift_betas=(-1.0, 2.0)), "methods"),
         (dict(pipeline=PipelineConfig(pass_k=(1, 128)), eval_samples=64), "pass_k"),
         (dict(headline_k=8), "headline_k"),
         (dict(settings=("bandit", "atari")), "settings"),
@@ -31,7 +34,12 @@ def test_bad_config_fails_at_start(kw, field, tmp_path):
 
 def test_quick_preset_shrinks_budgets():
     cfg = resolve(ReportConfig(quick=True))
-    assert cfg.seeds <= 4 and cfg.pipeline.sft_steps <= 8 and cfg.pipeline.rl_steps <= 12
+    assert (
+        cfg.seeds <= 4 and cfg.pipeline.sft_steps <= 8 and cfg.pipeline.rl_steps == max(cfg.rl_budgets) <= 16
+    )
+    assert (
+        len(cfg.wrong_demo_fracs) >= 3 and 0.0 in cfg.wrong_demo_fracs and len(cfg.base_correct_masses) >= 2
+    )
 
 
 def test_tiny_report_end_to_end(tmp_path):
@@ -39,11 +47,14 @@ def test_tiny_report_end_to_end(tmp_path):
         out=tmp_path,
         skip_theorems=True,
         seeds=2,
+        val_seeds=2,
         settings=("bandit", "tree_offpolicy"),
-        entropy_coefs=(0.3,),
-        gift_betas=(1.0, 8.0),
-        pear_levels=("token",),
-        pipeline=PipelineConfig(sft_steps=3, rl_steps=4),
+        wrong_demo_fracs=(0.0, 0.3),
+        base_correct_masses=(0.01, 0.2),
+        rl_budgets=(2, 4),
+        lr_grid=(0.5, 2.0),
+        knob_lrs=(1.0,),
+        pipeline=PipelineConfig(sft_steps=3),
         bandit_prompts=4,
         bandit_V=8,
         tree_prompts=3,
@@ -53,17 +64,27 @@ def test_tiny_report_end_to_end(tmp_path):
     path = run_report(cfg)
     assert path == tmp_path / "report.md"
     text = path.read_text()
-    for key in ("(a)", "(b)", "(c)", "(d)", "(e)"):
-        assert f"## {key}" in text
-    assert text.count("reproduce") >= 5 and "![" in text
+    assert "## Map: `bandit`" in text and "selected: " in text and "Holm family" in text
+    for key in ("(a)", "(b)", "(c)", "(d)"):
+        assert f"**{key}" in text
     df = pd.read_csv(tmp_path / "results.csv")
-    n_methods = {"bandit": 7, "tree_offpolicy": 8}  # none sft curio dft entropy gift x2 (+ pear_token)
-    assert len(df) == sum(n * 2 * (3 + 1 + 4 + 1) for n in n_methods.values())
-    assert {"setting", "method", "seed", "stage", "step", "J", "pass@64", "kl_base"} <= set(df.columns)
+    for col in ("wrong_demo_frac", "base_correct_mass", "rl_steps", "split", "method", "config_id", "family"):
+        assert col in df.columns
+    assert set(df["split"]) == {"val", "test"} and set(df["rl_steps"]) == {2, 4}
+    assert set(df[df.setting == "bandit"]["base_correct_mass"]) == {0.01, 0.2}
+    assert set(df["wrong_demo_frac"]) == {0.0, 0.3}
+    # every family gets K = 2 configurations; methods are full specs
+    k = df.groupby(["setting", "family"])["config_id"].nunique()
+    assert (k == 2).all() and "pear" in set(df[df.setting == "tree_offpolicy"]["family"])
+    assert {"curio", "curio@0.5"} <= set(df["method"]) and "gift@2" in set(df["method"])
+    # validation and test seeds are disjoint
+    assert not set(df[df.split == "val"]["seed"]) & set(df[df.split == "test"]["seed"])
     conf = json.loads((tmp_path / "config.json").read_text())
     assert conf["seeds"] == 2 and "timing" in conf
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert {"fig_a_ranking.png", "fig_c_gift.png", "fig_d_pear.png", "fig_e_escape.png"} <= set(pngs)
+    assert {"map_bandit.png", "map_tree_offpolicy.png"} <= set(pngs)
+    headline = (tmp_path / "headline.md").read_text()
+    assert "| setting | teacher_error |" in headline and headline in text
     # replot rebuilds figures and report.md from the saved records alone
     for p in tmp_path.glob("*.png"):
         p.unlink()

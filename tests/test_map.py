@@ -1,0 +1,134 @@
+"""The map's statistics (issue 11) on synthetic frames whose answer is known: Holm, selection on
+validation only, paired effects, claim outcomes, the computed condition, the best method per cell."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from toybench import analysis
+
+CELL = dict(setting="s", wrong_demo_frac=0.2, base_correct_mass=0.1, rl_steps=10)
+
+
+def frame(rl_means: dict, seeds=range(8), split="test", noise=0.01, sft_means=None, cell=CELL, config_id=0):
+    """Rows for one cell: family -> mean post-RL J (stage 'rl') and post-SFT J (stage 'sft'); per-seed
+    noise of exactly zero mean (+-noise alternating, phase per family), so equal means are a true tie."""
+    rows = []
+    for i, (fam, mu) in enumerate(rl_means.items()):
+        for seed in seeds:
+            eps = noise * (-1) ** (seed // (1 + i % 2))
+            for stage, m in (("rl", mu), ("sft", (sft_means or rl_means)[fam])):
+                J = m + eps
+                rows.append(
+                    dict(
+                        cell,
+                        family=fam,
+                        method=fam,
+                        config_id=config_id,
+                        sft_lr=1.0,
+                        rl_lr=1.0,
+                        split=split,
+                        seed=seed,
+                        stage=stage,
+                        J=J,
+                        **{"pass@4": min(1.0, J + 0.1)},
+                    )
+                )
+    return pd.DataFrame(rows)
+
+
+def test_holm_matches_the_definition():
+    p = np.array([0.01, 0.04, 0.03, 0.005, np.nan])
+    adj = analysis.holm(p)
+    # sorted finite p: 0.005, 0.01, 0.03, 0.04 (m = 4) -> 0.02, 0.03, 0.06, max(0.06, 0.04) = 0.06
+    np.testing.assert_allclose(adj[:4], [0.03, 0.06, 0.06, 0.02])
+    assert np.isnan(adj[4])
+    assert (analysis.holm([0.9, 0.8]) <= 1).all()
+
+
+def test_selection_reads_validation_only():
+    val = pd.concat(
+        [frame({"gift": 0.5}, split="val", config_id=0), frame({"gift": 0.7}, split="val", config_id=1)]
+    )
+    test = pd.concat(
+        [frame({"gift": 0.99}, split="test", config_id=0), frame({"gift": 0.1}, split="test", config_id=1)]
+    )
+    sel = analysis.select_configs(pd.concat([val, test]))
+    assert sel["config_id"].tolist() == [1]  # the validation winner, although config 0 wins on test
+    # changing the test rows arbitrarily cannot change the selection
+    test2 = test.assign(J=np.nan)
+    pd.testing.assert_frame_equal(sel, analysis.select_configs(pd.concat([val, test2])))
+    rows = analysis.selected_rows(pd.concat([val, test]), sel)
+    assert set(rows["split"]) == {"test"} and set(rows["config_id"]) == {1}
+
+
+def test_effects_are_paired_by_seed():
+    # none varies strongly across seeds, gift = none + 0.05 on every seed: paired CI is tiny
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.1, 0.9, 8)
+    rows = [
+        dict(CELL, family=f, seed=s, stage="rl", J=base[s] + d, split="test")
+        for f, d in (("none", 0.0), ("sft", 0.02), ("gift", 0.05))
+        for s in range(8)
+    ]
+    e = analysis.map_effects(pd.DataFrame(rows))
+    g = e[(e["family"] == "gift") & (e["ref"] == "none")].iloc[0]
+    assert g["diff"] == pytest.approx(0.05) and g["ci"] < 1e-9 and g["p"] == 0.0
+    assert set(zip(e["family"], e["ref"])) == {("gift", "sft"), ("gift", "none"), ("sft", "none")}
+
+
+@pytest.mark.parametrize(
+    "means, expected",
+    [
+        ({"none": 0.3, "sft": 0.5, "gift": 0.7}, "reproduces"),  # above both
+        ({"none": 0.8, "sft": 0.5, "gift": 0.7}, "does not reproduce"),  # below none
+        ({"none": 0.3, "sft": 0.7, "gift": 0.7}, "inconclusive"),  # equal to sft up to noise
+    ],
+)
+def test_claim_outcome_follows_the_data(means, expected):
+    test = frame(means, noise=0.02)
+    effects = analysis.map_effects(test)
+    effects, _, verdicts = analysis.claim_verdicts(effects, pd.DataFrame(columns=["p"]), "pass@4")
+    v = verdicts[verdicts["claim"] == "c"]
+    assert v["outcome"].tolist() == [expected]
+    assert (effects["p_holm"] >= effects["p"] - 1e-12).all()
+
+
+def test_reversal_claim():
+    sft_means = {"none": 0.1, "sft": 0.9, "gift": 0.5}
+    rl_means = {"none": 0.3, "sft": 0.6, "gift": 0.8}
+    df = pd.concat([frame(rl_means, split=sp, sft_means=sft_means) for sp in ("val", "test")])
+    sel = analysis.select_configs(df)
+    rev = analysis.map_reversal(df, sel)
+    assert rev["best_after_sft"].iloc[0] == "sft" and rev["best_after_rl"].iloc[0] == "gift"
+    _, rev, v = analysis.claim_verdicts(analysis.map_effects(analysis.selected_rows(df, sel)), rev, "pass@4")
+    assert v[v["claim"] == "a"]["outcome"].tolist() == ["reproduces"]
+    same = pd.concat([frame(rl_means, split=sp) for sp in ("val", "test")])
+    rev2 = analysis.map_reversal(same, analysis.select_configs(same))
+    _, _, v2 = analysis.claim_verdicts(analysis.map_effects(same[same.split == "test"]), rev2, "pass@4")
+    assert v2[v2["claim"] == "a"]["outcome"].tolist() == ["does not reproduce"]
+
+
+def test_condition_is_computed_not_typed():
+    grid = pd.DataFrame(
+        [(w, m, r) for w in (0.0, 0.2, 0.4) for m in (0.01, 0.1) for r in (10, 50)],
+        columns=["wrong_demo_frac", "base_correct_mass", "rl_steps"],
+    )
+    hit = (grid["wrong_demo_frac"] >= 0.2) & (grid["base_correct_mass"] <= 0.01)
+    assert analysis.condition(grid, hit) == "when teacher error >= 0.2 and base mass <= 0.01"
+    hit = hit & (grid["rl_steps"] == 50)
+    assert (
+        analysis.condition(grid, hit)
+        == "when teacher error >= 0.2 and base mass <= 0.01 and RL budget 50 steps"
+    )
+    assert analysis.condition(grid, grid["rl_steps"] > 0) == "in every cell"
+    assert analysis.condition(grid, grid["rl_steps"] < 0) == "in no cell"
+    odd = pd.Series([i in (0, 11) for i in range(len(grid))])
+    assert "matching no single threshold rule" in analysis.condition(grid, odd)
+
+
+def test_best_per_cell_and_significance():
+    clear = analysis.best_per_cell(frame({"none": 0.3, "sft": 0.5, "gift": 0.8}))
+    assert clear["best"].tolist() == ["gift"] and clear["significant"].tolist() == [True]
+    tie = analysis.best_per_cell(frame({"none": 0.3, "sft": 0.8, "gift": 0.8}, noise=0.05))
+    assert tie["significant"].tolist() == [False]
