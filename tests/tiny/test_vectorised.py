@@ -10,8 +10,9 @@ import math
 
 import pytest
 import torch
+from test_tiny import METHODS, _cfg  # the tiny pipeline settings of the smoke tests
 
-from toybench.tiny import prepare, quick_config, run_method
+from toybench.tiny import prepare, run_method
 from toybench.tiny.model import (
     GPT,
     GPTConfig,
@@ -23,15 +24,6 @@ from toybench.tiny.model import (
 from toybench.tiny.pipeline import run_seeds
 
 torch.set_num_threads(1)
-METHODS = ("none", "sft", "entropy_sft@0.1", "gift@3", "curio", "pear_token", "dft")
-
-
-def _cfg(**kw):
-    small = dict(
-        n_layer=1, n_embd=32, pretrain_texts=500, pretrain_steps=20, sft_steps=4, rl_steps=2, rl_eval_every=1
-    )
-    small |= dict(post_sft_steps=2, post_sft_eval_every=1, eval_samples=4, n_eval_puzzles=8, seeds=1)
-    return quick_config(**(small | kw))
 
 
 @pytest.fixture(scope="module")

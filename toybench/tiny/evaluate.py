@@ -28,34 +28,6 @@ def pass_ks(n: int) -> list[int]:
     return ks + ([n] if ks[-1] != n else [])
 
 
-def _sample(
-    model: GPT | GPTStack,
-    puzzles: list[Puzzle],
-    prompts: torch.Tensor,
-    n: int,
-    max_new_tokens: int,
-    temperature: float,
-    generator: Generators,
-    chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[str]]]:
-    """``n`` samples per puzzle, seed-major: ``(prompt [S, M n, P], completion, mask [S, M n, N],
-    rewards [S, M n])`` and the decoded texts per seed (S = 1 for a plain GPT)."""
-    model.eval()
-    stacked = isinstance(model, GPTStack)
-    S = model.seeds if stacked else 1
-    prompt = prompts.repeat_interleave(n, dim=0)[None].expand(S, -1, -1)  # (S, M n, P)
-    rep = [p for p in puzzles for _ in range(n)]
-    comps, masks = [], []
-    for i in range(0, prompt.shape[1], chunk):
-        part = prompt[:, i : i + chunk] if stacked else prompt[0, i : i + chunk]
-        c, m = generate(model, part, max_new_tokens, temperature, TOK.eos_id, TOK.pad_id, generator)
-        comps.append(c if stacked else c[None])
-        masks.append(m if stacked else m[None])
-    comp, mask = torch.cat(comps, dim=1), torch.cat(masks, dim=1)
-    scored = [rewards(rep, c) for c in comp]
-    return prompt, comp, mask, torch.stack([r for r, _ in scored]), [t for _, t in scored]
-
-
 @torch.no_grad()
 def evaluate(
     model: GPT | GPTStack,
@@ -67,7 +39,8 @@ def evaluate(
     generator: Generators,
     base: GPT | None = None,
     chunk: int = 1024,
-) -> dict[str, float] | list[dict[str, float]]:
+    pass1_only: bool = False,
+) -> dict[str, float] | list[dict[str, float]] | float | list[float]:
     """Sample ``n`` completions per puzzle and summarise them.
 
     Returns ``pass@k`` (``metrics.pass_at_k``, mean over puzzles) for k in :func:`pass_ks`,
@@ -75,12 +48,26 @@ def evaluate(
     per-token entropy at ``temperature`` along the samples, ``metrics.entropy``), ``distinct`` (mean
     number of distinct correct texts per puzzle), ``valid`` (fraction that end with eos), and
     ``kl_base`` (mean per-token KL(pi || pi_base) along the samples) when ``base`` is given.
-    One dict per copy for a :class:`GPTStack`.
+    One dict per copy for a :class:`GPTStack`. ``pass1_only``: only the mean reward (a float per
+    copy), as :func:`tracked_pass1`.
     """
-    prompt, comp, mask, r, texts = _sample(
-        model, puzzles, prompts, n, max_new_tokens, temperature, generator, chunk
-    )
-    S = comp.shape[0]
+    model.eval()
+    stacked = isinstance(model, GPTStack)
+    S = model.seeds if stacked else 1
+    prompt = prompts.repeat_interleave(n, dim=0)[None].expand(S, -1, -1)  # (S, M n, P), seed-major
+    rep = [p for p in puzzles for _ in range(n)]
+    comps, masks = [], []
+    for i in range(0, prompt.shape[1], chunk):
+        part = prompt[:, i : i + chunk] if stacked else prompt[0, i : i + chunk]
+        c, m = generate(model, part, max_new_tokens, temperature, TOK.eos_id, TOK.pad_id, generator)
+        comps.append(c if stacked else c[None])
+        masks.append(m if stacked else m[None])
+    comp, mask = torch.cat(comps, dim=1), torch.cat(masks, dim=1)  # (S, M n, N)
+    scored = [rewards(rep, c) for c in comp]
+    r, texts = torch.stack([x for x, _ in scored]), [t for _, t in scored]  # (S, M n), texts per seed
+    if pass1_only:
+        p1 = [float(x.mean()) for x in r]
+        return p1 if stacked else p1[0]
     mf = mask.float()
     ent_sum, kl_sum = torch.zeros(S, dtype=torch.float64), torch.zeros(S, dtype=torch.float64)
     for i in range(0, prompt.shape[1], chunk):
@@ -112,20 +99,13 @@ def evaluate(
         if base is not None:
             res["kl_base"] = float(kl_sum[s]) / count
         out.append(res)
-    return out if isinstance(model, GPTStack) else out[0]
+    return out if stacked else out[0]
 
 
-@torch.no_grad()
-def tracked_pass1(
-    model: GPT | GPTStack,
-    puzzles: list[Puzzle],
-    prompts: torch.Tensor,
-    n: int,
-    max_new_tokens: int,
-    temperature: float,
-    generator: Generators,
-) -> float | list[float]:
-    """Mean reward of ``n`` samples per puzzle (cheap pass@1 for curves; one per copy of a stack)."""
-    *_, r, _ = _sample(model, puzzles, prompts, n, max_new_tokens, temperature, generator, chunk=1 << 30)
-    out = [float(x.mean()) for x in r]
-    return out if isinstance(model, GPTStack) else out[0]
+def tracked_pass1(*args, **kwargs) -> float | list[float]:
+    """Mean reward of ``n`` samples per puzzle (cheap pass@1 for curves; one per copy of a stack).
+
+    Takes :func:`evaluate`'s arguments ``(model, puzzles, prompts, n, max_new_tokens, temperature,
+    generator)`` and samples every prompt in one batch.
+    """
+    return evaluate(*args, **kwargs, chunk=1 << 30, pass1_only=True)
