@@ -3,10 +3,12 @@ and decoupling measurements on the make-target puzzles (``toybench.tasks.arith``
 
 from toybench.tiny.config import TinyConfig, pretrain_key, quick_config
 from toybench.tiny.evaluate import evaluate, pass_ks, tracked_pass1
-from toybench.tiny.pipeline import Setup, prepare, run_method
+from toybench.tiny.model import GPTStack
+from toybench.tiny.pipeline import Setup, prepare, run_method, run_seeds
 from toybench.tiny.train import completion_nll, default_cache_dir, pretrain_base, run_grpo, run_sft
 
 __all__ = [
+    "GPTStack",
     "Setup",
     "TinyConfig",
     "completion_nll",
@@ -19,6 +21,7 @@ __all__ = [
     "quick_config",
     "run_grpo",
     "run_method",
+    "run_seeds",
     "run_sft",
     "tracked_pass1",
 ]

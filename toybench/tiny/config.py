@@ -102,6 +102,10 @@ class TinyConfig:
     """sampling temperature for RL and evaluation."""
     seeds: int = 5
     """training seeds (SFT order, sampling); the base model and the splits are shared."""
+    vectorise_seeds: bool = True
+    """run the seeds of a method as one stacked model (``GPTStack``, a seed axis in the weights)
+    instead of a Python loop; each seed keeps its own randomness and equals its loop run to float
+    tolerance."""
 
     def __post_init__(self) -> None:
         may_be_zero = ("kl_coef", "sft_steps", "rl_steps", "post_sft_steps", "task_seed", "pretrain_seed")

@@ -24,7 +24,7 @@ from toybench.analysis import markdown_table
 from toybench.methods import Method
 from toybench.tiny.config import TinyConfig, quick_config
 from toybench.tiny.evaluate import pass_ks
-from toybench.tiny.pipeline import prepare, run_method
+from toybench.tiny.pipeline import prepare, run_seeds
 
 __all__ = ["run_all", "summary_table", "compare", "decide", "claims", "run_transformer_section"]
 
@@ -35,17 +35,22 @@ __all__ = ["run_all", "summary_table", "compare", "decide", "claims", "run_trans
 def run_all(
     cfg: TinyConfig, cache_dir: Path | None = None, progress: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Every (method, seed) pipeline. Returns ``(records, summary, info)`` DataFrames."""
+    """Every (method, seed) pipeline; per method the seeds run as one stacked model unless
+    ``cfg.vectorise_seeds`` is False. Returns ``(records, summary, info)`` DataFrames."""
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     t0 = time.perf_counter()
     setup = prepare(cfg, cache_dir=cache_dir, progress=progress)
     t_base = time.perf_counter() - t0
+    by_run = {}
+    for method in tqdm(cfg.methods, desc="transformer scale", disable=not progress):
+        results = run_seeds(setup, method, range(cfg.seeds), vectorise=cfg.vectorise_seeds)
+        by_run |= {(method, seed): res for seed, res in enumerate(results)}
     records, rows = [], []
-    jobs = [(m, s) for s in range(cfg.seeds) for m in cfg.methods]
-    for method, seed in tqdm(jobs, desc="transformer scale", disable=not progress):
-        rec, summ = run_method(setup, method, seed)
-        records += rec
-        rows.append(summ)
+    for seed in range(cfg.seeds):  # seed-major, as the loop always wrote them
+        for method in cfg.methods:
+            rec, summ = by_run[(method, seed)]
+            records += rec
+            rows.append(summ)
     info = {
         "base": setup.base_info,
         "base_seconds": t_base,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from toybench.methods import Method, loss_type_reduction
 from toybench.tasks.arith import Puzzle, pretraining_corpus
 from toybench.tiny.config import TinyConfig, pretrain_key
 from toybench.tiny.data import TOK, SeqData, rewards, text_pairs_data
-from toybench.tiny.model import GPT, completion_logprobs, generate
+from toybench.tiny.model import GPT, GPTStack, clip_grad_norm_per_seed, completion_logprobs, generate
 
 __all__ = ["default_cache_dir", "pretrain_base", "run_sft", "run_grpo", "completion_nll"]
 
@@ -33,33 +33,67 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / ".cache" / "toybench"
 
 
-def _optimizer(model: GPT, lr: float) -> torch.optim.Optimizer:
+def _optimizer(model: GPT | GPTStack, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
 
 
-def _step(opt: torch.optim.Optimizer, model: GPT, loss: torch.Tensor, what: str) -> float:
-    value = float(loss.detach())
-    if not math.isfinite(value):
+def _step(opt: torch.optim.Optimizer, model: GPT | GPTStack, loss: torch.Tensor, what: str) -> list[float]:
+    """One optimizer step on ``loss`` (a scalar, or ``[S]`` per seed of a stack); the loss values."""
+    values = loss.detach().reshape(-1).tolist()
+    bad = [s for s, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
         raise FloatingPointError(
-            f"{what}: non-finite loss {value}; stopping (the model keeps its last good step)"
+            f"{what}: non-finite loss {values[bad[0]]} (stacked copy {bad[0]}); stopping (the model keeps "
+            "its last good step)"
         )
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    loss.sum().backward()  # copies of a stack do not mix: each gets the gradient of its own loss
+    clip_grad_norm_per_seed(model, 1.0)
     opt.step()
-    return value
+    return values
 
 
-def completion_nll(model: GPT, data: SeqData, batch: int = 512) -> float:
-    """Token-mean SFT loss (``losses.sft_loss``) of ``data`` under ``model``: the held-out SFT loss."""
+def _seed_list(model: GPT | GPTStack, seed: int | Sequence[int]) -> list[int]:
+    """The seeds of a run: one int for a GPT, one per stacked copy for a :class:`GPTStack`."""
+    if isinstance(model, GPTStack):
+        if isinstance(seed, int) or len(seed) != model.seeds:
+            raise ValueError(f"a stack of {model.seeds} copies needs {model.seeds} seeds, got {seed!r}")
+        return [int(s) for s in seed]
+    if not isinstance(seed, int):
+        raise ValueError(f"a plain GPT runs one seed (an int), got {seed!r}; stack copies with GPTStack")
+    return [seed]
+
+
+def _per_seed(model: GPT | GPTStack, values: list):
+    """Per-seed results as the caller passed the model: the list for a stack, its one item for a GPT."""
+    return values if isinstance(model, GPTStack) else values[0]
+
+
+def _seed_major(model: GPT | GPTStack, x: torch.Tensor) -> torch.Tensor:
+    """``x [M, ...]`` shared by every seed -> ``[S, M, ...]`` (a view)."""
+    S = model.seeds if isinstance(model, GPTStack) else 1
+    return x[None].expand(S, *x.shape)
+
+
+def _per_seed_reduce(per_token: torch.Tensor, mask: torch.Tensor, mode: str, **kw) -> torch.Tensor:
+    """``losses.reduce`` of each seed's ``[B, N]`` slice of ``[S, B, N]`` -> ``[S]``."""
+    return torch.stack([losses.reduce(x, m, mode, **kw) for x, m in zip(per_token, mask)])
+
+
+def completion_nll(model: GPT | GPTStack, data: SeqData, batch: int = 512) -> float | list[float]:
+    """Token-mean SFT loss (``losses.sft_loss``) of ``data`` under ``model``: the held-out SFT loss
+    (a float; one per seed for a :class:`GPTStack`)."""
     tot, cnt = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(data), batch):
-            prompt, comp, mask = data.batch(torch.arange(i, min(i + batch, len(data))))
-            _, logits = completion_logprobs(model, prompt, comp)  # (B, N, V)
-            tot += float(losses.reduce(losses.sft_loss(logits, comp), mask, "sum"))
-            cnt += int(mask.sum())
-    return tot / max(cnt, 1)
+            prompt, comp, mask = (
+                _seed_major(model, t) for t in data.batch(torch.arange(i, min(i + batch, len(data))))
+            )
+            _, logits = completion_logprobs(model, prompt, comp)  # (S, B, N, V)
+            per_token = losses.sft_loss(logits.flatten(0, 1), comp.flatten(0, 1)).view(comp.shape)
+            tot = tot + _per_seed_reduce(per_token, mask, "sum")  # (S,)
+            cnt += int(mask[0].sum())
+    return _per_seed(model, (tot / max(cnt, 1)).tolist())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +129,7 @@ def pretrain_base(
             group["lr"] = lr
         prompt, comp, mask = data.batch(torch.randint(len(data), (cfg.pretrain_batch,), generator=g))
         _, logits = completion_logprobs(model, prompt, comp)
-        v = _step(opt, model, losses.reduce(losses.sft_loss(logits, comp), mask), "pretraining")
+        (v,) = _step(opt, model, losses.reduce(losses.sft_loss(logits, comp), mask), "pretraining")
         ema = v if ema is None else 0.98 * ema + 0.02 * v
         bar.set_postfix(loss=f"{ema:.3f}")
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -109,15 +143,15 @@ def pretrain_base(
 # SFT with every method
 # ---------------------------------------------------------------------------------------------
 def run_sft(
-    model: GPT,
+    model: GPT | GPTStack,
     data: SeqData,
     method: str | Method,
     cfg: TinyConfig,
-    seed: int,
+    seed: int | Sequence[int],
     steps: int | None = None,
-    on_step: Callable[[int], dict] | None = None,
+    on_step: Callable[[int], dict | list[dict]] | None = None,
     every: int = 0,
-) -> list[dict]:
+) -> list[dict] | list[list[dict]]:
     """SFT of ``model`` in place on ``data`` with ``method`` (a ``toybench.methods`` spec).
 
     The method's state comes from what it declares (``Method.init_state``): GIFT scores the data with
@@ -126,100 +160,147 @@ def run_sft(
     behaviour log-probs are collected ONCE before SFT (zeros for the deterministic expert, or the
     base model's; ``cfg.pear_behavior``). ``on_step(step)`` is called at step
     0 and every ``every`` steps and its dict is merged into that step's record.
+
+    Seeds: a plain GPT takes one ``seed`` (an int) and returns its records; a :class:`GPTStack` takes
+    one seed per copy, returns one record list per copy, and its ``on_step`` returns one dict per
+    copy. Copy s draws its batches from its own generator, exactly as a GPT with that seed.
     """
     spec = Method.parse(method)
+    seeds = _seed_list(model, seed)
     steps = cfg.sft_steps if steps is None else steps
+    track = _per_seed_callback(model, on_step)
     if spec.kind == "none" or steps == 0:
-        return [{"step": 0, **(on_step(0) if on_step else {})}]
-    g = torch.Generator().manual_seed(seed)
+        return _per_seed(model, [[{"step": 0, **t}] for t in track(0)])
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
     state = spec.init_state(model)
     frozen, teacher = state.base, state.teacher
     behavior_logp = None
     if spec.needs_behavior_logp:
+        comp_all = _seed_major(model, data.completion)  # (S, M, N)
         if cfg.pear_behavior == "expert":
-            behavior_logp = torch.zeros(data.completion.shape)  # deterministic expert: log 1
+            behavior_logp = torch.zeros(comp_all.shape)  # deterministic expert: log 1
         else:
             with torch.no_grad():
-                behavior_logp, _ = completion_logprobs(model, data.prompt, data.completion)
+                behavior_logp, _ = completion_logprobs(model, _seed_major(model, data.prompt), comp_all)
     opt = _optimizer(model, cfg.sft_lr)
-    records = []
+    rows = torch.arange(len(seeds))[:, None]
+    records: list[list[dict]] = [[] for _ in seeds]
     for step in range(steps + 1):
-        rec: dict = {"step": step}
+        recs: list[dict] = [{"step": step} for _ in seeds]
         if on_step is not None and (step == 0 or (every and step % every == 0) or step == steps):
-            rec |= on_step(step)
+            for r, t in zip(recs, track(step)):
+                r |= t
         if step == steps:
-            records.append(rec)
+            _append(records, recs)
             break
-        idx = torch.randint(len(data), (min(cfg.sft_batch, len(data)),), generator=g)
-        prompt, comp, mask = data.batch(idx)
-        _, logits = completion_logprobs(model, prompt, comp)  # (B, N, V)
+        n = min(cfg.sft_batch, len(data))
+        idx = torch.stack([torch.randint(len(data), (n,), generator=g) for g in gens])  # (S, B)
+        prompt, comp, mask = data.batch(idx)  # (S, B, ...)
+        _, logits = completion_logprobs(model, prompt, comp)  # (S, B, N, V)
         extra = {}
         with torch.no_grad():
             if frozen is not None:
-                extra["base_logits"] = completion_logprobs(frozen, prompt, comp)[1]
+                extra["base_logits"] = completion_logprobs(frozen, prompt, comp)[1].flatten(0, 1)
             if teacher is not None:
-                extra["teacher_logits"] = completion_logprobs(teacher, prompt, comp)[1]
+                extra["teacher_logits"] = completion_logprobs(teacher, prompt, comp)[1].flatten(0, 1)
         if behavior_logp is not None:
-            extra["behavior_logp"] = behavior_logp[idx]
-        per_token = spec.loss(logits, comp, mask, **extra)  # (B, N)
-        rec["train_loss"] = _step(opt, model, losses.reduce(per_token, mask), f"SFT ({method})")
+            extra["behavior_logp"] = behavior_logp[rows, idx].flatten(0, 1)
+        per_token = spec.loss(logits.flatten(0, 1), comp.flatten(0, 1), mask.flatten(0, 1), **extra)
+        loss = _per_seed_reduce(per_token.view(comp.shape), mask, "token_mean")  # (S,)
+        for r, v in zip(recs, _step(opt, model, loss, f"SFT ({method})")):
+            r["train_loss"] = v
         if spec.ema_due(step + 1):
             spec.ema_update(teacher, model)
-        records.append(rec)
-    return records
+        _append(records, recs)
+    return _per_seed(model, records)
+
+
+def _per_seed_callback(model: GPT | GPTStack, fn: Callable | None) -> Callable[[int], list[dict]]:
+    """A callback returning one dict per seed (a GPT's callback returns one dict)."""
+    if fn is None:
+        return lambda step: [{} for _ in range(model.seeds if isinstance(model, GPTStack) else 1)]
+    return fn if isinstance(model, GPTStack) else (lambda step: [fn(step)])
+
+
+def _append(records: list[list[dict]], recs: list[dict]) -> None:
+    for lst, r in zip(records, recs, strict=True):
+        lst.append(r)
 
 
 # ---------------------------------------------------------------------------------------------
 # GRPO
 # ---------------------------------------------------------------------------------------------
 def run_grpo(
-    model: GPT,
+    model: GPT | GPTStack,
     puzzles: list[Puzzle],
     prompts: torch.Tensor,
     cfg: TinyConfig,
-    seed: int,
-    on_eval: Callable[[int], dict] | None = None,
-) -> list[dict]:
+    seed: int | Sequence[int],
+    on_eval: Callable[[int], dict | list[dict]] | None = None,
+) -> list[dict] | list[list[dict]]:
     """GRPO of ``model`` in place on ``puzzles`` (prompts ``[M, P]``), one update per sampled batch.
 
     Per step: ``rl_prompts`` puzzles x ``num_generations`` samples at ``temperature``; rewards from
     the verifier; ``group_advantages``; ``clipped_surrogate_loss`` with ``epsilon``/``epsilon_high``
     (+ ``kl_coef`` x k3 ``kl_penalty`` to the RL start) reduced as ``loss_type`` says. Records the
     mean reward and the loss every step and ``on_eval(step)`` every ``rl_eval_every`` steps.
+    Seeds as in :func:`run_sft`: each copy of a stack picks its prompts and samples with its own
+    generator.
     """
-    g = torch.Generator().manual_seed(seed)
+    seeds = _seed_list(model, seed)
+    track = _per_seed_callback(model, on_eval)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     opt = _optimizer(model, cfg.rl_lr)
     G = cfg.num_generations
     mode = loss_type_reduction(cfg.loss_type)
-    records = []
+    records: list[list[dict]] = [[] for _ in seeds]
     for step in range(cfg.rl_steps + 1):
-        rec: dict = {"step": step}
+        recs: list[dict] = [{"step": step} for _ in seeds]
         if on_eval is not None and (step % cfg.rl_eval_every == 0 or step == cfg.rl_steps):
-            rec |= on_eval(step)
+            for r, t in zip(recs, track(step)):
+                r |= t
         if step == cfg.rl_steps:
-            records.append(rec)
+            _append(records, recs)
             break
-        pick = torch.randperm(len(puzzles), generator=g)[: cfg.rl_prompts]
-        prompt = prompts[pick].repeat_interleave(G, dim=0)  # (n G, P)
-        batch_puzzles = [puzzles[i] for i in pick.tolist() for _ in range(G)]
+        pick = torch.stack([torch.randperm(len(puzzles), generator=g)[: cfg.rl_prompts] for g in gens])
+        prompt = prompts[pick].repeat_interleave(G, dim=1)  # (S, n G, P)
         model.eval()
+        stacked_gens = gens if isinstance(model, GPTStack) else gens[0]
         comp, mask = generate(
-            model, prompt, cfg.max_completion_length, cfg.temperature, TOK.eos_id, TOK.pad_id, g
-        )
-        r, _ = rewards(batch_puzzles, comp)  # (n G,)
-        adv = group_advantages(r.view(-1, G)).reshape(-1)  # (n G,)
+            model, _unseed(model, prompt), cfg.max_completion_length, cfg.temperature, TOK.eos_id, TOK.pad_id,
+            stacked_gens,
+        )  # fmt: skip
+        comp, mask = _seed_major_out(model, comp), _seed_major_out(model, mask)  # (S, n G, N)
+        r = torch.stack(
+            [rewards([puzzles[i] for i in p.tolist() for _ in range(G)], c)[0] for p, c in zip(pick, comp)]
+        )  # (S, n G)
+        adv = group_advantages(r.view(-1, G)).view(r.shape)  # (S, n G)
         model.train()
-        logp, _ = completion_logprobs(model, prompt, comp)  # (n G, N)
-        per_token = losses.clipped_surrogate_loss(logp, logp.detach(), adv, cfg.epsilon, cfg.epsilon_high)
+        logp, _ = completion_logprobs(model, prompt, comp)  # (S, n G, N)
+        per_token = losses.clipped_surrogate_loss(
+            logp.flatten(0, 1), logp.detach().flatten(0, 1), adv.flatten(), cfg.epsilon, cfg.epsilon_high
+        )
         if ref is not None:
             with torch.no_grad():
                 ref_logp, _ = completion_logprobs(ref, prompt, comp)
-            per_token = per_token + cfg.kl_coef * losses.kl_penalty(logp, ref_logp, "k3")
+            per_token = per_token + cfg.kl_coef * losses.kl_penalty(
+                logp.flatten(0, 1), ref_logp.flatten(0, 1), "k3"
+            )
         # dr_grpo: sum / (sequences x max_completion_length), as TRL
-        constant = len(comp) * cfg.max_completion_length if mode == "constant" else None
-        loss = losses.reduce(per_token, mask, mode, constant=constant)
-        rec["train_loss"] = _step(opt, model, loss, "GRPO")
-        rec["train_reward"] = float(r.mean())
-        records.append(rec)
-    return records
+        constant = comp.shape[1] * cfg.max_completion_length if mode == "constant" else None
+        loss = _per_seed_reduce(per_token.view(comp.shape), mask, mode, constant=constant)  # (S,)
+        for rec, v, rs in zip(recs, _step(opt, model, loss, "GRPO"), r):
+            rec["train_loss"] = v
+            rec["train_reward"] = float(rs.mean())
+        _append(records, recs)
+    return _per_seed(model, records)
+
+
+def _unseed(model: GPT | GPTStack, x: torch.Tensor) -> torch.Tensor:
+    """Seed-major ``[S, ...]`` -> what ``model`` takes: the same for a stack, ``x[0]`` for a GPT."""
+    return x if isinstance(model, GPTStack) else x[0]
+
+
+def _seed_major_out(model: GPT | GPTStack, x: torch.Tensor) -> torch.Tensor:
+    return x if isinstance(model, GPTStack) else x[None]
