@@ -24,7 +24,8 @@ from llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llm.config import GRPOConfig, resolve
 from llm.data import collate
 from llm.objectives import entropy_fn, logp_fn
-from llm.rollout import generate, heldout_sft_loss, hidden_states, score
+from llm.rollout import generate
+from llm.scoring import heldout_sft_loss, hidden_states, score
 from llm.train import (
     MetricsLog,
     Normaliser,

@@ -31,7 +31,8 @@ from llm.config import SFTConfig, resolve
 from llm.data import Example, collate, sft_ids
 from llm.loading import load_model
 from llm.objectives import logp_fn, sft_token_fn
-from llm.rollout import generate, heldout_sft_loss, score
+from llm.rollout import generate
+from llm.scoring import heldout_sft_loss, score
 from llm.train import (
     MetricsLog,
     Normaliser,
