@@ -21,6 +21,8 @@ class Rollout:
     prompt_ids: tuple[int, ...]
     response_ids: tuple[int, ...]
     text: str
+    truncated: bool = False
+    """True when the response hit the length budget without an EOS."""
 
     @property
     def seq(self) -> tuple[list[int], list[int]]:
@@ -37,10 +39,12 @@ def generate(
     examples: list[Example],
     n: int,
     temperature: float = 1.0,
-    max_new_tokens: int = 64,
+    max_completion_length: int = 64,
     enable_thinking: bool = False,
     greedy: bool = False,
     batch_size: int = 64,
+    top_p: float = 1.0,
+    top_k: int = 0,
 ) -> list[list[Rollout]]:
     """``n`` responses per example (``[len(examples)][n]``), sampled (or greedy) with a KV cache."""
     if n < 1:
@@ -65,12 +69,12 @@ def generate(
         kw = (
             dict(do_sample=False)
             if greedy
-            else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+            else dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
         )
         gen = model.generate(
             input_ids=ids.to(device),
             attention_mask=att.to(device),
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_completion_length,
             eos_token_id=eos,
             pad_token_id=pad,
             use_cache=True,
@@ -78,7 +82,8 @@ def generate(
         )[:, P:].tolist()
         for p, r in zip(chunk, gen):
             r = r[: r.index(eos) + 1] if eos in r else r
-            out.append(Rollout(tuple(p), tuple(r), tok.decode(r, skip_special_tokens=True)))
+            cut = eos not in r and len(r) >= max_completion_length
+            out.append(Rollout(tuple(p), tuple(r), tok.decode(r, skip_special_tokens=True), cut))
     model.train(was_training)
     return [out[i * n : (i + 1) * n] for i in range(len(examples))]
 
