@@ -104,6 +104,13 @@ def grpo_reduce(
     return reduce(per_token, mask, "sum")
 
 
+def group_rewards(examples, groups: list[list[Rollout]]) -> torch.Tensor:
+    """Rewards ``[P, G]`` of each example's group (the verifier of each example)."""
+    return torch.tensor(
+        [[ex.reward(r.text) for r in g] for ex, g in zip(examples, groups)], dtype=torch.float32
+    )
+
+
 def sequence_advantages(all_rewards: torch.Tensor, scale: str, rank: int, per_rank: int) -> torch.Tensor:
     """Advantages of this rank's sequences ``[per_rank * G]``, in the order of its flattened groups
     (prompt-major: sequence ``p * G + g`` is sample ``g`` of prompt ``p``)."""
@@ -179,7 +186,8 @@ def grpo_update(model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, l
                     kl_kind=cfg.kl_kind,
                 )
                 loss = grpo_reduce(per_token, b["loss_mask"], cfg.loss_type, norm, cfg.max_completion_length)
-            loss.backward()
+            if loss.requires_grad:  # a micro-batch whose completions are all masked has no graph
+                loss.backward()
             loss_sum += loss.detach()
             if last:
                 with torch.no_grad(), prec.autocast():
@@ -267,9 +275,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
                 top_p=cfg.top_p,
                 top_k=cfg.top_k,
             )
-        rewards = torch.tensor(
-            [[ex.reward(r.text) for r in g] for ex, g in zip(local, groups)], dtype=torch.float32
-        )
+        rewards = group_rewards(local, groups)
         all_rewards = dist.all_gather_cat(rewards.to(device))  # (N, G) global, rank order
         batch = rollout_batch(groups, tok.pad_token_id, cfg.mask_truncated_completions)
         batch["adv"] = sequence_advantages(all_rewards, cfg.adv_scale, di.rank, per_rank).cpu()
@@ -340,6 +346,7 @@ class _NoSched:
 
 
 __all__ = [
+    "group_rewards",
     "grpo_per_token",
     "grpo_reduce",
     "grpo_update",
