@@ -374,7 +374,8 @@ def test_sampling_depends_on_the_step(tiny_dir, tmp_path, monkeypatch):
         grpo_mod, "group_rewards", lambda ex, groups: torch.zeros(len(groups), len(groups[0]))
     )
     calls, gens = _capture(monkeypatch)
-    _grpo(tiny_dir, tmp_path, "s", steps=2, prompts_per_step=4, kl_coef=0.0)
+    # one prompt: the same batch at every step (a reordered batch would reshuffle the samples anyway)
+    _grpo(tiny_dir, tmp_path, "s", steps=2, n_train=1, prompts_per_step=1, num_generations=4, kl_coef=0.0)
     assert all(torch.equal(calls[0][0][n], calls[1][0][n]) for n in calls[0][0])  # unchanged model
 
     def by_prompt(groups):
