@@ -63,10 +63,22 @@ class RunConfig:
     """Where the tiny model is cached (by config hash)."""
     tiny_pretrain_steps: int = 1500
     """Pretraining steps of the tiny model (part of its cache key)."""
-    max_completion_length: int = 24
-    """Generation budget per response (TRL's name)."""
+    max_completion_length: int | None = None
+    """Generation budget per response (TRL's name). Default (None): 512 for a real model (TRL's),
+    24 with ``--tiny`` (its arithmetic answers are a few characters)."""
     stop_after: int = -1
     """Stop (as if interrupted) after this many optimizer steps; -1 = never. For resume tests."""
+    # --- precision and memory (llmtrain) ---
+    dtype: str = "auto"
+    """auto | fp32 | bf16-mixed | bf16-pure. auto: bf16-mixed on GPU (fp32 master weights and
+    optimizer state, bf16 autocast forward), fp32 on CPU (CPU bf16 autocast is slower than fp32 here
+    and the tiny model gains nothing). bf16-pure keeps the weights themselves in bf16 (warns: updates
+    below ~1/256 of a weight are rounded away)."""
+    gradient_checkpointing: str = "auto"
+    """auto | on | off: recompute each decoder layer's activations in backward. auto: on on GPU."""
+    max_length: int = 1024
+    """SFT: prompt + completion tokens per example; longer examples are cut on the right (TRL's
+    ``max_length``), counted and logged as ``sft/truncated``. 0 = no limit."""
 
 
 @dataclass
@@ -79,8 +91,10 @@ class SFTKnobs:
     """Global batch (sequences per optimizer step, summed over ranks and micro-batches)."""
     grad_accum: int = 1
     """Micro-batches per optimizer step (batch_size must be divisible by grad_accum * world size)."""
-    lr: float = 3e-4
-    """Peak learning rate (AdamW), cosine decay to ``lr * min_lr_ratio`` after a linear warm-up."""
+    lr: float | None = None
+    """Peak learning rate (AdamW), cosine decay to ``lr * min_lr_ratio`` after a linear warm-up.
+    Default (None): 1e-5 (the usual full fine-tuning recipe of a ~0.6B model); 3e-4 with ``--tiny``
+    (the tiny preset's own: a randomly initialised 1M-parameter model needs larger steps)."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of ``lr``."""
     warmup: int = 10
@@ -125,8 +139,9 @@ class GRPOKnobs:
     """G samples per prompt (TRL's name)."""
     temperature: float = 1.0
     """Sampling temperature."""
-    lr: float = 1e-4
-    """Learning rate (AdamW, cosine schedule)."""
+    lr: float | None = None
+    """Learning rate (AdamW, cosine schedule). Default (None): 1e-6 (TRL's GRPO default); 1e-4 with
+    ``--tiny`` (the tiny preset's own)."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of ``lr``."""
     warmup: int = 0
@@ -155,6 +170,18 @@ class GRPOKnobs:
     """Held-out expert SFT loss every this many steps (the decoupling T1 probe)."""
     ckpt_every: int = 25
     """Checkpoint every this many steps."""
+    # --- memory, masking, sampling (llmtrain) ---
+    micro_batch_size: int = 8
+    """Sequences per forward/backward of the GRPO update (gradients accumulate over the rollout
+    batch; the loss is normalised over the whole batch, so the step does not depend on it)."""
+    generation_batch_size: int = 64
+    """Sequences per ``generate`` call (KV-cache memory ~ this x (prompt + completion) length)."""
+    mask_truncated_completions: bool = False
+    """Drop completions that hit ``max_completion_length`` without an EOS from the loss (TRL's name)."""
+    top_p: float = 1.0
+    """Nucleus sampling (1 = off). Scoring does not renormalise over the nucleus (as TRL)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
 
 
 @dataclass
@@ -208,6 +235,52 @@ QUICK = {
 }
 
 
+#: Recipe defaults: (real model, ``--tiny``) for fields left at None (see their docstrings).
+RECIPE = {
+    "max_completion_length": (512, 24),
+    "sft_lr": (1e-5, 3e-4),
+    "grpo_lr": (1e-6, 1e-4),
+}
+DTYPES = ("auto", "fp32", "bf16-mixed", "bf16-pure")
+SWITCHES = ("auto", "on", "off")
+
+
+def _recipe(cfg, tiny: bool):
+    """Fields left at None get the recipe default of a real model or of the tiny preset."""
+    names, kw = {f.name for f in dataclasses.fields(cfg)}, {}
+    if "max_completion_length" in names and cfg.max_completion_length is None:
+        kw["max_completion_length"] = RECIPE["max_completion_length"][tiny]
+    if "lr" in names and cfg.lr is None:
+        kw["lr"] = RECIPE["grpo_lr" if isinstance(cfg, GRPOKnobs) else "sft_lr"][tiny]
+    kw |= {n: _recipe(getattr(cfg, n), tiny) for n in ("sft", "grpo") if n in names}
+    return dataclasses.replace(cfg, **kw)
+
+
+def _check_precision(cfg) -> None:
+    """The llmtrain fields (precision, memory, sampling); ValueError naming the field."""
+    if isinstance(cfg, RunConfig):
+        if cfg.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
+        if cfg.gradient_checkpointing not in SWITCHES:
+            raise ValueError(
+                f"gradient_checkpointing must be one of {SWITCHES}, got {cfg.gradient_checkpointing!r}"
+            )
+        if cfg.max_length < 0:
+            raise ValueError(f"max_length must be >= 0 (0 = no limit), got {cfg.max_length}")
+        if cfg.max_completion_length is not None and cfg.max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1, got {cfg.max_completion_length}")
+    if getattr(cfg, "lr", None) is not None and not cfg.lr > 0:
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if isinstance(cfg, GRPOKnobs):
+        for name in ("micro_batch_size", "generation_batch_size"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+        if not 0 < cfg.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {cfg.top_p}")
+        if cfg.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {cfg.top_k}")
+
+
 def _quick(cfg):
     """``QUICK`` applied to ``cfg`` and to its nested stage knobs."""
     names = {f.name for f in dataclasses.fields(cfg)}
@@ -248,9 +321,11 @@ def resolve(cfg: RunConfig) -> RunConfig:
         cfg = _quick(cfg)
     for m in ([cfg.method] if isinstance(cfg, SFTConfig) else []) + list(getattr(cfg, "methods", ())):
         Method.parse(m).token_level("llm")  # ValueError naming the spec
+    cfg = _recipe(cfg, cfg.tiny)
     for c in (cfg, getattr(cfg, "sft", None), getattr(cfg, "grpo", None)):
         if c is not None:
             _check(c)
+            _check_precision(c)
     if isinstance(cfg, EvalConfig | PipelineConfig) and max(cfg.ks) > cfg.n_samples:
         raise ValueError(f"ks={cfg.ks}: every k must be <= n_samples={cfg.n_samples}")
     if cfg.prompt_style == "auto":

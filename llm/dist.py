@@ -1,10 +1,11 @@
 """Distributed helpers for ``torchrun`` (gloo on CPU, nccl on GPU); no-ops in a single process.
 
-Design choice: gradients are summed across ranks by one flat all-reduce after backward instead of
-wrapping the model in ``DistributedDataParallel``. The chunked loss calls the decoder and the output
-embedding separately (outside ``model.forward``), which DDP's forward hooks would not see; an
-explicit all-reduce is exact, and the loss is normalised by GLOBAL token/sequence counts so that the
-summed gradient equals the single-process gradient of the same global batch.
+Design choice: gradients are summed across ranks by one flat float32 all-reduce after backward
+(bf16 gradients of a pure-bf16 run are upcast first, so the sum over ranks is not rounded to 8
+bits) instead of wrapping the model in ``DistributedDataParallel``. The chunked loss calls the
+decoder and the output embedding separately (outside ``model.forward``), which DDP's forward
+hooks would not see; an explicit all-reduce is exact, and the loss is normalised by GLOBAL
+token/sequence counts so that the summed gradient equals the single-process gradient of the same global batch.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def init_distributed(device: torch.device) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world <= 1:
         return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)  # before NCCL init: each rank owns its GPU
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
@@ -63,16 +67,16 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
 
 
 def sum_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Sum ``p.grad`` over ranks with one flat all-reduce (missing grads count as zero)."""
+    """Sum ``p.grad`` over ranks with one flat float32 all-reduce (missing grads count as zero)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
     for p, g in zip(params, grads):
         n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
         offset += n
 
 

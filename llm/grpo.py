@@ -1,14 +1,23 @@
-"""GRPO of a causal LM: group sampling, verifier rewards, group advantages, clipped surrogate.
+"""GRPO of a causal LM as TRL computes it: group sampling, rewards, group advantages, clipped surrogate.
 
 One step: ``prompts_per_step`` prompts (a seeded permutation; each prompt's whole group stays on one
-rank) -> ``num_generations`` KV-cached samples each -> 0/1 rewards from the verifiers (parsed, never
-executed) -> ``toybench.advantages.group_advantages`` over the GLOBAL reward matrix (so the ``batch``
-scale sees every rank) -> ``num_iterations`` passes of ``clipped_surrogate_loss`` (``epsilon``,
-``epsilon_high``; + ``kl_coef * kl_penalty`` to a frozen reference) normalised as ``loss_type``
-says -> step. Knob names are TRL's (``kl_coef`` is TRL's ``beta``: here ``beta`` is GIFT's).
-Logged: reward, pass@k (unbiased over the G samples), entropy, response length, clip fraction,
-and the held-out expert SFT loss (decoupling probe T1). Sampling is seeded per (seed, step, rank),
-so a resumed run draws the same samples as an uninterrupted one.
+rank) -> ``num_generations`` KV-cached samples each at ``temperature`` (``top_p``/``top_k``) ->
+rewards from the verifiers (parsed, never executed) -> ``toybench.advantages.group_advantages``
+over the GLOBAL reward matrix (so the ``batch`` scale sees every rank), one advantage per sequence,
+broadcast over its tokens -> ``num_iterations`` passes, each accumulating gradients over
+micro-batches of ``micro_batch_size`` sequences, of TRL's per-token loss (:func:`grpo_per_token`)
+normalised as TRL's ``loss_type`` says (:func:`grpo_reduce`) -> gradients summed over ranks -> step.
+
+Every log-prob (current, old, reference) and the entropy are taken under ``logits / temperature``,
+the distribution the samples were drawn from (TRL's convention), so at ``num_iterations = 1`` the
+ratio is exactly 1 and the update is on-policy. ``mask_truncated_completions`` drops completions that
+ran out of budget without an EOS from the loss (they still count in the normaliser's sequence count,
+as in TRL). Knob names are TRL's (``kl_coef`` is TRL's ``beta``: here ``beta`` is GIFT's).
+Logged (TRL's metric names under ``grpo/``): reward, reward_std, frac_reward_zero_std, kl, entropy,
+clip_ratio/{low,high,region}_mean, completions/{mean_length,clipped_ratio}, learning_rate, loss,
+grad_norm, pass@k (unbiased over the G samples), and the held-out expert SFT loss (decoupling probe
+T1). Sampling is seeded per (seed, step, rank) (:func:`rollout_seed`), so a resumed run draws the
+same samples as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,40 +33,207 @@ from llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llm.config import GRPOConfig, resolve
 from llm.data import collate
 from llm.objectives import entropy_fn, logp_fn
-from llm.rollout import generate, heldout_sft_loss, hidden_states, score
+from llm.rollout import Rollout, generate
+from llm.scoring import heldout_sft_loss, hidden_states, score
 from llm.train import (
     MetricsLog,
     Normaliser,
     batch_indices,
-    global_reduce,
     make_optimizer,
     optimizer_step,
     setup_run,
     truncate_log,
 )
 from toybench.advantages import group_advantages
-from toybench.losses import clipped_mask, clipped_surrogate_loss, kl_penalty, reduce
+from toybench.losses import clipped_surrogate_loss, kl_penalty, reduce
 from toybench.methods import loss_type_reduction
 from toybench.metrics import pass_at_k
 
 
-def grpo_loss_terms(model, batch, adv, old_logp, ref_logp, cfg: GRPOConfig, norm: Normaliser, hidden=None):
-    """(loss share, per-token logp, clipped mask) of one micro-batch; every term from toybench.losses."""
-    logp = score(model, batch, logp_fn, chunk_size=cfg.chunk_size, hidden=hidden)  # (B, T-1)
+def rollout_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of step ``step``'s sampling on ``rank`` (distinct per step and rank)."""
+    return seed * 1_000_003 + step * 1009 + rank
+
+
+def grpo_per_token(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    adv: torch.Tensor,
+    *,
+    epsilon: float,
+    epsilon_high: float,
+    kl_coef: float = 0.0,
+    kl_kind: str = "k3",
+) -> torch.Tensor:
+    """TRL's per-token GRPO loss ``[B, T]``: ``-min(r A, clip(r, 1-eps, 1+eps_high) A) + kl_coef * KL``.
+
+    ``r = exp(logp - old_logp)`` (``old_logp`` None: ``logp.detach()``, TRL at ``num_iterations=1``);
+    ``A`` is one advantage per sequence ``[B]`` broadcast over its tokens; KL is
+    ``toybench.losses.kl_penalty`` (k3 = TRL's ``exp(ref - logp) - (ref - logp) - 1``).
+    """
     old = logp.detach() if old_logp is None else old_logp
-    per_token = clipped_surrogate_loss(logp, old, adv, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high)
-    if ref_logp is not None and cfg.kl_coef > 0:
-        per_token = per_token + cfg.kl_coef * kl_penalty(logp, ref_logp, kind=cfg.kl_kind)
-    mode = loss_type_reduction(cfg.loss_type)
-    t_max = cfg.max_completion_length if mode == "constant" else None  # dr_grpo: TRL's normaliser
-    loss = global_reduce(per_token, batch["loss_mask"], mode, norm, t_max=t_max)
-    return loss, logp, clipped_mask(logp, old, adv, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high)
+    per_token = clipped_surrogate_loss(logp, old, adv, eps_low=epsilon, eps_high=epsilon_high)
+    if ref_logp is not None and kl_coef > 0:
+        per_token = per_token + kl_coef * kl_penalty(logp, ref_logp, kind=kl_kind)
+    return per_token
+
+
+def grpo_reduce(
+    per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, norm: Normaliser, max_completion_length: int
+) -> torch.Tensor:
+    """This micro-batch's share of TRL's ``loss_type`` normaliser over the whole (global) rollout batch.
+
+    With ``S = sum_t m l`` per sequence, ``N`` = all sequences (masked-out ones included, as in TRL):
+      grpo:          sum_i S_i / max(|m_i|, 1) / N   (sequence means, then the mean)
+      bnpo, dapo:    sum_i S_i / max(sum_i |m_i|, 1) (token mean over the batch)
+      dr_grpo:       sum_i S_i / (N * max_completion_length)
+      sum:           sum_i S_i
+    The shares of all micro-batches and ranks add up to the full-batch loss. (TRL's ``bnpo`` and
+    ``grpo`` normalise per micro-batch and divide by the accumulation steps; with equal micro-batches
+    ``grpo`` is the same, and ``bnpo`` equals ``dapo`` here whatever the split.)
+    """
+    mode = loss_type_reduction(loss_type)
+    if mode == "seq_mean":
+        nonempty = float((mask.sum(1) > 0).sum())
+        return reduce(per_token, mask, "seq_mean") * (nonempty / max(norm.rows, 1.0))
+    if mode == "token_mean":
+        return reduce(per_token, mask, "constant", constant=max(norm.tokens, 1.0))
+    if mode == "constant":
+        return reduce(per_token, mask, "constant", constant=max(norm.rows * max_completion_length, 1.0))
+    return reduce(per_token, mask, "sum")
+
+
+def group_rewards(examples, groups: list[list[Rollout]]) -> torch.Tensor:
+    """Rewards ``[P, G]`` of each example's group (the verifier of each example)."""
+    return torch.tensor(
+        [[ex.reward(r.text) for r in g] for ex, g in zip(examples, groups)], dtype=torch.float32
+    )
+
+
+def sequence_advantages(all_rewards: torch.Tensor, scale: str, rank: int, per_rank: int) -> torch.Tensor:
+    """Advantages of this rank's sequences ``[per_rank * G]``, in the order of its flattened groups
+    (prompt-major: sequence ``p * G + g`` is sample ``g`` of prompt ``p``)."""
+    adv = group_advantages(all_rewards, scale=scale)  # (N, G) over the global batch
+    return adv[rank * per_rank : (rank + 1) * per_rank].reshape(-1)
+
+
+def rollout_batch(groups: list[list[Rollout]], pad_id: int, mask_truncated: bool) -> dict[str, torch.Tensor]:
+    """Collated sequences of ``groups`` (prompt-major) with ``truncated`` ``[B]``; truncated
+    completions leave the loss mask when ``mask_truncated``."""
+    flat = [r for g in groups for r in g]
+    batch = collate([r.seq for r in flat], pad_id)
+    batch["truncated"] = torch.tensor([r.truncated for r in flat])
+    batch["completion_len"] = torch.tensor([float(len(r.response_ids)) for r in flat])
+    if mask_truncated:
+        batch["loss_mask"] = batch["loss_mask"] * (~batch["truncated"]).float()[:, None]
+    return batch
+
+
+def micro_batches(batch: dict[str, torch.Tensor], size: int, device) -> list[dict[str, torch.Tensor]]:
+    """Row slices of ``batch`` of ``size`` sequences, trimmed to their own longest sequence."""
+    out = []
+    for s in range(0, len(batch["input_ids"]), size):
+        mb = {k: v[s : s + size] for k, v in batch.items()}
+        T = int(mb["attention_mask"].sum(1).max())
+        mb |= {k: mb[k][:, :T] for k in ("input_ids", "attention_mask")}
+        mb |= {k: mb[k][:, : T - 1] for k in ("targets", "loss_mask")}
+        out.append({k: v.to(device) for k, v in mb.items()})
+    return out
+
+
+def clip_stats(logp, old_logp, adv, mask, epsilon: float, epsilon_high: float) -> torch.Tensor:
+    """Masked sums of TRL's low / high / region clip indicators, ``[3]``."""
+    ratio = torch.exp(logp.detach() - old_logp.detach()) if old_logp is not None else torch.ones_like(logp)
+    a = adv[:, None]
+    low = (ratio < 1 - epsilon) & (a < 0)
+    high = (ratio > 1 + epsilon_high) & (a > 0)
+    return torch.stack([reduce(x.float(), mask, "sum") for x in (low, high, low | high)])
+
+
+def grpo_update(model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, last_ckpt: str) -> dict:
+    """``num_iterations`` optimizer steps on one rollout batch, each accumulating over ``mbs``.
+
+    Returns the summed (over ranks) statistics of the last pass: loss, grad norm, entropy, KL and
+    clip-indicator sums over counted tokens.
+    """
+    norm = Normaliser.of([b["loss_mask"] for b in mbs])
+    T = cfg.temperature
+
+    def logps(m, b):
+        with torch.no_grad(), prec.autocast():
+            return score(m, b, logp_fn, chunk_size=cfg.chunk_size, temperature=T)
+
+    ref_logp = [logps(ref, b) for b in mbs] if ref is not None else [None] * len(mbs)
+    old_logp = [logps(model, b) for b in mbs] if cfg.num_iterations > 1 else [None] * len(mbs)
+    model.train()
+    for it in range(cfg.num_iterations):
+        last = it == cfg.num_iterations - 1
+        loss_sum = torch.zeros((), device=mbs[0]["input_ids"].device)
+        stats = torch.zeros(6, dtype=torch.float64, device=loss_sum.device)  # ent, tokens, kl, 3 clip
+        for b, old, ref_lp in zip(mbs, old_logp, ref_logp):
+            with prec.autocast():
+                h = hidden_states(model, b)  # (B, T-1, D)
+                logp = score(model, b, logp_fn, chunk_size=cfg.chunk_size, hidden=h, temperature=T)
+                per_token = grpo_per_token(
+                    logp,
+                    old,
+                    ref_lp,
+                    b["adv"],
+                    epsilon=cfg.epsilon,
+                    epsilon_high=cfg.epsilon_high,
+                    kl_coef=cfg.kl_coef,
+                    kl_kind=cfg.kl_kind,
+                )
+                loss = grpo_reduce(per_token, b["loss_mask"], cfg.loss_type, norm, cfg.max_completion_length)
+            if loss.requires_grad:  # a micro-batch whose completions are all masked has no graph
+                loss.backward()
+            loss_sum += loss.detach()
+            if last:
+                with torch.no_grad(), prec.autocast():
+                    ent = score(
+                        model,
+                        b,
+                        entropy_fn(),
+                        chunk_size=cfg.chunk_size,
+                        with_targets=False,
+                        hidden=h.detach(),
+                        temperature=T,
+                    )
+                m = b["loss_mask"]
+                kl = kl_penalty(logp.detach(), ref_lp, kind=cfg.kl_kind) if ref_lp is not None else 0 * logp
+                stats += torch.cat(
+                    [
+                        torch.stack([reduce(ent, m, "sum"), m.sum(), reduce(kl.detach(), m, "sum")]),
+                        clip_stats(logp, old, b["adv"], m, cfg.epsilon, cfg.epsilon_high),
+                    ]
+                ).double()
+        dist.all_reduce_sum(loss_sum)
+        gnorm = optimizer_step(model, opt, sched if last else _NoSched(), loss_sum, cfg.clip, step, last_ckpt)
+    dist.all_reduce_sum(stats)
+    tokens = float(stats[1].clamp_min(1))
+    out = {"loss": float(loss_sum), "grad_norm": gnorm, "entropy": float(stats[0]) / tokens}
+    if ref is not None:
+        out["kl"] = float(stats[2]) / tokens
+    for name, v in zip(("low_mean", "high_mean", "region_mean"), stats[3:]):
+        out[f"clip_ratio/{name}"] = float(v) / tokens
+    return out
+
+
+def reward_stats(all_rewards: torch.Tensor) -> dict:
+    """TRL's reward metrics of the global ``[N, G]`` reward matrix."""
+    std = all_rewards.std(dim=1) if all_rewards.shape[1] > 1 else torch.zeros(len(all_rewards))
+    return {
+        "reward": float(all_rewards.mean()),
+        "reward_std": float(std.mean()),
+        "frac_reward_zero_std": float((std == 0).float().mean()),
+    }
 
 
 def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
     """Run GRPO as configured; writes metrics, checkpoints and ``<out>/final``; returns final metrics."""
     cfg = resolve(cfg)
-    device, di, out, tok, model, data = setup_run(cfg, model, tok)
+    device, di, out, tok, model, data, prec = setup_run(cfg, model, tok)
     prompts, held = data["rl"], [e for e in data["heldout"] if e.response is not None]
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     if cfg.prompts_per_step % di.world:
@@ -85,84 +261,59 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
     for step in bar:
         idx = batch_indices(len(prompts), step, cfg.prompts_per_step, cfg.seed + 1)
         local = [prompts[i] for i in idx[di.rank * per_rank : (di.rank + 1) * per_rank]]
-        torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + di.rank)
-        groups = generate(
-            model,
-            tok,
-            local,
-            cfg.num_generations,
-            cfg.temperature,
-            cfg.max_completion_length,
-            cfg.enable_thinking,
-        )
-        rewards = torch.tensor(
-            [[ex.reward(r.text) for r in g] for ex, g in zip(local, groups)], dtype=torch.float32
-        )
+        torch.manual_seed(rollout_seed(cfg.seed, step, di.rank))
+        with prec.autocast():
+            groups = generate(
+                model,
+                tok,
+                local,
+                cfg.num_generations,
+                cfg.temperature,
+                cfg.max_completion_length,
+                cfg.enable_thinking,
+                batch_size=cfg.generation_batch_size,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+            )
+        rewards = group_rewards(local, groups)
         all_rewards = dist.all_gather_cat(rewards.to(device))  # (N, G) global, rank order
-        adv = group_advantages(all_rewards, scale=cfg.adv_scale)[
-            di.rank * per_rank : (di.rank + 1) * per_rank
-        ]
-        batch = {
-            k: v.to(device) for k, v in collate([r.seq for g in groups for r in g], tok.pad_token_id).items()
-        }
-        adv = adv.reshape(-1).to(device)  # (B,) one per sequence
-        mask = batch["loss_mask"]
-        norm = Normaliser.of([mask])
-        ref_logp = score(ref, batch, logp_fn, chunk_size=cfg.chunk_size).detach() if ref is not None else None
-        old_logp = None
-        if cfg.num_iterations > 1:
-            with torch.no_grad():
-                old_logp = score(model, batch, logp_fn, chunk_size=cfg.chunk_size)
-        model.train()
-        for _ in range(cfg.num_iterations):
-            h = hidden_states(model, batch)  # (B, T-1, D)
-            loss, logp, clipped = grpo_loss_terms(model, batch, adv, old_logp, ref_logp, cfg, norm, hidden=h)
-            loss.backward()
-            loss_sum = dist.all_reduce_sum(loss.detach().clone())
-            gnorm = optimizer_step(
-                model,
-                opt,
-                sched if _ == cfg.num_iterations - 1 else _NoSched(),
-                loss_sum,
-                cfg.clip,
-                step,
-                last_ckpt,
-            )
-        with torch.no_grad():
-            ent = score(
-                model,
-                batch,
-                entropy_fn(cfg.temperature),
-                chunk_size=cfg.chunk_size,
-                with_targets=False,
-                hidden=h.detach(),
-            )
-        stats = torch.stack(
-            [
-                reduce(ent, mask, "sum"),
-                mask.sum(),
-                reduce(clipped.float(), mask, "sum"),
-                torch.tensor(float(len(batch["input_ids"])), device=device),
-            ]
+        batch = rollout_batch(groups, tok.pad_token_id, cfg.mask_truncated_completions)
+        batch["adv"] = sequence_advantages(all_rewards, cfg.adv_scale, di.rank, per_rank).cpu()
+        lengths = torch.stack([batch["completion_len"].sum(), batch["truncated"].float().sum()]).to(device)
+        upd = grpo_update(
+            model,
+            micro_batches(batch, cfg.micro_batch_size, device),
+            ref,
+            cfg,
+            prec,
+            opt,
+            sched,
+            step,
+            last_ckpt,
         )
-        dist.all_reduce_sum(stats)
+        dist.all_reduce_sum(lengths)
+        n_seq = cfg.prompts_per_step * cfg.num_generations
         c = all_rewards.sum(1).cpu().numpy()
-        record = {
-            "step": step + 1,
-            "grpo/loss": float(loss_sum),
-            "grpo/grad_norm": gnorm,
-            "grpo/reward": float(all_rewards.mean()),
-            f"grpo/pass@{cfg.pass_k}": float(
-                np.mean(pass_at_k(cfg.num_generations, c.astype(int), cfg.pass_k))
-            ),
-            "grpo/entropy": float(stats[0] / stats[1].clamp_min(1)),
-            "grpo/response_len": float(stats[1] / stats[3]),
-            "grpo/clip_frac": float(stats[2] / stats[1].clamp_min(1)),
+        record = {"step": step + 1} | {
+            f"grpo/{k}": v
+            for k, v in (
+                reward_stats(all_rewards.cpu())
+                | upd
+                | {
+                    f"pass@{cfg.pass_k}": float(
+                        np.mean(pass_at_k(cfg.num_generations, c.astype(int), cfg.pass_k))
+                    ),
+                    "completions/mean_length": float(lengths[0]) / n_seq,
+                    "completions/clipped_ratio": float(lengths[1]) / n_seq,
+                    "learning_rate": sched.get_last_lr()[0],
+                }
+            ).items()
         }
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or step == 0:
-            record["heldout/sft_loss"] = heldout_sft_loss(
-                model, tok, held, cfg.chunk_size, enable_thinking=cfg.enable_thinking
-            )
+            with prec.autocast():
+                record["heldout/sft_loss"] = heldout_sft_loss(
+                    model, tok, held, cfg.chunk_size, enable_thinking=cfg.enable_thinking
+                )
         log.write(record)
         bar.set_postfix(reward=f"{record['grpo/reward']:.3f}")
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
@@ -194,4 +345,15 @@ class _NoSched:
         pass
 
 
-__all__ = ["grpo_loss_terms", "run_grpo"]
+__all__ = [
+    "group_rewards",
+    "grpo_per_token",
+    "grpo_reduce",
+    "grpo_update",
+    "micro_batches",
+    "reward_stats",
+    "rollout_batch",
+    "rollout_seed",
+    "run_grpo",
+    "sequence_advantages",
+]

@@ -5,14 +5,20 @@ Design choices
   standard Hugging Face format, so the code path the tests exercise is the one real runs use.
 - Nothing is downloaded: hub ids resolve with ``local_files_only=True``; a missing model fails with
   a message saying where it was looked for.
-- dtype: bfloat16 on GPU, float32 on CPU. ``trust_remote_code`` is off unless asked.
+- dtype: weights are loaded in float32 (the master copy AdamW updates) and the forward runs under
+  bf16 autocast on GPU (:func:`precision`); pure bf16 weights only with ``dtype="bf16-pure"`` (a
+  warning: AdamW steps below ~1/256 of a weight are rounded away, so at lr 1e-6..2e-5 most weights
+  never move). ``trust_remote_code`` is off unless asked.
 - The tiny preset is built and pretrained in :mod:`llm.tiny`; :func:`model_path` returns its
   cached directory, which :func:`load_model` then reads like any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,8 +37,43 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 on GPU, float32 on CPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """The dtype weights are stored in by default: float32 everywhere (the master copy)."""
+    return torch.float32
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a run stores weights (``param_dtype``) and runs the forward (``autocast_dtype`` or None)."""
+
+    name: str
+    param_dtype: torch.dtype
+    autocast_dtype: torch.dtype | None
+    device_type: str
+
+    def autocast(self):
+        """The forward/loss context: bf16 autocast for ``bf16-mixed``, nothing otherwise."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+
+def precision(dtype: str, device: torch.device | str) -> Precision:
+    """``auto`` -> bf16-mixed on GPU, fp32 on CPU; ``bf16-pure`` warns (see the module docstring)."""
+    device = torch.device(device)
+    if dtype == "auto":
+        dtype = "bf16-mixed" if device.type == "cuda" else "fp32"
+    if dtype == "fp32":
+        return Precision(dtype, torch.float32, None, device.type)
+    if dtype == "bf16-mixed":
+        return Precision(dtype, torch.float32, torch.bfloat16, device.type)
+    if dtype == "bf16-pure":
+        warnings.warn(
+            "dtype=bf16-pure: weights and AdamW updates in bf16; updates smaller than ~1/256 of a weight "
+            "are rounded away (at lr 1e-6 almost no weight moves). Use bf16-mixed (fp32 master weights).",
+            stacklevel=2,
+        )
+        return Precision(dtype, torch.bfloat16, None, device.type)
+    raise ValueError(f"dtype must be one of auto, fp32, bf16-mixed, bf16-pure, got {dtype!r}")
 
 
 def _resolve_path(model: str) -> str:
@@ -100,7 +141,9 @@ def model_path(model: str, tiny: bool, cache_dir: str | Path, pretrain_steps: in
 
 
 __all__ = [
+    "Precision",
     "chat_text",
+    "precision",
     "default_dtype",
     "load_model",
     "load_tokenizer",

@@ -39,6 +39,9 @@ def _common(cfg: PipelineConfig) -> dict:
         "prompt_style",
         "cache_dir",
         "max_completion_length",
+        "dtype",
+        "gradient_checkpointing",
+        "max_length",
     )
     return {k: getattr(cfg, k) for k in keys}
 

@@ -1,4 +1,4 @@
-"""Generation (KV-cached, HF ``generate``) and chunked scoring of token sequences.
+"""Generation (KV-cached, HF ``generate``) of token sequences (scoring: :mod:`llm.scoring`).
 
 ``generate`` samples from the model's own distribution at a given temperature: top-k/top-p
 defaults of the model's generation config (Qwen3 ships top_k=20, top_p=0.95) are switched off so
@@ -11,10 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llm.chunked import chunked_per_token, final_hidden, output_weight
-from llm.data import Example, collate, prompt_ids
-from llm.objectives import logp_fn
-from toybench.losses import reduce
+from llm.data import Example, prompt_ids
 
 
 @dataclass(frozen=True)
@@ -24,6 +21,8 @@ class Rollout:
     prompt_ids: tuple[int, ...]
     response_ids: tuple[int, ...]
     text: str
+    truncated: bool = False
+    """True when the response hit the length budget without an EOS."""
 
     @property
     def seq(self) -> tuple[list[int], list[int]]:
@@ -40,10 +39,12 @@ def generate(
     examples: list[Example],
     n: int,
     temperature: float = 1.0,
-    max_new_tokens: int = 64,
+    max_completion_length: int = 64,
     enable_thinking: bool = False,
     greedy: bool = False,
     batch_size: int = 64,
+    top_p: float = 1.0,
+    top_k: int = 0,
 ) -> list[list[Rollout]]:
     """``n`` responses per example (``[len(examples)][n]``), sampled (or greedy) with a KV cache."""
     if n < 1:
@@ -68,12 +69,12 @@ def generate(
         kw = (
             dict(do_sample=False)
             if greedy
-            else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+            else dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
         )
         gen = model.generate(
             input_ids=ids.to(device),
             attention_mask=att.to(device),
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_completion_length,
             eos_token_id=eos,
             pad_token_id=pad,
             use_cache=True,
@@ -81,64 +82,10 @@ def generate(
         )[:, P:].tolist()
         for p, r in zip(chunk, gen):
             r = r[: r.index(eos) + 1] if eos in r else r
-            out.append(Rollout(tuple(p), tuple(r), tok.decode(r, skip_special_tokens=True)))
+            cut = eos not in r and len(r) >= max_completion_length
+            out.append(Rollout(tuple(p), tuple(r), tok.decode(r, skip_special_tokens=True), cut))
     model.train(was_training)
     return [out[i * n : (i + 1) * n] for i in range(len(examples))]
 
 
-def hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Final hidden states of the positions that predict ``targets``: ``[B, T-1, D]``."""
-    return final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
-
-
-def score(
-    model,
-    batch: dict[str, torch.Tensor],
-    fn,
-    aux_models=(),
-    chunk_size: int = 1024,
-    with_targets: bool = True,
-    hidden: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-token ``fn`` over ``batch`` through the chunked wrapper, ``[B, T-1]`` (0 off the mask).
-
-    ``aux_models`` (frozen) contribute chunk-aligned logits; pass ``hidden`` to reuse a forward.
-    """
-    h = hidden_states(model, batch) if hidden is None else hidden  # (B, T-1, D)
-    aux = []
-    for m in aux_models:
-        with torch.no_grad():
-            aux.append((hidden_states(m, batch), output_weight(m)))
-    token_args = {"targets": batch["targets"]} if with_targets else {}
-    return chunked_per_token(
-        fn,
-        h,
-        output_weight(model),
-        aux=aux,
-        token_args=token_args,
-        mask=batch["loss_mask"],
-        chunk_size=chunk_size,
-    )
-
-
-@torch.no_grad()
-def heldout_sft_loss(
-    model, tok, examples: list[Example], chunk_size: int, batch_size: int = 32, enable_thinking=False
-):
-    """Token-mean NLL of the expert responses of ``examples`` (the decoupling probe)."""
-    from llm.data import sft_ids
-
-    device = next(model.parameters()).device
-    tot, cnt = 0.0, 0.0
-    for s in range(0, len(examples), batch_size):
-        batch = collate(
-            [sft_ids(tok, ex, enable_thinking) for ex in examples[s : s + batch_size]], tok.pad_token_id
-        )
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logp = score(model, batch, logp_fn, chunk_size=chunk_size)
-        tot += float(reduce(-logp, batch["loss_mask"], "sum"))
-        cnt += float(batch["loss_mask"].sum())
-    return tot / max(cnt, 1.0)
-
-
-__all__ = ["Rollout", "generate", "heldout_sft_loss", "hidden_states", "score"]
+__all__ = ["Rollout", "generate"]

@@ -31,7 +31,8 @@ from llm.config import SFTConfig, resolve
 from llm.data import Example, collate, sft_ids
 from llm.loading import load_model
 from llm.objectives import logp_fn, sft_token_fn
-from llm.rollout import generate, heldout_sft_loss, score
+from llm.rollout import generate
+from llm.scoring import heldout_sft_loss, score
 from llm.train import (
     MetricsLog,
     Normaliser,
@@ -69,12 +70,23 @@ def behavior_logprobs(cfg: SFTConfig, seqs, tok, base_model, device, out: Path) 
     return res
 
 
+def truncate(seqs: list[tuple[list[int], list[int]]], max_length: int):
+    """``(ids, mask)`` pairs cut on the right to ``max_length`` tokens (0 = no limit); returns
+    ``(seqs, number cut)``. TRL's SFT ``max_length`` truncation."""
+    if max_length <= 0:
+        return seqs, 0
+    out = [(ids[:max_length], mask[:max_length]) for ids, mask in seqs]
+    return out, sum(len(ids) > max_length for ids, _ in seqs)
+
+
 def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     """Run SFT as configured; writes metrics, checkpoints and ``<out>/final``; returns final metrics."""
     cfg = resolve(cfg)
-    device, di, out, tok, model, data = setup_run(cfg, model, tok)
+    device, di, out, tok, model, data, prec = setup_run(cfg, model, tok)
     train, held = data["sft"], data["heldout"]
-    seqs = [sft_ids(tok, ex, cfg.enable_thinking) for ex in train]
+    seqs, n_cut = truncate([sft_ids(tok, ex, cfg.enable_thinking) for ex in train], cfg.max_length)
+    if n_cut and di.main:
+        print(f"sft: {n_cut} of {len(seqs)} examples cut to max_length={cfg.max_length} tokens")
 
     method = Method.parse(cfg.method)
     if method.kind == "none":
@@ -125,11 +137,12 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
         norm = Normaliser.of([b["loss_mask"] for b in batches])
         loss_sum = torch.zeros((), device=device)
         for b in batches:
-            per_token = score(model, b, fn, aux_models=aux, chunk_size=cfg.chunk_size)  # (B, T-1)
-            w = method.weights(-per_token.detach(), b.get("behavior_logp"), b["loss_mask"])  # PEAR
-            if w is not None:
-                per_token = w * per_token
-            loss = global_reduce(per_token, b["loss_mask"], cfg.reduction, norm)
+            with prec.autocast():
+                per_token = score(model, b, fn, aux_models=aux, chunk_size=cfg.chunk_size)  # (B, T-1)
+                w = method.weights(-per_token.detach(), b.get("behavior_logp"), b["loss_mask"])  # PEAR
+                if w is not None:
+                    per_token = w * per_token
+                loss = global_reduce(per_token, b["loss_mask"], cfg.reduction, norm)
             loss.backward()
             loss_sum += loss.detach()
         dist.all_reduce_sum(loss_sum)
@@ -140,10 +153,12 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
             "step": step + 1,
             "sft/loss": float(loss_sum),
             "sft/grad_norm": gnorm,
-            "sft/lr": sched.get_last_lr()[0],
+            "sft/learning_rate": sched.get_last_lr()[0],
+            "sft/truncated": n_cut,
         }
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            record |= probe(cfg, model, tok, held)
+            with prec.autocast():
+                record |= probe(cfg, model, tok, held)
         log.write(record)
         bar.set_postfix(loss=f"{record['sft/loss']:.3f}")
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
@@ -179,7 +194,7 @@ def probe(cfg, model, tok, held: list[Example]) -> dict:
         tok,
         exs,
         1,
-        max_new_tokens=cfg.max_completion_length,
+        max_completion_length=cfg.max_completion_length,
         enable_thinking=cfg.enable_thinking,
         greedy=True,
     )
@@ -187,4 +202,4 @@ def probe(cfg, model, tok, held: list[Example]) -> dict:
     return {"heldout/sft_loss": loss, "heldout/reward": reward}
 
 
-__all__ = ["behavior_logprobs", "probe", "run_sft"]
+__all__ = ["behavior_logprobs", "probe", "run_sft", "truncate"]

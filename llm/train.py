@@ -26,7 +26,7 @@ import torch
 from llm import dist
 from llm.config import save_config
 from llm.data import load_data
-from llm.loading import load_model, load_tokenizer, model_path, resolve_device
+from llm.loading import Precision, load_model, load_tokenizer, model_path, precision, resolve_device
 from toybench.losses import reduce
 
 REDUCTIONS = ("token_mean", "seq_mean", "constant", "sum")
@@ -66,12 +66,18 @@ class Normaliser:
     tokens: float
     seqs: float
     t_max: float
+    rows: float = 0.0
+    """All sequences, empty ones included (TRL's GRPO ``grpo``/``dr_grpo`` normalisers count them)."""
 
     @staticmethod
     def of(masks: list[torch.Tensor]) -> Normaliser:
         """Counts over this rank's micro-batch masks, summed (max for T) over ranks."""
         x = torch.tensor(
-            [sum(float(m.sum()) for m in masks), sum(float((m.sum(1) > 0).sum()) for m in masks)],
+            [
+                sum(float(m.sum()) for m in masks),
+                sum(float((m.sum(1) > 0).sum()) for m in masks),
+                float(sum(m.shape[0] for m in masks)),
+            ],
             dtype=torch.float64,
         )
         t = torch.tensor([max(m.shape[1] for m in masks)], dtype=torch.float64)
@@ -79,7 +85,7 @@ class Normaliser:
             x, t = x.cuda(masks[0].device), t.cuda(masks[0].device)
         dist.all_reduce_sum(x)
         dist.all_reduce_max(t)
-        return Normaliser(float(x[0]), float(x[1]), float(t[0]))
+        return Normaliser(float(x[0]), float(x[1]), float(t[0]), float(x[2]))
 
 
 def global_reduce(
@@ -157,10 +163,28 @@ def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
     return out
 
 
+def use_checkpointing(setting: str, device: torch.device) -> bool:
+    """``gradient_checkpointing``: auto = on on GPU (memory is the limit there), off on CPU."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def prepare_model(model, prec: Precision, checkpointing: bool):
+    """Weights in ``prec.param_dtype`` (fp32 master copy unless bf16-pure); HF layer checkpointing."""
+    model = model.to(prec.param_dtype)
+    if checkpointing:
+        model.config.use_cache = False
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 def setup_run(cfg, model=None, tok=None):
     """The shared start of every loop: seed, device, process group, saved config, model, tokenizer, data.
 
-    Returns ``(device, dist_info, out_dir, tokenizer, model, data)``.
+    Returns ``(device, dist_info, out_dir, tokenizer, model, data, precision)``.
     """
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -168,10 +192,12 @@ def setup_run(cfg, model=None, tok=None):
     out = Path(cfg.out)
     if di.main:
         save_config(cfg, out)
+    prec = precision(cfg.dtype, device)
     path = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
     tok = tok or load_tokenizer(path, cfg.trust_remote_code)
-    model = model or load_model(path, device, trust_remote_code=cfg.trust_remote_code)
-    return device, di, out, tok, model, load_data(cfg)
+    model = model or load_model(path, device, prec.param_dtype, trust_remote_code=cfg.trust_remote_code)
+    model = prepare_model(model, prec, use_checkpointing(cfg.gradient_checkpointing, device))
+    return device, di, out, tok, model, load_data(cfg), prec
 
 
 __all__ = [
@@ -184,6 +210,8 @@ __all__ = [
     "global_reduce",
     "make_optimizer",
     "optimizer_step",
+    "prepare_model",
+    "use_checkpointing",
     "seed_everything",
     "truncate_log",
 ]

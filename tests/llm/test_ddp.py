@@ -1,4 +1,4 @@
-"""2 gloo ranks under torchrun give the same update as 1 process with the same global batch."""
+"""2 gloo ranks under torchrun give the same update as 1 process with the same global batch (SFT, GRPO)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -18,8 +19,15 @@ def _run(args, env_extra=None):
     subprocess.run(args, check=True, env=env | (env_extra or {}), capture_output=True, timeout=240)
 
 
-def test_two_gloo_ranks_equal_one_process(tiny_dir, tmp_path):
-    method = "gift@5"  # needs the frozen base's chunk-aligned logits on every rank
+@pytest.mark.parametrize(
+    "method",
+    [
+        "gift@5",  # SFT; needs the frozen base's chunk-aligned logits on every rank
+        "grpo:grpo",  # GRPO, per-sequence normaliser over the global batch (masked rows counted)
+        pytest.param("grpo:dapo", marks=pytest.mark.slow),  # GRPO, global token mean
+    ],
+)
+def test_two_gloo_ranks_equal_one_process(tiny_dir, tmp_path, method):
     _run([sys.executable, str(WORKER), str(tiny_dir), str(tmp_path / "one"), method])
     _run(
         [

@@ -1,0 +1,84 @@
+"""Scoring token sequences with a causal LM: hidden states, chunked per-token values, held-out NLL.
+
+``score`` runs the decoder once (or reuses ``hidden``) and applies a per-token function of
+``toybench.losses`` / ``toybench.metrics`` to ``logits / temperature`` chunk by chunk
+(:func:`llm.chunked.chunked_per_token`), so the ``[B, T, V]`` logits never exist in full. The
+temperature is TRL's: GRPO samples at ``T`` and scores (old, current and reference log-probs, and
+the entropy) under the same ``logits / T``, so the trained policy is the sampling policy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm.chunked import chunked_per_token, final_hidden, output_weight
+from llm.data import Example, collate, sft_ids
+from llm.objectives import logp_fn
+from toybench.losses import reduce
+
+
+def hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Final hidden states of the positions that predict ``targets``: ``[B, T-1, D]``."""
+    return final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
+
+
+def tempered(fn, temperature: float):
+    """``fn`` applied to every logits argument divided by ``temperature`` (``fn`` itself at 1)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if temperature == 1.0:
+        return fn
+    return lambda *logits, **kw: fn(*(z / temperature for z in logits), **kw)
+
+
+def score(
+    model,
+    batch: dict[str, torch.Tensor],
+    fn,
+    aux_models=(),
+    chunk_size: int = 1024,
+    with_targets: bool = True,
+    hidden: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-token ``fn(logits / temperature, ...)`` over ``batch``, ``[B, T-1]`` (0 off the mask).
+
+    ``aux_models`` (frozen) contribute chunk-aligned logits (divided by the same temperature); pass
+    ``hidden`` to reuse a forward.
+    """
+    h = hidden_states(model, batch) if hidden is None else hidden  # (B, T-1, D)
+    aux = []
+    for m in aux_models:
+        with torch.no_grad():
+            aux.append((hidden_states(m, batch), output_weight(m)))
+    token_args = {"targets": batch["targets"]} if with_targets else {}
+    return chunked_per_token(
+        tempered(fn, temperature),
+        h,
+        output_weight(model),
+        aux=aux,
+        token_args=token_args,
+        mask=batch["loss_mask"],
+        chunk_size=chunk_size,
+    )
+
+
+@torch.no_grad()
+def heldout_sft_loss(
+    model, tok, examples: list[Example], chunk_size: int, batch_size: int = 32, enable_thinking=False
+):
+    """Token-mean NLL of the expert responses of ``examples`` (the decoupling probe)."""
+    device = next(model.parameters()).device
+    tot, cnt = 0.0, 0.0
+    for s in range(0, len(examples), batch_size):
+        batch = collate(
+            [sft_ids(tok, ex, enable_thinking) for ex in examples[s : s + batch_size]], tok.pad_token_id
+        )
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logp = score(model, batch, logp_fn, chunk_size=chunk_size)
+        tot += float(reduce(-logp, batch["loss_mask"], "sum"))
+        cnt += float(batch["loss_mask"].sum())
+    return tot / max(cnt, 1.0)
+
+
+__all__ = ["heldout_sft_loss", "hidden_states", "score", "tempered"]
