@@ -20,13 +20,14 @@ import torch
 from tqdm import tqdm
 
 from llm import dist
-from llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm.checkpoint import resume_checkpoint, save_checkpoint
 from llm.config import GRPOConfig, resolve
 from llm.data import collate
+from llm.log import RunLogger, due
 from llm.objectives import entropy_fn, logp_fn
+from llm.rewards import Rewards
 from llm.rollout import generate, heldout_sft_loss, hidden_states, score
 from llm.train import (
-    MetricsLog,
     Normaliser,
     batch_indices,
     global_reduce,
@@ -59,6 +60,12 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
     cfg = resolve(cfg)
     device, di, out, tok, model, data = setup_run(cfg, model, tok)
     prompts, held = data["rl"], [e for e in data["heldout"] if e.response is not None]
+    reward_fn = Rewards.of(cfg, prompts)
+    if reward_fn is None or not prompts:
+        raise ValueError(
+            f"data={cfg.data!r} has no prompts with a verifier: GRPO needs prompts and a reward "
+            "(an 'answer' column, arith puzzles, or --reward module:function)"
+        )
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     if cfg.prompts_per_step % di.world:
         raise ValueError(
@@ -69,11 +76,10 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
     opt, sched = make_optimizer(model, cfg.lr, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
     ckpt_root, start, last_ckpt = out / "checkpoint", 0, ""
     log_path = out / "metrics.jsonl"
-    if cfg.resume and (ck := latest_checkpoint(ckpt_root)) is not None:
-        start = load_checkpoint(ck, model, opt, sched)["step"]
-        last_ckpt = str(ck)
+    if cfg.resume and (ck := resume_checkpoint(ckpt_root, model, opt, sched)) is not None:
+        start, last_ckpt = ck.state["step"], str(ck.path)
         truncate_log(log_path, start)
-    log = MetricsLog(log_path, enabled=di.main, append=start > 0)
+    log = RunLogger(out, cfg.report_to, enabled=di.main, append=start > 0)
     record: dict = {}
     bar = tqdm(
         range(start, cfg.steps),
@@ -95,9 +101,12 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
             cfg.max_completion_length,
             cfg.enable_thinking,
         )
-        rewards = torch.tensor(
-            [[ex.reward(r.text) for r in g] for ex, g in zip(local, groups)], dtype=torch.float32
-        )
+        texts = [[r.text for r in g] for g in groups]
+        rewards = torch.tensor(reward_fn(local, texts), dtype=torch.float32)  # (n, G)
+        if due(step + 1, cfg.log_completions_every) and local:  # the first prompt's group
+            log.completions(
+                step + 1, [local[0].messages[-1]["content"]] * len(texts[0]), texts[0], rewards[0].tolist()
+            )
         all_rewards = dist.all_gather_cat(rewards.to(device))  # (N, G) global, rank order
         adv = group_advantages(all_rewards, scale=cfg.adv_scale)[
             di.rank * per_rank : (di.rank + 1) * per_rank
@@ -175,11 +184,15 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
                         opt,
                         sched,
                         {"data_pos": (step + 1) * cfg.prompts_per_step},
+                        keep=cfg.save_total_limit,
+                        tokenizer=tok,
                     )
                 )
             dist.barrier()
         if cfg.stop_after >= 0 and step + 1 >= cfg.stop_after:
+            log.close()
             return {"stopped_at": step + 1, **record}
+    log.close()
     if di.main:
         model.save_pretrained(out / "final", safe_serialization=True)
         tok.save_pretrained(out / "final")

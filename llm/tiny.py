@@ -3,7 +3,9 @@
 :func:`build_tiny` makes a 3-layer ``Qwen3Config`` model with a character-level tokenizer built with
 the ``tokenizers`` library (the task alphabet, newline, lower-case letters and chat special tokens).
 It is pretrained briefly on the task's broad expression corpus rendered as chat turns (every text a
-valid expression, spread over all strategies) so it has a prior before SFT, and it is cached in
+valid expression, spread over all strategies) so it has a prior before SFT (200 steps at lr 5e-3,
+with a progress bar: ~1-2 minutes on a laptop CPU; the loss is flat after ~150 steps, where 1500
+steps used to take 25-40 minutes for a few hundredths of a nat), and it is cached in
 standard Hugging Face format under a hash of its :class:`TinySpec`, so :func:`llm.loading.load_model`
 reads it like any other model.
 """
@@ -40,12 +42,12 @@ class TinySpec:
     num_kv_heads: int = 2
     intermediate_size: int = 256
     max_position: int = 128
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 200
     pretrain_batch: int = 32
-    pretrain_lr: float = 3e-3
+    pretrain_lr: float = 5e-3
     corpus_size: int = 4000
     seed: int = 0
-    version: int = 1
+    version: int = 2
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -76,7 +78,7 @@ def build_tiny_tokenizer():
     return tok
 
 
-def _pretrain(model, tok, spec: TinySpec) -> list[float]:
+def _pretrain(model, tok, spec: TinySpec, progress: bool = True) -> list[float]:
     """Brief next-token pretraining on chat-rendered corpus texts; returns the loss curve."""
     from toybench.losses import reduce, sft_loss
     from toybench.tasks.arith import PROMPT_END, pretraining_corpus
@@ -93,7 +95,10 @@ def _pretrain(model, tok, spec: TinySpec) -> list[float]:
     )
     losses = []
     model.train()
-    for _ in range(spec.pretrain_steps):
+    from tqdm import tqdm
+
+    bar = tqdm(range(spec.pretrain_steps), desc="[tiny] pretraining the tiny base", disable=not progress)
+    for _ in bar:
         batch = tok(rng.sample(texts, spec.pretrain_batch), return_tensors="pt", padding=True)
         ids, att = batch["input_ids"], batch["attention_mask"]  # (B, T)
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()  # (B, T-1, V)
@@ -104,6 +109,7 @@ def _pretrain(model, tok, spec: TinySpec) -> list[float]:
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     model.eval()
     return losses
 
@@ -135,7 +141,9 @@ def build_tiny(cache_dir: str | Path, spec: TinySpec | None = None, verbose: boo
     with torch.random.fork_rng():
         torch.set_num_threads(max(1, torch.get_num_threads()))
         model = Qwen3ForCausalLM(config)
-        losses = _pretrain(model, tok, spec)
+        if verbose:
+            print(f"[tiny] building the tiny base model (once; cached in {path})")
+        losses = _pretrain(model, tok, spec, progress=verbose)
     if verbose:
         print(f"[tiny] pretrained {spec.pretrain_steps} steps: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
