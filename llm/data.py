@@ -317,20 +317,32 @@ def sft_seqs(
     tok, examples: list[Example], max_length: int | None = None, enable_thinking: bool = False, log=print
 ) -> list[tuple[list[int], list[int]]]:
     """:func:`sft_ids` of every example, truncated to ``max_length``; truncations are counted and
-    reported through ``log`` (one line)."""
+    reported through ``log`` (one line). Examples left without a response token are dropped (said
+    so); none left is a ``ValueError``."""
     if max_length is not None and max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")
     full = [sft_ids(tok, ex, enable_thinking) for ex in examples]
     if max_length is None:
         return full
     cut = sum(len(ids) > max_length for ids, _ in full)
+    seqs = [(ids[:max_length], m[:max_length]) for ids, m in full]
+    kept = [(ids, m) for ids, m in seqs if sum(m) > 0]  # a prompt longer than max_length trains nothing
     if cut:
         longest = max(len(ids) for ids, _ in full)
+        dropped = (
+            f"; {len(seqs) - len(kept)} with no response token left are dropped"
+            if len(kept) < len(seqs)
+            else ""
+        )
         log(
             f"[data] {cut} of {len(full)} examples truncated to max_length={max_length} tokens "
-            f"(longest: {longest})"
+            f"(longest: {longest}){dropped}"
         )
-    return [(ids[:max_length], m[:max_length]) for ids, m in full]
+    if not kept:
+        raise ValueError(
+            f"max_length={max_length}: every example's prompt fills it; no response token is left"
+        )
+    return kept
 
 
 def collate(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from llm.config import SFTConfig
 from llm.data import (
     arith_splits,
     collate,
@@ -16,7 +17,6 @@ from llm.data import (
     sft_ids,
     sft_seqs,
 )
-from llm.config import SFTConfig
 from llm.tiny import build_tiny_tokenizer
 from toybench.tasks.arith import Puzzle
 
@@ -180,6 +180,13 @@ def test_overlong_line_is_truncated_and_counted(tmp_path):
     assert [len(ids) for ids, _ in seqs] == [64, 3] and [len(m) for _, m in seqs] == [64, 3]
     assert msgs == ["[data] 1 of 2 examples truncated to max_length=64 tokens (longest: 24002)"]
     assert sft_seqs(build_tiny_tokenizer(), exs[1:], max_length=64, log=msgs.append) and len(msgs) == 1
+    long_prompt = _write(
+        tmp_path, [{"prompt": "q" * 100, "completion": "a"}, {"prompt": "r", "completion": "b"}]
+    )
+    assert len(sft_seqs(build_tiny_tokenizer(), read_jsonl(long_prompt), 64, log=msgs.append)) == 1
+    assert "1 with no response token left are dropped" in msgs[-1]
+    with pytest.raises(ValueError, match="max_length=64"):
+        sft_seqs(build_tiny_tokenizer(), read_jsonl(long_prompt)[:1], 64, log=msgs.append)
 
 
 def test_no_silent_caps_and_explicit_heldout(tmp_path):
