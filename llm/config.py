@@ -71,7 +71,7 @@ class RunConfig:
     """Tokens per chunk of the chunked-vocabulary loss (peak memory ~ chunk_size * V floats)."""
     cache_dir: str = DEFAULT_CACHE
     """Where the tiny model is cached (by config hash)."""
-    tiny_pretrain_steps: int = 400
+    tiny_pretrain_steps: int = 200
     """Pretraining steps of the tiny model (part of its cache key)."""
     max_completion_length: int = 24
     """Generation budget per response (TRL's name)."""

@@ -3,10 +3,11 @@
 :func:`build_tiny` makes a 3-layer ``Qwen3Config`` model with a character-level tokenizer built with
 the ``tokenizers`` library (the task alphabet, newline, lower-case letters and chat special tokens).
 It is pretrained briefly on the task's broad expression corpus rendered as chat turns (every text a
-valid expression, spread over all strategies) so it has a prior before SFT (400 steps of batch 64
-at lr 6e-3, with a progress bar: about 2 minutes on 2 loaded CPU cores; the old 1500 steps of batch
-32 at lr 3e-3 took 10-40 minutes and end lower: pretraining loss 0.376 against ~0.49 here), and it
-is cached in
+valid expression, spread over all strategies) so it has a prior before SFT (200 steps of batch 64
+at lr 6e-3 on one thread, with a progress bar: ~1.5 minutes on 2 heavily loaded CPU cores, so a cold
+``pipeline --tiny --quick`` took 3.0x the warm one; the old 1500 steps of batch 32 at lr 3e-3 took
+10-40 minutes and end lower: mean pretraining loss of the last 50 steps 0.376 against 0.552 here; raise
+``--tiny-pretrain-steps`` for a stronger base), and it is cached in
 standard Hugging Face format under a hash of its :class:`TinySpec`, so :func:`llm.loading.load_model`
 reads it like any other model.
 """
@@ -43,7 +44,7 @@ class TinySpec:
     num_kv_heads: int = 2
     intermediate_size: int = 256
     max_position: int = 128
-    pretrain_steps: int = 400
+    pretrain_steps: int = 200
     pretrain_batch: int = 64
     pretrain_lr: float = 6e-3
     corpus_size: int = 4000
