@@ -3,10 +3,9 @@
 A reward function is called once per batch of completions as
 ``f(completions=[str, ...], prompts=[str, ...], **columns) -> list[float]`` where ``columns`` are the
 dataset's other columns (always ``answer``, and ``puzzle`` for the arith task, None where absent),
-one value per completion (a prompt's value repeated for each of its samples), like TRL passes them; extra keywords must be accepted (``**kwargs``).
-``None``
-or a non-finite value is an error naming the function (model output is untrusted: rewards parse it,
-never ``eval`` it).
+one value per completion (a prompt's value repeated for each of its samples), like TRL passes them;
+extra keywords must be accepted (``**kwargs``). ``None`` or a non-finite value is an error naming
+the function (model output is untrusted: rewards parse it, never ``eval`` it).
 
 Built-ins are the same kind of object: ``answer`` (the final number of the completion equals the
 ``answer`` column, GSM8K style) and ``arith`` (the make-target verifier of the generated puzzles).
