@@ -4,8 +4,14 @@ Design: one flat dataclass per command; the fields every command shares live in 
 and are inherited, and each stage's own knobs live in :class:`SFTKnobs` / :class:`GRPOKnobs`, so
 ``llm pipeline`` nests the SAME knobs as ``--sft.*`` / ``--grpo.*``. Methods are
 ``toybench.methods`` specs and RL knobs carry TRL's names, as at every scale. ``quick`` shrinks
-every budget to a smoke test; :func:`resolve` applies it so the saved ``config.json`` holds the
-numbers that actually ran.
+every budget to a smoke test, filling only the fields the user did not set; :func:`resolve` applies
+it (once: ``quick_filled`` records what it filled) so the saved ``config.json`` holds the numbers
+that actually ran.
+
+Validation: one mechanism, :data:`RULES` (field name -> :class:`Rule`) plus the cross-field checks
+of :func:`resolve`, raising :class:`ConfigError` that names the flag (``--sft.lr must be > 0, got
+-1.0``); the CLI prints that one line and exits 2 before any model or data is loaded. Each helper
+registers the rules of its own fields in :data:`RULES`.
 """
 
 from __future__ import annotations
@@ -13,8 +19,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
+
+import tyro
 
 from toybench.losses import REDUCE_MODES
 from toybench.methods import Method, loss_type_reduction
@@ -48,20 +58,20 @@ class RunConfig:
     enable_thinking: bool = False
     """Qwen3 chat template: let the model think (``<think>``); off by default."""
     data: str = "arith"
-    """``arith`` (the generated make-target puzzles) or a JSONL file of {prompt, answer} / {messages}."""
+    """``arith`` (the generated make-target puzzles) or a JSONL file in a TRL format: ``messages``,
+    ``prompt``/``completion`` (standard or conversational), ``text``, or GSM8K-style
+    ``prompt``/``answer``; other columns (``answer``...) go to the rewards."""
     prompt_style: str = "auto"
     """arith prompt style: compact (``3 5 7>22:``), instruct (a sentence), auto (compact iff tiny)."""
     heldout_data: str = ""
-    """Optional JSONL of held-out expert examples (default: a split of ``data``)."""
-    n_train: int = 512
-    """Number of training prompts (arith) / maximum examples read from ``data``."""
+    """Optional JSONL of held-out examples (probes and evaluation); else see ``heldout_frac``."""
     n_heldout: int = 64
-    """Held-out prompts for the SFT loss / reward probes and for evaluation."""
+    """Held-out prompts (arith), or the maximum read from ``heldout_data`` / split off by ``heldout_frac``."""
     chunk_size: int = 1024
     """Tokens per chunk of the chunked-vocabulary loss (peak memory ~ chunk_size * V floats)."""
     cache_dir: str = DEFAULT_CACHE
     """Where the tiny model is cached (by config hash)."""
-    tiny_pretrain_steps: int = 1500
+    tiny_pretrain_steps: int = 200
     """Pretraining steps of the tiny model (part of its cache key)."""
     max_completion_length: int | None = None
     """Generation budget per response (TRL's name). Default (None): 512 for a real model (TRL's),
@@ -79,6 +89,33 @@ class RunConfig:
     max_length: int = 1024
     """SFT: prompt + completion tokens per example; longer examples are cut on the right (TRL's
     ``max_length``), counted and logged as ``sft/truncated``. 0 = no limit."""
+
+    # --- llmio: data, rewards, logging, checkpoints ---------------------------------------------
+    n_train: int | None = None
+    """Training examples: arith prompts (None = 512), or the first N of ``data`` (None = the whole file)."""
+    heldout_frac: float = 0.0
+    """Fraction of ``data`` held out (its last lines, at most ``n_heldout``) when ``heldout_data`` is
+    not given; 0 = none (probes skipped, evaluation runs on ``data``)."""
+    last_turn_only: bool = False
+    """Multi-turn ``messages``: train only the last assistant turn (default: every assistant turn)."""
+    reward: tuple[str, ...] = ()
+    """Reward functions, TRL ``reward_funcs`` style: ``answer`` (final-number equality with the
+    ``answer`` column), ``arith`` (the puzzle verifier) or ``module:function`` / ``path/file.py:function``
+    called as ``f(completions=[...], prompts=[...], **columns) -> list[float]``. Default: the built-in
+    verifier of the data (arith, or ``answer`` when the data has an answer column)."""
+    reward_weights: tuple[float, ...] = ()
+    """Weights of the ``reward`` functions (default: all 1); the reward is their weighted sum."""
+    report_to: str = "none"
+    """Logging sinks beside ``metrics.jsonl``: none | tensorboard | wandb (comma-separated; wandb only
+    if installed, offline unless WANDB_MODE says otherwise)."""
+    log_completions_every: int = 25
+    """Write sample completions (prompt, completion, reward) every this many steps; 0 = never."""
+    save_total_limit: int = 2
+    """Step checkpoints kept (the newest K intact ones)."""
+    overwrite: bool = False
+    """Replace an earlier run in ``out`` (without it, or ``--resume``, an existing run is an error)."""
+    quick_filled: Annotated[tuple[str, ...], tyro.conf.Suppress] = ()
+    """Set by :func:`resolve`: the fields ``quick`` filled (not a flag)."""
 
 
 @dataclass
@@ -281,57 +318,191 @@ def _check_precision(cfg) -> None:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {cfg.top_k}")
 
 
-def _quick(cfg):
-    """``QUICK`` applied to ``cfg`` and to its nested stage knobs."""
-    names = {f.name for f in dataclasses.fields(cfg)}
-    kw = {k: v for k, v in QUICK.items() if k in names}
-    kw |= {n: _quick(getattr(cfg, n)) for n in ("sft", "grpo") if n in names}
-    return dataclasses.replace(cfg, **kw)
+@dataclass(frozen=True)
+class Rule:
+    """A check of one field: ``ok(value)`` must hold, else ``--<field> must be <want>, got <value>``."""
+
+    ok: Callable[[Any], bool]
+    want: str
 
 
-def _check(cfg) -> None:
-    for name in (
-        "steps",
-        "batch_size",
-        "grad_accum",
-        "num_generations",
-        "num_iterations",
-        "n_samples",
-        "chunk_size",
-    ):
-        if hasattr(cfg, name) and getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+def _ge(lo):
+    return Rule(lambda v: v >= lo, f">= {lo}")
+
+
+_POS = Rule(lambda v: v > 0, "> 0")
+_SINKS = ("none", "tensorboard", "wandb")
+
+#: Field name -> rule, applied to every config (and nested stage knobs) that has the field.
+RULES: dict[str, Rule] = {
+    **{
+        n: _ge(1)
+        for n in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "num_generations",
+            "num_iterations",
+            "n_samples",
+            "chunk_size",
+            "prompts_per_step",
+            "eval_every",
+            "ckpt_every",
+            "eval_prompts",
+            "max_completion_length",
+            "tiny_pretrain_steps",
+            "save_total_limit",
+        )
+    },
+    **{n: _ge(0) for n in ("warmup", "clip", "weight_decay", "epsilon", "epsilon_high", "kl_coef")},
+    "n_heldout": _ge(0),
+    "log_completions_every": _ge(0),
+    "stop_after": _ge(-1),
+    "seed": Rule(lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    "lr": _POS,
+    "temperature": _POS,
+    "min_lr_ratio": Rule(lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "heldout_frac": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "n_train": Rule(lambda v: v is None or v >= 1, ">= 1 (or None: the whole file)"),
+    "reduction": Rule(lambda v: v in REDUCE_MODES, f"one of {REDUCE_MODES}"),
+    "loss_type": Rule(lambda v: _ok(loss_type_reduction, v), "a TRL loss_type (dapo|bnpo|grpo|dr_grpo|sum)"),
+    "kl_kind": Rule(lambda v: v in ("k1", "k3"), "k1 or k3"),
+    "adv_scale": Rule(lambda v: v in ("group", "batch", "none"), "group, batch or none"),
+    "prompt_style": Rule(lambda v: v in ("auto", "compact", "instruct"), "auto, compact or instruct"),
+    "report_to": Rule(lambda v: set(v.split(",")) <= set(_SINKS), f"a comma-separated subset of {_SINKS}"),
+    "reward_weights": Rule(lambda v: all(w == w and abs(w) != float("inf") for w in v), "finite numbers"),
+}
+
+
+class ConfigError(ValueError):
+    """Bad input, named by its flag: the CLI prints it as one line and exits 2."""
+
+    def __init__(self, field: str, msg: str) -> None:
+        self.field = field
+        super().__init__(f"--{field.replace('_', '-')} {msg}")
+
+
+def _ok(fn, v) -> bool:
+    try:
+        fn(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _defaults(cls) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _quick(cfg, given: set[str] | None, prefix: str = ""):
+    """``QUICK`` applied to the fields of ``cfg`` (and its nested stage knobs) the user did not set:
+    not in ``given`` (dotted flag names from the argv), or, with ``given=None`` (the Python API),
+    still at their dataclass default. Returns ``(cfg, names filled)``."""
+    names, dflt = {f.name for f in dataclasses.fields(cfg)}, _defaults(type(cfg))
+
+    def unset(k):
+        return (prefix + k) not in given if given is not None else getattr(cfg, k) == dflt.get(k)
+
+    kw = {k: v for k, v in QUICK.items() if k in names and unset(k)}
+    filled = [prefix + k for k in kw]
+    for n in ("sft", "grpo"):
+        if n in names:
+            kw[n], sub = _quick(getattr(cfg, n), given, f"{prefix}{n}.")
+            filled += sub
+    return dataclasses.replace(cfg, **kw), filled
+
+
+def _check(cfg, prefix: str = "") -> None:
+    """Every :data:`RULES` entry that applies to ``cfg``'s fields, then the per-class cross checks."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name in RULES and not RULES[f.name].ok(v):
+            raise ConfigError(prefix + f.name, f"must be {RULES[f.name].want}, got {v!r}")
     if isinstance(cfg, SFTKnobs) and cfg.batch_size % cfg.grad_accum:
-        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}")
-    if isinstance(cfg, SFTKnobs) and cfg.reduction not in REDUCE_MODES:
-        raise ValueError(f"reduction must be one of {REDUCE_MODES}, got {cfg.reduction!r}")
-    if isinstance(cfg, GRPOKnobs):
-        if not 1 <= cfg.pass_k <= cfg.num_generations:
-            raise ValueError(
-                f"pass_k must be in [1, num_generations={cfg.num_generations}], got {cfg.pass_k}"
-            )
-        loss_type_reduction(cfg.loss_type)
-    if getattr(cfg, "temperature", 1.0) <= 0:
-        raise ValueError(f"temperature must be > 0, got {cfg.temperature}")
+        raise ConfigError(
+            prefix + "batch_size", f"={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}"
+        )
+    if isinstance(cfg, GRPOKnobs) and not 1 <= cfg.pass_k <= cfg.num_generations:
+        raise ConfigError(
+            prefix + "pass_k", f"must be in [1, num_generations={cfg.num_generations}], got {cfg.pass_k}"
+        )
 
 
-def resolve(cfg: RunConfig) -> RunConfig:
-    """Apply ``quick`` and ``tiny`` presets and validate; returns a new config (the one that runs)."""
-    if cfg.quick:
-        cfg = _quick(cfg)
-    for m in ([cfg.method] if isinstance(cfg, SFTConfig) else []) + list(getattr(cfg, "methods", ())):
-        Method.parse(m).token_level("llm")  # ValueError naming the spec
-    cfg = _recipe(cfg, cfg.tiny)
-    for c in (cfg, getattr(cfg, "sft", None), getattr(cfg, "grpo", None)):
+def _check_run(cfg: RunConfig) -> None:
+    """Checks of the shared fields that look at the world: device, files, reward specs, ``out``."""
+    import torch
+
+    try:
+        dev = torch.device(cfg.device if cfg.device != "auto" else "cpu")
+    except RuntimeError:
+        raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"is {cfg.device!r} but CUDA is not available")
+    if cfg.data != "arith" and not Path(cfg.data).is_file():
+        raise ConfigError("data", f"must be 'arith' or a JSONL file; {cfg.data!r} does not exist")
+    if cfg.heldout_data and not Path(cfg.heldout_data).is_file():
+        raise ConfigError("heldout_data", f"file {cfg.heldout_data!r} does not exist")
+    if cfg.heldout_data and cfg.heldout_frac:
+        raise ConfigError("heldout_frac", "and --heldout-data are alternatives: give one")
+    if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward):
+        raise ConfigError(
+            "reward_weights",
+            f"needs one weight per --reward ({len(cfg.reward)}), got {len(cfg.reward_weights)}",
+        )
+    from llm.rewards import load_reward
+
+    for spec in cfg.reward:
+        try:
+            load_reward(spec)
+        except ValueError as e:
+            raise ConfigError("reward", str(e)) from None
+    if not cfg.model and not cfg.tiny:
+        raise ConfigError("model", "must name a model (a local directory or a cached hub id), or pass --tiny")
+    from llm.checkpoint import existing_run
+
+    if (prev := existing_run(cfg.out)) and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(
+            "out",
+            f"{cfg.out!r} already holds a run ({prev}); pass --resume to continue it or --overwrite to "
+            "replace it",
+        )
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("overwrite", "and --resume contradict each other: give one")
+
+
+def resolve(cfg: RunConfig, given: set[str] | None = None) -> RunConfig:
+    """Apply the ``quick`` and ``tiny`` presets and validate; returns a new config (the one that runs).
+
+    ``given``: the dotted names of the flags the user set (from the argv; see
+    :func:`llm.cli.given_flags`); ``quick`` never overrides those. Idempotent: ``quick`` is applied
+    once (``quick_filled`` records it). Raises :class:`ConfigError` (a ``ValueError``) naming the flag.
+    """
+    if cfg.quick and not cfg.quick_filled:
+        cfg, filled = _quick(cfg, given)
+        cfg = dataclasses.replace(cfg, quick_filled=tuple(filled) or ("(nothing)",))
+    cfg = _recipe(cfg, cfg.tiny)  # recipe defaults for fields left at None, before the checks
+    for c, prefix in ((cfg, ""), (getattr(cfg, "sft", None), "sft."), (getattr(cfg, "grpo", None), "grpo.")):
         if c is not None:
-            _check(c)
+            _check(c, prefix)
             _check_precision(c)
+    specs = [("method", cfg.method)] if isinstance(cfg, SFTConfig) else []
+    specs += [("methods", m) for m in getattr(cfg, "methods", ())]
+    for name, m in specs:
+        try:
+            Method.parse(m).token_level("llm")
+        except ValueError as e:
+            raise ConfigError(name, str(e)) from None
     if isinstance(cfg, EvalConfig | PipelineConfig) and max(cfg.ks) > cfg.n_samples:
-        raise ValueError(f"ks={cfg.ks}: every k must be <= n_samples={cfg.n_samples}")
+        raise ConfigError("ks", f"={cfg.ks}: every k must be <= n_samples={cfg.n_samples}")
+    _check_run(cfg)
     if cfg.prompt_style == "auto":
         cfg = dataclasses.replace(cfg, prompt_style="compact" if cfg.tiny else "instruct")
-    if cfg.prompt_style not in ("compact", "instruct"):
-        raise ValueError(f"prompt_style must be auto, compact or instruct, got {cfg.prompt_style!r}")
     return cfg
 
 
@@ -345,6 +516,9 @@ def save_config(cfg: RunConfig, out: str | Path) -> Path:
 
 __all__ = [
     "METHODS",
+    "RULES",
+    "ConfigError",
+    "Rule",
     "EvalConfig",
     "GRPOConfig",
     "GRPOKnobs",

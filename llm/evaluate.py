@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm.checkpoint import prepare_out
 from llm.config import EvalConfig, resolve, save_config
 from llm.data import Example, collate
 from llm.loading import load_model, load_tokenizer, model_path, resolve_device
@@ -30,18 +31,24 @@ def evaluate(
     max_new_tokens: int = 64,
     chunk_size: int = 1024,
     enable_thinking: bool = False,
+    rewards=None,
 ) -> dict[str, float]:
     """Metrics over ``n`` samples of each prompt.
 
     pass@k: mean over prompts of the unbiased estimator (toybench.metrics.pass_at_k);
     entropy: token-mean entropy of the sampled responses at ``temperature``;
     distinct_correct: mean number of distinct correct final answers per prompt.
+    ``rewards``: an :class:`llm.rewards.Rewards` (default: the data's built-in verifier); a sample is
+    correct when its reward is > 0.
     """
+    from llm.rewards import Rewards
+
+    rewards = rewards or Rewards(("arith",) if examples and examples[0].puzzle else ("answer",), (1.0,))
     if any(k > n for k in ks):
         raise ValueError(f"ks={ks}: every k must be <= n={n}")
     device = next(model.parameters()).device
     groups = generate(model, tok, examples, n, temperature, max_new_tokens, enable_thinking)
-    correct = np.array([[ex.reward(r.text) > 0 for r in g] for ex, g in zip(examples, groups)])  # (P, n)
+    correct = np.array(rewards(examples, [[r.text for r in g] for g in groups])) > 0  # (P, n)
     distinct = [
         len({ex.final(r.text) for r, ok in zip(g, row) if ok})
         for ex, g, row in zip(examples, groups, correct)
@@ -75,6 +82,13 @@ def run_eval(cfg: EvalConfig, model=None, tok=None) -> dict:
     from llm.data import load_data
 
     data = load_data(cfg)
+    from llm.rewards import Rewards
+
+    rewards = Rewards.of(cfg, data["eval"])
+    if rewards is None:
+        raise ValueError(
+            f"data={cfg.data!r} has no verifier to evaluate with: give it an 'answer' column or pass --reward"
+        )
     res = evaluate(
         model,
         tok,
@@ -85,6 +99,7 @@ def run_eval(cfg: EvalConfig, model=None, tok=None) -> dict:
         cfg.max_completion_length,
         cfg.chunk_size,
         cfg.enable_thinking,
+        rewards,
     )
     held = [e for e in data["heldout"] if e.response is not None]
     if held:
@@ -92,6 +107,7 @@ def run_eval(cfg: EvalConfig, model=None, tok=None) -> dict:
             model, tok, held, cfg.chunk_size, enable_thinking=cfg.enable_thinking
         )
     out = Path(cfg.out)
+    prepare_out(cfg)
     save_config(cfg, out)
     (out / "eval.json").write_text(json.dumps(res, indent=2))
     return res

@@ -29,14 +29,15 @@ import torch
 from tqdm import tqdm
 
 from llm import dist
-from llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm.checkpoint import resume_checkpoint, save_checkpoint
 from llm.config import GRPOConfig, resolve
 from llm.data import collate
+from llm.log import RunLogger, due
 from llm.objectives import entropy_fn, logp_fn
+from llm.rewards import Rewards
 from llm.rollout import Rollout, generate
 from llm.scoring import heldout_sft_loss, hidden_states, score
 from llm.train import (
-    MetricsLog,
     Normaliser,
     batch_indices,
     make_optimizer,
@@ -104,8 +105,12 @@ def grpo_reduce(
     return reduce(per_token, mask, "sum")
 
 
-def group_rewards(examples, groups: list[list[Rollout]]) -> torch.Tensor:
-    """Rewards ``[P, G]`` of each example's group (the verifier of each example)."""
+def group_rewards(examples, groups: list[list[Rollout]], reward_fn=None) -> torch.Tensor:
+    """Rewards ``[P, G]`` of each example's group: ``reward_fn(examples, texts)`` (an
+    :class:`llm.rewards.Rewards`), or each example's own verifier when none is given."""
+    if reward_fn is not None:
+        texts = [[r.text for r in g] for g in groups]
+        return torch.tensor(reward_fn(examples, texts), dtype=torch.float32)
     return torch.tensor(
         [[ex.reward(r.text) for r in g] for ex, g in zip(examples, groups)], dtype=torch.float32
     )
@@ -235,6 +240,12 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
     cfg = resolve(cfg)
     device, di, out, tok, model, data, prec = setup_run(cfg, model, tok)
     prompts, held = data["rl"], [e for e in data["heldout"] if e.response is not None]
+    reward_fn = Rewards.of(cfg, prompts)
+    if reward_fn is None or not prompts:
+        raise ValueError(
+            f"data={cfg.data!r} has no prompts with a verifier: GRPO needs prompts and a reward "
+            "(an 'answer' column, arith puzzles, or --reward module:function)"
+        )
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     if cfg.prompts_per_step % di.world:
         raise ValueError(
@@ -245,11 +256,10 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
     opt, sched = make_optimizer(model, cfg.lr, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
     ckpt_root, start, last_ckpt = out / "checkpoint", 0, ""
     log_path = out / "metrics.jsonl"
-    if cfg.resume and (ck := latest_checkpoint(ckpt_root)) is not None:
-        start = load_checkpoint(ck, model, opt, sched)["step"]
-        last_ckpt = str(ck)
+    if cfg.resume and (ck := resume_checkpoint(ckpt_root, model, opt, sched)) is not None:
+        start, last_ckpt = ck.state["step"], str(ck.path)
         truncate_log(log_path, start)
-    log = MetricsLog(log_path, enabled=di.main, append=start > 0)
+    log = RunLogger(out, cfg.report_to, enabled=di.main, append=start > 0)
     record: dict = {}
     bar = tqdm(
         range(start, cfg.steps),
@@ -275,7 +285,12 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
                 top_p=cfg.top_p,
                 top_k=cfg.top_k,
             )
-        rewards = group_rewards(local, groups)
+        texts = [[r.text for r in g] for g in groups]
+        rewards = group_rewards(local, groups, reward_fn)  # (n, G)
+        if due(step + 1, cfg.log_completions_every) and local:  # the first prompt's group
+            log.completions(
+                step + 1, [local[0].messages[-1]["content"]] * len(texts[0]), texts[0], rewards[0].tolist()
+            )
         all_rewards = dist.all_gather_cat(rewards.to(device))  # (N, G) global, rank order
         batch = rollout_batch(groups, tok.pad_token_id, cfg.mask_truncated_completions)
         batch["adv"] = sequence_advantages(all_rewards, cfg.adv_scale, di.rank, per_rank).cpu()
@@ -326,11 +341,15 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
                         opt,
                         sched,
                         {"data_pos": (step + 1) * cfg.prompts_per_step},
+                        keep=cfg.save_total_limit,
+                        tokenizer=tok,
                     )
                 )
             dist.barrier()
         if cfg.stop_after >= 0 and step + 1 >= cfg.stop_after:
+            log.close()
             return {"stopped_at": step + 1, **record}
+    log.close()
     if di.main:
         model.save_pretrained(out / "final", safe_serialization=True)
         tok.save_pretrained(out / "final")

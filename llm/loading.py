@@ -131,7 +131,7 @@ def chat_text(tok, messages: list[dict], add_generation_prompt: bool, enable_thi
     )
 
 
-def model_path(model: str, tiny: bool, cache_dir: str | Path, pretrain_steps: int = 1500) -> str:
+def model_path(model: str, tiny: bool, cache_dir: str | Path, pretrain_steps: int = 200) -> str:
     """The directory/hub id a run loads: the cached tiny model (``llm.tiny``) if ``tiny``, else ``model``."""
     if not tiny:
         return model

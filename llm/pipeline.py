@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from llm.checkpoint import prepare_out
 from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig, resolve, save_config
 from llm.evaluate import run_eval
 from llm.grpo import run_grpo
@@ -50,16 +51,20 @@ def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
     """Run every stage for every method; returns the results table (also written to disk)."""
     cfg = resolve(cfg)
     out = Path(cfg.out)
+    prepare_out(cfg)  # --overwrite: the earlier run goes first
     save_config(cfg, out)
     base = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
-    common = _common(cfg) | {"tiny": False, "quick": cfg.quick}
+    # the stages get the resolved numbers: ``quick`` was applied here (never re-applied over --sft.*)
+    common = _common(cfg) | {"tiny": False, "quick": False, "report_to": cfg.report_to}
+    common |= {k: getattr(cfg, k) for k in ("heldout_frac", "last_turn_only", "reward", "reward_weights")}
+    common |= {k: getattr(cfg, k) for k in ("log_completions_every", "save_total_limit")}
     ev = dict(n_samples=cfg.n_samples, ks=cfg.ks)
     sft_knobs, grpo_knobs = dataclasses.asdict(cfg.sft), dataclasses.asdict(cfg.grpo)
     rows = [
         {
             "method": "base",
             "stage": "base",
-            **run_eval(EvalConfig(model=base, out=str(out / "base"), **common, **ev)),
+            **run_eval(EvalConfig(model=base, out=str(out / "base"), **common, **ev, overwrite=True)),
         }
     ]
     for m in cfg.methods:
@@ -75,7 +80,9 @@ def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
                 {
                     "method": m,
                     "stage": "sft",
-                    **run_eval(EvalConfig(model=start, out=str(d / "eval_sft"), **common, **ev)),
+                    **run_eval(
+                        EvalConfig(model=start, out=str(d / "eval_sft"), **common, **ev, overwrite=True)
+                    ),
                 }
             )
         grpo = GRPOConfig(model=start, out=str(d / "grpo"), resume=cfg.resume, **grpo_knobs, **common)
@@ -85,7 +92,13 @@ def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
                 "method": m,
                 "stage": "grpo",
                 **run_eval(
-                    EvalConfig(model=str(d / "grpo" / "final"), out=str(d / "eval_grpo"), **common, **ev)
+                    EvalConfig(
+                        model=str(d / "grpo" / "final"),
+                        out=str(d / "eval_grpo"),
+                        **common,
+                        **ev,
+                        overwrite=True,
+                    )
                 ),
             }
         )

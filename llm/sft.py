@@ -26,15 +26,16 @@ import torch
 from tqdm import tqdm
 
 from llm import dist
-from llm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llm.checkpoint import resume_checkpoint, save_checkpoint
 from llm.config import SFTConfig, resolve
-from llm.data import Example, collate, sft_ids
+from llm.data import Example, collate, sft_seqs
 from llm.loading import load_model
+from llm.log import RunLogger
 from llm.objectives import logp_fn, sft_token_fn
+from llm.rewards import Rewards
 from llm.rollout import generate
 from llm.scoring import heldout_sft_loss, score
 from llm.train import (
-    MetricsLog,
     Normaliser,
     batch_indices,
     global_reduce,
@@ -84,9 +85,10 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     cfg = resolve(cfg)
     device, di, out, tok, model, data, prec = setup_run(cfg, model, tok)
     train, held = data["sft"], data["heldout"]
-    seqs, n_cut = truncate([sft_ids(tok, ex, cfg.enable_thinking) for ex in train], cfg.max_length)
-    if n_cut and di.main:
-        print(f"sft: {n_cut} of {len(seqs)} examples cut to max_length={cfg.max_length} tokens")
+    max_len = cfg.max_length or getattr(model.config, "max_position_embeddings", None)  # 0 = no limit
+    counts = {"truncated": 0}
+    seqs = sft_seqs(tok, train, max_len, cfg.enable_thinking, log=print if di.main else _quiet, counts=counts)
+    n_cut = counts["truncated"]
 
     method = Method.parse(cfg.method)
     if method.kind == "none":
@@ -101,11 +103,10 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     ckpt_root, start, last_ckpt = out / "checkpoint", 0, ""
     extra = {"teacher": state.teacher} if method.needs_teacher else {}
     log_path = out / "metrics.jsonl"
-    if cfg.resume and (ck := latest_checkpoint(ckpt_root)) is not None:
-        start = load_checkpoint(ck, model, opt, sched, extra)["step"]
-        last_ckpt = str(ck)
+    if cfg.resume and (ck := resume_checkpoint(ckpt_root, model, opt, sched, extra)) is not None:
+        start, last_ckpt = ck.state["step"], str(ck.path)
         truncate_log(log_path, start)
-    log = MetricsLog(log_path, enabled=di.main, append=start > 0)
+    log = RunLogger(out, cfg.report_to, enabled=di.main, append=start > 0)
     if di.world > 1 and cfg.batch_size % (cfg.grad_accum * di.world):
         need = cfg.grad_accum * di.world
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum * world = {need}")
@@ -158,7 +159,7 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
         }
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             with prec.autocast():
-                record |= probe(cfg, model, tok, held)
+                record |= probe(cfg, model, tok, held, log, step + 1)
         log.write(record)
         bar.set_postfix(loss=f"{record['sft/loss']:.3f}")
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
@@ -172,11 +173,15 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
                         sched,
                         {"data_pos": (step + 1) * cfg.batch_size},
                         extra,
+                        keep=cfg.save_total_limit,
+                        tokenizer=tok,
                     )
                 )
             dist.barrier()
         if cfg.stop_after >= 0 and step + 1 >= cfg.stop_after:
+            log.close()
             return {"stopped_at": step + 1, **record}
+    log.close()
     if di.main:
         model.save_pretrained(out / "final", safe_serialization=True)
         tok.save_pretrained(out / "final")
@@ -185,9 +190,22 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
 
 
 @torch.no_grad()
-def probe(cfg, model, tok, held: list[Example]) -> dict:
-    """Held-out expert SFT loss and greedy reward on held-out prompts (no RNG is consumed)."""
-    loss = heldout_sft_loss(model, tok, held, cfg.chunk_size, enable_thinking=cfg.enable_thinking)
+def probe(cfg, model, tok, held: list[Example], log: RunLogger | None = None, step: int = 0) -> dict:
+    """Held-out expert SFT loss and greedy reward on held-out prompts (no RNG is consumed).
+
+    Skipped without held-out data; the reward part is skipped when the data has no verifier (no
+    ``--reward`` and no answers), instead of failing."""
+    held = [e for e in held if e.response is not None]
+    if not held:
+        return {}
+    out = {
+        "heldout/sft_loss": heldout_sft_loss(
+            model, tok, held, cfg.chunk_size, enable_thinking=cfg.enable_thinking
+        )
+    }
+    rewards = Rewards.of(cfg, held)
+    if rewards is None:
+        return out
     exs = held[: getattr(cfg, "eval_prompts", len(held))]
     rolls = generate(
         model,
@@ -198,8 +216,18 @@ def probe(cfg, model, tok, held: list[Example]) -> dict:
         enable_thinking=cfg.enable_thinking,
         greedy=True,
     )
-    reward = sum(ex.reward(r[0].text) for ex, r in zip(exs, rolls)) / max(len(exs), 1)
-    return {"heldout/sft_loss": loss, "heldout/reward": reward}
+    r = [g[0] for g in rewards(exs, [[x.text for x in g] for g in rolls])]
+    if log is not None and cfg.log_completions_every > 0:  # at every probe
+        log.completions(step, [_prompt(e) for e in exs], [g[0].text for g in rolls], r)
+    return out | {"heldout/reward": sum(r) / max(len(exs), 1)}
+
+
+def _prompt(e: Example) -> str:
+    return e.messages[-1]["content"]
+
+
+def _quiet(*_) -> None:
+    pass
 
 
 __all__ = ["behavior_logprobs", "probe", "run_sft", "truncate"]

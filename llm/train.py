@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from llm import dist
+from llm.checkpoint import prepare_out
 from llm.config import save_config
 from llm.data import load_data
 from llm.loading import Precision, load_model, load_tokenizer, model_path, precision, resolve_device
@@ -191,6 +192,7 @@ def setup_run(cfg, model=None, tok=None):
     di = dist.init_distributed(device)
     out = Path(cfg.out)
     if di.main:
+        prepare_out(cfg)  # --overwrite: the earlier run's files go first
         save_config(cfg, out)
     prec = precision(cfg.dtype, device)
     path = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)

@@ -38,8 +38,8 @@ def per_prompt_generate(real, counter=[0]):  # noqa: B006 -- the step counter of
 def main(model: str, out: str, mode: str) -> None:
     if mode.startswith("grpo"):
         grpo_mod.generate = per_prompt_generate(grpo_mod.generate)
-        grpo_mod.group_rewards = lambda ex, groups: torch.tensor(
-            [[float(len(r.response_ids) % 3) for r in g] for g in groups]
+        grpo_mod.group_rewards = lambda ex, groups, *_: torch.tensor(
+            [[float(sum(r.response_ids) % 3) for r in g] for g in groups]
         )
         loss_type = mode.split(":")[1]
         cfg = GRPOConfig(

@@ -6,7 +6,17 @@ import json
 
 import pytest
 
-from llm.data import arith_splits, collate, extract_final_number, number_reward, read_jsonl, sft_ids
+from llm.config import SFTConfig
+from llm.data import (
+    arith_splits,
+    collate,
+    extract_final_number,
+    load_data,
+    number_reward,
+    read_jsonl,
+    sft_ids,
+    sft_seqs,
+)
 from llm.tiny import build_tiny_tokenizer
 from toybench.tasks.arith import Puzzle
 
@@ -33,7 +43,7 @@ def test_reads_prompt_answer_and_messages(tmp_path):
         ],
     )
     exs = read_jsonl(p)
-    assert [e.answer for e in exs] == ["4", "9", "12"]
+    assert [e.answer for e in exs] == ["4", None, "12"]  # an answer only from the 'answer' column
     assert exs[0].response.endswith("#### 4") and exs[1].messages == ({"role": "user", "content": "3*3?"},)
     assert exs[0].reward("so... #### 4") == 1.0 and exs[0].reward("#### 5") == 0.0
 
@@ -43,14 +53,24 @@ def test_reads_prompt_answer_and_messages(tmp_path):
     [
         ("{not json", "invalid JSON"),
         ("[1, 2]", "expected a JSON object"),
-        (json.dumps({"prompt": "q"}), "needs an 'answer'"),
+        (json.dumps({"prompt": "q"}), "needs a 'completion' or an 'answer'"),
         (json.dumps({"prompt": "", "answer": "1"}), "non-empty string"),
         (json.dumps({"prompt": "q", "answer": "none"}), "no final number"),
         (json.dumps({"prompt": "q", "answer": True}), "string or a number"),
         (json.dumps({"messages": [{"role": "robot", "content": "x"}]}), "role must be one of"),
-        (json.dumps({"messages": [{"role": "user"}]}), "exactly 'role' and 'content'"),
+        (json.dumps({"messages": [{"role": "user"}]}), "'role' and 'content'"),
+        (json.dumps({"prompt": "q", "completion": 3}), "string 'completion'"),
+        (
+            json.dumps(
+                {
+                    "prompt": [{"role": "user", "content": "q"}],
+                    "completion": [{"role": "user", "content": "a"}],
+                }
+            ),
+            "one assistant message",
+        ),
         (json.dumps({"messages": []}), "non-empty list"),
-        (json.dumps({"text": "hello"}), "expected a 'prompt'"),
+        (json.dumps({"txt": "hello"}), "expected 'messages', 'prompt'"),
     ],
 )
 def test_malformed_jsonl_names_file_and_line(tmp_path, line, msg):
@@ -113,3 +133,72 @@ def test_sft_mask_is_the_response_plus_eos():
     b = collate([(ids, mask), (ids[:-2], mask[:-2])], tok.pad_token_id)
     assert b["targets"].shape == b["loss_mask"].shape == (2, len(ids) - 1)
     assert b["loss_mask"][1, len(ids) - 3 :].sum() == 0  # padding never counts
+
+
+def test_trl_formats(tmp_path):
+    """TRL's formats: conversational messages (extra keys, every assistant turn), standard and
+    conversational prompt/completion, text; answer only when the 'answer' column says so."""
+    conv = [
+        {"role": "system", "content": "be brief", "name": "sys"},
+        {"role": "user", "content": "1+1?", "name": "alice"},
+        {"role": "assistant", "content": "two"},
+        {"role": "user", "content": "and 2+2?"},
+        {"role": "assistant", "content": "four"},
+    ]
+    p = _write(
+        tmp_path,
+        [
+            {"messages": conv, "id": 7},
+            {"prompt": "say hi:", "completion": " hi", "answer": "0"},
+            {
+                "prompt": [{"role": "user", "content": "q?"}],
+                "completion": [{"role": "assistant", "content": "a"}],
+            },
+            {"text": "plain language modelling"},
+            {"prompt": [{"role": "user", "content": "only a prompt"}], "answer": 3},
+        ],
+    )
+    exs = read_jsonl(p)
+    assert [e.response for e in exs] == ["two", "four", " hi", "a", "plain language modelling", None]
+    assert exs[0].messages == tuple(conv[:2]) and exs[1].messages == tuple(conv[:4])  # history = prompt
+    assert exs[0].messages[1]["name"] == "alice" and exs[0].columns == {"id": 7}
+    assert [e.chat for e in exs] == [True, True, False, True, False, True]
+    assert [e.answer for e in exs] == [None, None, "0", None, None, "3"]
+    last = read_jsonl(p, last_turn_only=True)
+    assert [e.response for e in last][:2] == ["four", " hi"]
+    tok = build_tiny_tokenizer()
+    ids, mask = sft_ids(tok, exs[2])  # standard: plain text, no chat template
+    assert tok.decode(ids) == "say hi: hi<|im_end|>" and sum(mask) == len(tok(" hi")["input_ids"]) + 1
+    ids, mask = sft_ids(tok, exs[4])  # text: every token is a target
+    assert sum(mask) == len(ids) and tok.decode(ids[:-1]) == "plain language modelling"
+
+
+def test_overlong_line_is_truncated_and_counted(tmp_path):
+    p = _write(tmp_path, [{"prompt": "q", "completion": "a" * 24_000}, {"prompt": "r", "completion": "b"}])
+    exs, msgs = read_jsonl(p), []
+    seqs = sft_seqs(build_tiny_tokenizer(), exs, max_length=64, log=msgs.append)
+    assert [len(ids) for ids, _ in seqs] == [64, 3] and [len(m) for _, m in seqs] == [64, 3]
+    assert msgs == ["[data] 1 of 2 examples truncated to max_length=64 tokens (longest: 24002)"]
+    assert sft_seqs(build_tiny_tokenizer(), exs[1:], max_length=64, log=msgs.append) and len(msgs) == 1
+    long_prompt = _write(
+        tmp_path, [{"prompt": "q" * 100, "completion": "a"}, {"prompt": "r", "completion": "b"}]
+    )
+    assert len(sft_seqs(build_tiny_tokenizer(), read_jsonl(long_prompt), 64, log=msgs.append)) == 1
+    assert "1 with no response token left are dropped" in msgs[-1]
+    with pytest.raises(ValueError, match="max_length=64"):
+        sft_seqs(build_tiny_tokenizer(), read_jsonl(long_prompt)[:1], 64, log=msgs.append)
+
+
+def test_no_silent_caps_and_explicit_heldout(tmp_path):
+    p = _write(tmp_path, [{"prompt": f"q{i}", "answer": str(i)} for i in range(40)])
+    cfg = SFTConfig(data=str(p))
+    d = load_data(cfg)
+    assert len(d["sft"]) == 40 and d["heldout"] == [] and len(d["eval"]) == 40  # the whole file
+    d = load_data(SFTConfig(data=str(p), heldout_frac=0.25))
+    assert len(d["sft"]) == 30 and [e.answer for e in d["heldout"]] == [str(i) for i in range(30, 40)]
+    d = load_data(SFTConfig(data=str(p), n_train=5))
+    assert len(d["sft"]) == 5
+    (tmp_path / "h").mkdir()
+    h = _write(tmp_path / "h", [{"prompt": "h", "answer": "1"}])
+    d = load_data(SFTConfig(data=str(p), heldout_data=str(h)))
+    assert len(d["sft"]) == 40 and len(d["heldout"]) == 1

@@ -226,7 +226,7 @@ def test_advantages_follow_their_sequences():
 
 
 # ----------------------------------------------------------------------------- the real loop
-def _text_reward(examples, groups):
+def _text_reward(examples, groups, *_):
     """A reward with spread on the untrained tiny model: the response length mod 3."""
     return torch.tensor([[float(len(r.response_ids) % 3) for r in g] for g in groups])
 
@@ -371,7 +371,7 @@ def test_micro_batched_step_equals_full_batch(tiny_dir, tmp_path, monkeypatch, l
 def test_sampling_depends_on_the_step(tiny_dir, tmp_path, monkeypatch):
     """Zero rewards and no KL: the model does not move, so only the seed can change the samples."""
     monkeypatch.setattr(
-        grpo_mod, "group_rewards", lambda ex, groups: torch.zeros(len(groups), len(groups[0]))
+        grpo_mod, "group_rewards", lambda ex, groups, *_: torch.zeros(len(groups), len(groups[0]))
     )
     calls, gens = _capture(monkeypatch)
     # one prompt: the same batch at every step (a reordered batch would reshuffle the samples anyway)

@@ -1,0 +1,167 @@
+"""Reward functions, as TRL's ``reward_funcs``: built-ins and ``module:function`` plug-ins.
+
+A reward function is called once per batch of completions as
+``f(completions=[str, ...], prompts=[str, ...], **columns) -> list[float]`` where ``columns`` are the
+dataset's other columns (always ``answer``, and ``puzzle`` for the arith task, None where absent),
+one value per completion (a prompt's value repeated for each of its samples), like TRL passes them;
+extra keywords must be accepted (``**kwargs``). ``None`` or a non-finite value is an error naming
+the function (model output is untrusted: rewards parse it, never ``eval`` it).
+
+Built-ins are the same kind of object: ``answer`` (the final number of the completion equals the
+``answer`` column, GSM8K style) and ``arith`` (the make-target verifier of the generated puzzles).
+With no ``--reward`` the data's own verifier is used (arith puzzles, else ``answer``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm.data import Example, number_reward
+from toybench.tasks import arith
+
+
+def answer_reward(completions: list[str], answer: list, **_) -> list[float]:
+    """1.0 when a completion's final number equals its ``answer`` (as numbers), else 0.0."""
+    return [0.0 if a is None else number_reward(c, str(a)) for c, a in zip(completions, answer)]
+
+
+def arith_reward(completions: list[str], puzzle: list, **_) -> list[float]:
+    """The make-target verifier's 0/1 reward of each completion for its puzzle."""
+    return [
+        0.0 if p is None else arith.verify(p, arith.extract_answer(c)).reward
+        for c, p in zip(completions, puzzle)
+    ]
+
+
+BUILTINS: dict[str, Callable[..., list[float]]] = {"answer": answer_reward, "arith": arith_reward}
+
+
+def load_reward(spec: str) -> Callable[..., list[float]]:
+    """The reward function a spec names: a built-in, ``module:function`` (imported, with the current
+    directory on the path) or ``path/to/file.py:function``. ValueError naming the spec otherwise."""
+    if spec in BUILTINS:
+        return BUILTINS[spec]
+    mod_name, sep, fn_name = spec.rpartition(":")
+    if not sep or not mod_name or not fn_name:
+        raise ValueError(f"{spec!r} is neither a built-in {tuple(BUILTINS)} nor module:function")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise ValueError(f"{spec!r}: file {mod_name!r} does not exist")
+            module_spec = importlib.util.spec_from_file_location(f"_sftrl_reward_{path.stem}", path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path and str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(mod_name)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the user's module: any import failure is bad input
+        raise ValueError(f"{spec!r}: cannot import {mod_name!r} ({type(e).__name__}: {e})") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ValueError(f"{spec!r}: {mod_name!r} has no function {fn_name!r}")
+    return fn
+
+
+def default_reward(examples: Sequence[Example]) -> str | None:
+    """The built-in verifier of the data: ``arith`` for puzzles, ``answer`` when answers exist, else None."""
+    if any(e.puzzle is not None for e in examples):
+        return "arith"
+    if any(e.answer is not None for e in examples):
+        return "answer"
+    return None
+
+
+@dataclass
+class Rewards:
+    """Weighted sum of reward functions (the ``--reward`` / ``--reward-weights`` of a run)."""
+
+    specs: tuple[str, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != len(self.specs):
+            raise ValueError(f"{len(self.specs)} reward functions but {len(self.weights)} weights")
+        self.funcs = [load_reward(s) for s in self.specs]
+
+    @staticmethod
+    def of(cfg, examples: Sequence[Example]) -> Rewards | None:
+        """The run's rewards: ``cfg.reward`` (weights ``cfg.reward_weights``, default 1), else the
+        data's built-in verifier; None when there is none (the data cannot be rewarded)."""
+        specs = tuple(cfg.reward)
+        if not specs:
+            d = default_reward(examples)
+            specs = () if d is None else (d,)
+        if not specs:
+            return None
+        return Rewards(specs, tuple(cfg.reward_weights) or (1.0,) * len(specs))
+
+    def columns(self, examples: Sequence[Example], repeat: int = 1) -> dict[str, list]:
+        """The dataset columns of ``examples`` as TRL passes them: one entry per completion."""
+        names = sorted({k for e in examples for k in e.columns})
+        cols = {k: [e.columns.get(k) for e in examples for _ in range(repeat)] for k in names}
+        cols["answer"] = [e.answer for e in examples for _ in range(repeat)]
+        cols["puzzle"] = [e.puzzle for e in examples for _ in range(repeat)]
+        return cols
+
+    def per_function(
+        self, examples: Sequence[Example], completions: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """``[function][flat completion]`` rewards of ``completions[i][j]`` (the j-th sample of example i)."""
+        n = len(completions[0]) if completions else 0
+        flat = [c for g in completions for c in g]
+        prompts = [_prompt_text(e) for e in examples for _ in range(n)]
+        kw = self.columns(examples, n)
+        out = []
+        for spec, fn in zip(self.specs, self.funcs):
+            vals = fn(completions=flat, prompts=prompts, **_accepted(fn, kw))
+            vals = list(vals) if vals is not None else None
+            if vals is None or len(vals) != len(flat):
+                got = "None" if vals is None else f"{len(vals)} values"
+                raise ValueError(f"reward {spec!r} returned {got} for {len(flat)} completions")
+            try:
+                vals = [float(v) for v in vals]
+            except (TypeError, ValueError):
+                raise ValueError(f"reward {spec!r} returned a value that is not a number") from None
+            if not all(math.isfinite(v) for v in vals):
+                raise ValueError(f"reward {spec!r} returned a non-finite value (None/NaN/inf)")
+            out.append(vals)
+        return out
+
+    def __call__(
+        self, examples: Sequence[Example], completions: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """``[example][sample]`` weighted-sum rewards."""
+        per = self.per_function(examples, completions)
+        n = len(completions[0]) if completions else 0
+        total = [sum(w * f[i] for w, f in zip(self.weights, per)) for i in range(len(examples) * n)]
+        return [total[i * n : (i + 1) * n] for i in range(len(examples))]
+
+
+def _prompt_text(e: Example) -> str:
+    return "\n".join(m["content"] for m in e.messages)
+
+
+def _accepted(fn, kw: dict) -> dict:
+    """``kw`` restricted to what ``fn`` accepts (all of it when it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return kw
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return kw
+    names = {p.name for p in params}
+    return {k: v for k, v in kw.items() if k in names}
+
+
+__all__ = ["BUILTINS", "Rewards", "answer_reward", "arith_reward", "default_reward", "load_reward"]
