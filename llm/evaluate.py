@@ -39,7 +39,15 @@ def evaluate(
     if any(k > n for k in ks):
         raise ValueError(f"ks={ks}: every k must be <= n={n}")
     device = next(model.parameters()).device
-    groups = generate(model, tok, examples, n, temperature, max_new_tokens, enable_thinking)
+    groups = generate(
+        model,
+        tok,
+        examples,
+        n,
+        temperature=temperature,
+        max_completion_length=max_new_tokens,
+        enable_thinking=enable_thinking,
+    )
     correct = np.array([[ex.reward(r.text) > 0 for r in g] for ex, g in zip(examples, groups)])  # (P, n)
     distinct = [
         len({ex.final(r.text) for r, ok in zip(g, row) if ok})

@@ -91,9 +91,9 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
             tok,
             local,
             cfg.num_generations,
-            cfg.temperature,
-            cfg.max_completion_length,
-            cfg.enable_thinking,
+            temperature=cfg.temperature,
+            max_completion_length=cfg.max_completion_length,
+            enable_thinking=cfg.enable_thinking,
         )
         rewards = torch.tensor(
             [[ex.reward(r.text) for r in g] for ex, g in zip(local, groups)], dtype=torch.float32

@@ -179,7 +179,7 @@ def probe(cfg, model, tok, held: list[Example]) -> dict:
         tok,
         exs,
         1,
-        max_new_tokens=cfg.max_completion_length,
+        max_completion_length=cfg.max_completion_length,
         enable_thinking=cfg.enable_thinking,
         greedy=True,
     )
