@@ -1,9 +1,14 @@
 """One GRPO step on the tiny Qwen3: ours vs TRL's GRPOTrainer, same model, prompts and group size.
 
 Throughput = prompts * G / wall time of one step (generation + scoring + update), after a warm-up
-step for each. TRL is a benchmark-only extra (``pip install trl``); without it the script says so.
+step for each; both sides in this process, same dtype (fp32) and threads, best of ``--repeats``.
+Completions are forced to exactly ``--max-new`` tokens on both sides (``min_new_tokens`` =
+``max_completion_length``: ours through the loop's ``generate`` call, TRL's through
+``generation_kwargs``), so EOS cannot shorten one side; the RESULT line prints the mean completion
+length each side actually produced. TRL is a benchmark-only extra (``pip install -e '.[bench]'``);
+without it the script says so.
 
-    python benchmarks/grpo_vs_trl.py --prompts 8 --group 8
+    python benchmarks/grpo_vs_trl.py --prompts 8 --group 8 --max-new 64
 """
 
 from __future__ import annotations
@@ -15,10 +20,23 @@ import time
 import torch
 
 
-def ours(model_dir: str, prompts: int, group: int, max_new: int, out: str) -> float:
+def ours(
+    model_dir: str, prompts: int, group: int, max_new: int, out: str, repeats: int
+) -> tuple[float, float]:
+    """(samples/s, mean completion length) of our GRPO step, completions forced to ``max_new``."""
+    import llm.grpo
     from llm.config import GRPOConfig
     from llm.grpo import run_grpo
     from llm.loading import load_model, load_tokenizer
+
+    lengths: list[int] = []
+
+    def forced(*args, **kw):  # the loop's generate call with the length floor added
+        groups = gen(*args, **kw, min_new_tokens=max_new)
+        lengths.extend(len(r.response_ids) for g in groups for r in g)
+        return groups
+
+    gen, llm.grpo.generate = llm.grpo.generate, forced
 
     tok = load_tokenizer(model_dir)
     cfg = dict(
@@ -46,12 +64,18 @@ def ours(model_dir: str, prompts: int, group: int, max_new: int, out: str) -> fl
 
     # Marginal time per step: set-up, config/checkpoint/final-model writes cost the same in both
     # runs and cancel, matching TRL's per-step timing (callbacks around one warm step).
-    extra = 4
-    per_step = (wall(1 + extra) - wall(1)) / extra
-    return prompts * group / per_step
+    extra = 2
+    try:
+        per_step = min((wall(1 + extra) - wall(1)) / extra for _ in range(repeats))
+    finally:
+        llm.grpo.generate = gen
+    return prompts * group / per_step, sum(lengths) / max(len(lengths), 1)
 
 
-def trl_rate(model_dir: str, prompts: int, group: int, max_new: int, out: str) -> float:
+def trl_rate(
+    model_dir: str, prompts: int, group: int, max_new: int, out: str, repeats: int
+) -> tuple[float, float]:
+    """(samples/s, mean completion length) of TRL's warm GRPO steps (best of ``repeats``)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -71,7 +95,8 @@ def trl_rate(model_dir: str, prompts: int, group: int, max_new: int, out: str) -
         per_device_train_batch_size=prompts * group,
         num_generations=group,
         max_completion_length=max_new,
-        max_steps=2,
+        max_steps=1 + repeats,
+        generation_kwargs={"min_new_tokens": max_new},
         learning_rate=1e-4,
         logging_steps=1,
         report_to=[],
@@ -91,7 +116,7 @@ def trl_rate(model_dir: str, prompts: int, group: int, max_new: int, out: str) -
         train_dataset=ds,
         processing_class=load_tokenizer(model_dir),
     )
-    times = []
+    times, lengths = [], []
 
     from transformers import TrainerCallback
 
@@ -102,17 +127,22 @@ def trl_rate(model_dir: str, prompts: int, group: int, max_new: int, out: str) -
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter())
 
+        def on_log(self, args, state, control, logs=None, **k):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(float(logs["completions/mean_length"]))
+
     trainer.add_callback(StepTimer())
     trainer.train()
-    dt = times[-1] - times[-2]  # the second (warm) step
-    return prompts * group / dt
+    dt = min(times[i + 1] - times[i] for i in range(2, len(times), 2))  # warm steps (not the first)
+    return prompts * group / dt, sum(lengths) / max(len(lengths), 1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--max-new", type=int, default=16)
+    ap.add_argument("--max-new", type=int, default=64, help="completion length, forced on both sides")
+    ap.add_argument("--repeats", type=int, default=2, help="best of this many timings per side")
     ap.add_argument("--pretrain-steps", type=int, default=1500, help="tiny model (cached)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
@@ -121,20 +151,24 @@ def main() -> None:
 
     model_dir = model_path("", True, __import__("llm.config").config.DEFAULT_CACHE, a.pretrain_steps)
     with tempfile.TemporaryDirectory() as out:
-        r_ours = ours(model_dir, a.prompts, a.group, a.max_new, out)
-        print(f"ours: {r_ours:.1f} samples/s")
+        r_ours, len_ours = ours(model_dir, a.prompts, a.group, a.max_new, out, a.repeats)
+        print(f"ours: {r_ours:.1f} samples/s  mean completion length {len_ours:.1f}", flush=True)
         try:
-            r_trl = trl_rate(model_dir, a.prompts, a.group, a.max_new, out)
+            r_trl, len_trl = trl_rate(model_dir, a.prompts, a.group, a.max_new, out, a.repeats)
         except ImportError as e:
             print(f"TRL is not installed ({e}); install the benchmark extra: pip install trl")
-            print("RESULT grpo_speedup_vs_trl=nan")
+            print(f"RESULT grpo_speedup_vs_trl=nan mean_completion_len={len_ours:.1f}")
             return
         except Exception as e:  # noqa: BLE001 -- report TRL API drift clearly instead of a traceback
             print(f"TRL GRPOTrainer failed: {type(e).__name__}: {e}")
-            print("RESULT grpo_speedup_vs_trl=nan")
+            print(f"RESULT grpo_speedup_vs_trl=nan mean_completion_len={len_ours:.1f}")
             return
-    print(f"trl:  {r_trl:.1f} samples/s   (prompts={a.prompts} G={a.group} max_new={a.max_new}, CPU)")
-    print(f"RESULT grpo_speedup_vs_trl={r_ours / r_trl:.2f}")
+    print(f"trl:  {r_trl:.1f} samples/s  mean completion length {len_trl:.1f}")
+    print(f"(prompts={a.prompts} G={a.group} max_new={a.max_new}, CPU fp32, threads={a.threads})")
+    print(
+        f"RESULT grpo_speedup_vs_trl={r_ours / r_trl:.2f} mean_completion_len={len_ours:.1f}"
+        f" trl_mean_completion_len={len_trl:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -47,7 +47,15 @@ def evaluate(
     if any(k > n for k in ks):
         raise ValueError(f"ks={ks}: every k must be <= n={n}")
     device = next(model.parameters()).device
-    groups = generate(model, tok, examples, n, temperature, max_new_tokens, enable_thinking)
+    groups = generate(
+        model,
+        tok,
+        examples,
+        n,
+        temperature=temperature,
+        max_completion_length=max_new_tokens,
+        enable_thinking=enable_thinking,
+    )
     correct = np.array(rewards(examples, [[r.text for r in g] for g in groups])) > 0  # (P, n)
     distinct = [
         len({ex.final(r.text) for r, ok in zip(g, row) if ok})
