@@ -74,3 +74,10 @@ def test_pipeline_feeds_the_loss_the_ema_of_the_model_trajectory(monkeypatch):
     # the case is not trivial: the teacher differs from the live model and from its start
     assert (calls[-1][1] - student[-1]).abs().max() > 1e-3
     assert (calls[-1][1] - student[0]).abs().max() > 1e-3
+
+
+def test_ema_update_module_needs_matching_parameters():
+    m = Method.parse("curio")
+    teacher = m.init_state(torch.nn.Linear(2, 2)).teacher
+    with pytest.raises(ValueError):  # zip(strict=True): a model with other parameters is refused
+        m.ema_update(teacher, torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)))
