@@ -325,3 +325,18 @@ def test_pipeline_config_smallest_valid_values():
     PipelineConfig(num_generations=2, num_iterations=1, sft_steps=0, rl_steps=0, pass_k=(1,)).validate()
     with pytest.raises(ValueError, match=r"^sft_steps"):
         PipelineConfig(sft_steps=-1).validate()  # no prefix by default
+
+
+def test_escape_frame_by_hand():
+    from toybench.tabular.pipeline import escape_frame
+
+    # J [R=3, S=2, P=2]: (seed 0, prompt 0) reaches the threshold EXACTLY at step 1 (>= counts);
+    # (0, 1) never; (1, 0) at step 2; (1, 1) already at step 0
+    J = torch.tensor(
+        [[[0.1, 0.2], [0.3, 0.9]], [[0.5, 0.2], [0.4, 0.9]], [[0.6, 0.3], [0.7, 0.9]]], dtype=torch.float64
+    )
+    e = escape_frame(J, 0.5, "m")
+    assert e["seed"].tolist() == [0, 0, 1, 1] and e["prompt"].tolist() == [0, 1, 0, 1]
+    np.testing.assert_array_equal(e["steps"], [1.0, np.nan, 2.0, 0.0])
+    assert e["reached"].tolist() == [True, False, True, True]
+    assert e["initial"].tolist() == [0.1, 0.2, 0.3, 0.9] and (e["budget"] == 2).all()
