@@ -81,7 +81,7 @@ mutate: venv
 	@printf 'overall (%s): ' '$(MUTATE_GROUPS)'; $(abspath $(PY)) -c '$(MUTATE_SCORE)' \
 	  $(foreach g,$(MUTATE_GROUPS),$(MUTATE_DIR)/$(g)/mutants/mutmut-cicd-stats.json)
 
-mutate-group: venv
+mutate-group:  # internal: run by `make mutate` (which sets up the venv) once per group
 	@test -n "$(MUTATE_FILES_$(GROUP))" || { echo "unknown mutation group '$(GROUP)'"; exit 2; }
 	rm -rf $(MUTATE_DIR)/$(GROUP) && mkdir -p $(MUTATE_DIR)/$(GROUP)
 	git ls-files -co --exclude-standard -z | xargs -0 tar -cf - | tar -xf - -C $(MUTATE_DIR)/$(GROUP)
