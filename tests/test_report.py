@@ -18,7 +18,7 @@ from toybench.tabular.pipeline import PipelineConfig
         (dict(methods=("sft", "gift")), "methods"),
         (dict(knob_lrs=(1.0,)), "knob_lrs"),
         (dict(wrong_demo_fracs=(0.0, 1.5)), "wrong_demo_fracs"),
-        (dict(gift_betas=(-1.0, 2.0)), "methods"),
+        (dict(gift_betas=(-1.0, 2.0)), "gift_betas"),  # names the flag typed (was: "methods")
         (dict(pipeline=PipelineConfig(pass_k=(1, 128)), eval_samples=64), "pass_k"),
         (dict(headline_k=8), "headline_k"),
         (dict(settings=("bandit", "atari")), "settings"),

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from toybench import analysis, plots
-from toybench.config import require
+from toybench.config import fill_defaults, prepare_out_dir, require
 from toybench.methods import Method
 from toybench.tabular.bandit import MultiAnswerBandit, SharedBandit
 from toybench.tabular.envs import Scenario
@@ -66,7 +66,7 @@ class ReportConfig:
     """Output directory (report.md, headline.md, results.csv, config.json, figures)."""
     quick: bool = False
     """Smoke-test preset: a small grid, few seeds, short budgets; also the quick theorems and
-    tiny-transformer settings (other ``--tiny.*`` knobs are then ignored)."""
+    tiny-transformer settings. It fills only the fields you leave at their defaults: a flag you type wins."""
     seeds: int = 10
     """Test seeds per cell (every reported number and CI is over these)."""
     val_seeds: int = 5
@@ -138,7 +138,7 @@ class ReportConfig:
     """The tiny-transformer section (``--scale transformer``); ``tiny.seeds`` training seeds per method."""
 
 
-# The --quick preset: integers shrink to at most these values, other fields are replaced.
+# The --quick preset: it replaces only the fields the user left at their defaults.
 QUICK = dict(
     seeds=4,
     val_seeds=3,
@@ -150,23 +150,21 @@ QUICK = dict(
     tree_V=4,
 )
 QUICK_PIPELINE = dict(sft_steps=8)
-QUICK_TINY_SEEDS = 2
-
-
-def _shrink(cfg, preset: dict):
-    return dataclasses.replace(
-        cfg, **{k: min(getattr(cfg, k), v) if isinstance(v, int) else v for k, v in preset.items()}
-    )
 
 
 def resolve(cfg: ReportConfig) -> ReportConfig:
-    """Apply the quick preset, forward the seed, and validate; a bad field raises ValueError naming it."""
+    """Apply the quick preset, forward the seed, and validate the whole config before anything runs.
+
+    A bad field raises ValueError naming it (nested ones as ``pipeline.x``, ``theorems.x``, ``tiny.x``);
+    the CLI turns the name into the flag (``--pipeline.x``).
+    """
     tiny = cfg.tiny
     if cfg.quick:
-        cfg = dataclasses.replace(_shrink(cfg, QUICK), pipeline=_shrink(cfg.pipeline, QUICK_PIPELINE))
-        tiny = quick_config(seeds=min(tiny.seeds, QUICK_TINY_SEEDS))
-    if not cfg.rl_budgets or min(cfg.rl_budgets) < 1:
-        raise ValueError(f"rl_budgets must be positive RL step counts, got {cfg.rl_budgets}")
+        cfg = dataclasses.replace(
+            fill_defaults(cfg, QUICK), pipeline=fill_defaults(cfg.pipeline, QUICK_PIPELINE)
+        )
+        tiny = fill_defaults(tiny, {f.name: getattr(QUICK_TINY, f.name) for f in dataclasses.fields(tiny)})
+    _validate_fields(cfg)
     cfg = dataclasses.replace(
         cfg,
         rl_budgets=tuple(sorted(set(cfg.rl_budgets))),
@@ -176,11 +174,46 @@ def resolve(cfg: ReportConfig) -> ReportConfig:
         ),
         tiny=dataclasses.replace(tiny, task_seed=cfg.seed, pretrain_seed=cfg.seed),
     )
-    # confidence intervals need two test seeds; selection needs one validation seed
-    require(cfg, non_negative=("seed",), at_least={"seeds": 2, "val_seeds": 1})
     require(cfg.tiny, at_least={"seeds": 2}, prefix="tiny.")
+    _validate_grid(cfg)
+    cfg.pipeline.validate(prefix="pipeline.")
+    try:
+        cfg.theorems.resolved()
+    except ValueError as err:
+        raise ValueError(f"theorems.{err}") from None
+    pass_k = cfg.pipeline.pass_k
+    if max(pass_k) > cfg.eval_samples:
+        raise ValueError(
+            f"pipeline.pass_k: k = {max(pass_k)} is larger than eval_samples = {cfg.eval_samples}"
+        )
+    if cfg.headline_k not in pass_k:
+        raise ValueError(f"headline_k = {cfg.headline_k} must be one of pipeline.pass_k = {pass_k}")
+    return cfg
+
+
+QUICK_TINY = quick_config()
+
+
+def _validate_fields(cfg: ReportConfig) -> None:
+    """The report's own scalar fields and lists (before the seed is forwarded)."""
+    # confidence intervals need two test seeds; selection needs one validation seed
+    require(
+        cfg,
+        non_negative=("seed",),
+        at_least=dict(
+            seeds=2, val_seeds=1, eval_samples=1, headline_k=1, demos_per_prompt=1, bandit_prompts=1,
+            bandit_V=2, bandit_correct=1, shared_prompts=2, shared_V=2, shared_d=1, tree_prompts=1,
+            tree_V=2, tree_H=3,
+        ),
+    )  # fmt: skip
+    if not cfg.bandit_correct < cfg.bandit_V:
+        raise ValueError(f"bandit_correct must be < bandit_V = {cfg.bandit_V}, got {cfg.bandit_correct}")
+    if cfg.tree_V**cfg.tree_H > 2_000_000:
+        raise ValueError(f"tree_H: tree_V**tree_H = {cfg.tree_V**cfg.tree_H} leaves is too many to enumerate")
     if not 0 < cfg.reward_threshold <= 1:
         raise ValueError(f"reward_threshold must be in (0, 1], got {cfg.reward_threshold}")
+    if not cfg.rl_budgets or not min(cfg.rl_budgets) >= 1:
+        raise ValueError(f"rl_budgets must be positive RL step counts, got {cfg.rl_budgets}")
     for s in cfg.settings:
         if s not in SETTINGS:
             raise ValueError(f"settings: unknown setting {s!r}; choose from {SETTINGS}")
@@ -189,17 +222,28 @@ def resolve(cfg: ReportConfig) -> ReportConfig:
             raise ValueError(f"methods: unknown method family {m!r}; choose from {FAMILIES}")
     if not {"sft", "none"} <= set(cfg.methods):
         raise ValueError("methods must include 'sft' and 'none' (every claim is tested against both)")
-    for name, grid in (
-        ("wrong_demo_fracs", cfg.wrong_demo_fracs),
-        ("base_correct_masses", cfg.base_correct_masses),
-    ):
-        lo, hi = (0.0, 1.0) if name == "wrong_demo_fracs" else (1e-6, 1 - 1e-6)
-        if not grid or not all(lo <= x <= hi for x in grid):
-            raise ValueError(f"{name} must be non-empty values in [{lo:g}, {hi:g}], got {grid}")
-    if min(cfg.lr_grid + cfg.knob_lrs, default=0) <= 0:
-        raise ValueError(
-            f"lr_grid and knob_lrs must be positive learning rates, got {cfg.lr_grid}, {cfg.knob_lrs}"
-        )
+    inf = float("inf")
+    grids = dict(  # name: (low, high, whether low itself is allowed)
+        wrong_demo_fracs=(0.0, 1.0, True),
+        base_correct_masses=(1e-6, 1 - 1e-6, True),
+        lr_grid=(0.0, inf, False),
+        knob_lrs=(0.0, inf, False),
+        gift_betas=(0.0, inf, False),
+        entropy_coefs=(0.0, inf, True),
+        curio_alphas=(0.0, inf, True),
+    )
+    for name, (lo, hi, closed) in grids.items():
+        grid = getattr(cfg, name)
+        if not grid or not all((lo <= x if closed else lo < x) and x <= hi for x in grid):
+            rule = f"{'>=' if closed else '>'} {lo:g}" if hi == inf else f"in [{lo:g}, {hi:g}]"
+            raise ValueError(f"{name} must be non-empty values {rule}, got {grid}")
+    for lvl in cfg.pear_levels:
+        if lvl not in ("token", "block", "sequence"):
+            raise ValueError(f"pear_levels: unknown level {lvl!r}; choose from token, block, sequence")
+
+
+def _validate_grid(cfg: ReportConfig) -> None:
+    """Every family gets K configurations and every one of them parses as a method."""
     for s in cfg.settings:
         for fam, configs in tuning_grid(cfg, s).items():
             if len(configs) != len(cfg.lr_grid):
@@ -212,15 +256,6 @@ def resolve(cfg: ReportConfig) -> ReportConfig:
                     Method.parse(spec)
                 except ValueError as err:
                     raise ValueError(f"methods: {err}") from None
-    cfg.pipeline.validate(prefix="pipeline.")
-    pass_k = cfg.pipeline.pass_k
-    if max(pass_k) > cfg.eval_samples:
-        raise ValueError(
-            f"pipeline.pass_k: k = {max(pass_k)} is larger than eval_samples = {cfg.eval_samples}"
-        )
-    if cfg.headline_k not in pass_k:
-        raise ValueError(f"headline_k = {cfg.headline_k} must be one of pipeline.pass_k = {pass_k}")
-    return cfg
 
 
 def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[str, float, float]]]:
@@ -633,8 +668,7 @@ def run_report(cfg: ReportConfig) -> Path:
     Writes report.md, results.csv, config.json and PNG figures to ``cfg.out``; returns report.md's path.
     """
     cfg = resolve(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(cfg.out, "out")  # before any computation: a bad --out fails at once
     # One thread: the tensors are small, and extra OpenMP threads slow it ~10x on busy cores (measured).
     torch.set_num_threads(1)
     timing, extra = {}, {}
@@ -670,8 +704,16 @@ def replot(out_dir: Path) -> None:
     out = Path(out_dir)
     if not (out / "results.csv").exists():
         raise ValueError(f"out_dir {out} has no results.csv (run `toybench report --out {out}` first)")
-    df = pd.read_csv(out / "results.csv")
-    cfg = json.loads((out / "config.json").read_text())
-    esc = pd.read_csv(out / "escape.csv") if (out / "escape.csv").exists() else None
+    df = _read(out / "results.csv", pd.read_csv)
+    cfg = _read(out / "config.json", lambda p: json.loads(p.read_text()))
+    esc = _read(out / "escape.csv", pd.read_csv) if (out / "escape.csv").exists() else None
     extra = {p.stem.removeprefix("section_"): p.read_text() for p in sorted(out.glob("section_*.md"))}
     write_markdown(df, cfg, out, extra, esc)
+
+
+def _read(path: Path, reader):
+    """``reader(path)``; a missing or unreadable file is a ValueError naming it."""
+    try:
+        return reader(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None

@@ -117,6 +117,8 @@ class PipelineConfig:
             raise ValueError(f"{prefix}{e}") from None
         if not self.pass_k or not min(self.pass_k) >= 1:
             raise ValueError(f"{prefix}pass_k must be non-empty positive ints, got {self.pass_k}")
+        if not 0 <= self.coverage_threshold < 1:
+            raise ValueError(f"{prefix}coverage_threshold must be in [0, 1), got {self.coverage_threshold}")
 
 
 def metric_names(cfg: PipelineConfig) -> list[str]:
