@@ -1,0 +1,149 @@
+"""Running the map: one scenario per setting holding every cell x seed, every family x configuration
+run once on it (vectorised), the records of ``results.csv`` and ``escape.csv``."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from toybench import analysis
+from toybench.methods import Method
+from toybench.report.config import ReportConfig, tuning_grid
+from toybench.tabular.bandit import MultiAnswerBandit, SharedBandit
+from toybench.tabular.envs import Scenario
+from toybench.tabular.pipeline import run_method
+from toybench.tabular.tree import ReasoningTree
+
+
+def _accepts(cls, name: str) -> bool:
+    return name in inspect.signature(cls.__init__).parameters
+
+
+def make_scenario(
+    cfg: ReportConfig,
+    setting: str,
+    seeds: list[int],
+    wrong_demo_frac: float = 0.2,
+    base_correct_mass: float | None = 0.1,
+) -> Scenario:
+    """Build one setting for the given seeds at one cell of the map (other knobs from the config).
+
+    ``base_correct_mass`` is passed only to builders that take it (None: the builder's own default).
+    """
+    cls = {"bandit": MultiAnswerBandit, "bandit_shared": SharedBandit}.get(setting, ReasoningTree)
+    data = dict(
+        wrong_demo_frac=wrong_demo_frac, demos_per_prompt=cfg.demos_per_prompt, error_unit=cfg.error_unit
+    )
+    if base_correct_mass is not None and _accepts(cls, "base_correct_mass"):
+        data["base_correct_mass"] = base_correct_mass
+    if setting == "bandit":
+        return cls(seeds, cfg.bandit_prompts, cfg.bandit_V, cfg.bandit_correct, **data)
+    if setting == "bandit_shared":
+        return cls(seeds, cfg.shared_prompts, cfg.shared_prompts // 2, cfg.shared_V, cfg.shared_d, **data)
+    source = "behavior" if setting == "tree_offpolicy" else "expert"
+    return cls(seeds, cfg.tree_prompts, cfg.tree_V, cfg.tree_H, data_source=source, **data)
+
+
+def concat_scenarios(scs: list[Scenario]) -> Scenario:
+    """One scenario whose seeds are those of ``scs`` in order (same geometry and prompt split), so one
+    vectorised run covers every cell of the map. Per-seed tensors are concatenated along dim 0."""
+    first = scs[0]
+    out = {}
+    for f in dataclasses.fields(first):
+        vals = [getattr(s, f.name) for s in scs]
+        v0 = vals[0]
+        if isinstance(v0, torch.Tensor) and f.name.endswith("prompts"):  # shared across seeds
+            if not all(torch.equal(v, v0) for v in vals):
+                raise ValueError(f"concat_scenarios: {f.name} differs between scenarios")
+            out[f.name] = v0
+        elif isinstance(v0, torch.Tensor) and v0.dim() > 0 and v0.shape[0] == first.num_seeds:
+            out[f.name] = torch.cat(vals)
+        else:
+            out[f.name] = v0
+    return Scenario(**out)
+
+
+def map_cells(cfg: ReportConfig, setting: str) -> list[tuple[float, float | None]]:
+    """(wrong_demo_frac, base_correct_mass) of every cell; mass None where the builder has no such knob."""
+    cls = {"bandit": MultiAnswerBandit, "bandit_shared": SharedBandit}.get(setting, ReasoningTree)
+    masses = cfg.base_correct_masses if _accepts(cls, "base_correct_mass") else (None,)
+    return [(w, m) for w in cfg.wrong_demo_fracs for m in masses]
+
+
+def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every family x configuration on every setting, vectorised over cells x seeds (one run each).
+
+    Returns the map frame (results.csv: one row per setting x cell x RL budget x configuration x seed x
+    stage, stage 'sft' = end of SFT, 'rl' = end of the budget) and the per-prompt RL escape times of the
+    longest budget (escape.csv).
+    """
+    torch.manual_seed(cfg.seed)  # nothing below draws from the global generator; set for safety
+    n_val = cfg.val_seeds
+    seeds = list(range(cfg.seed, cfg.seed + n_val + cfg.seeds))
+    S = len(seeds)
+    frames, escapes = [], []
+    jobs = [
+        (s, fam, i, c)
+        for s in cfg.settings
+        for fam, cs in tuning_grid(cfg, s).items()
+        for i, c in enumerate(cs)
+    ]
+    scenarios, cells = {}, {}
+    for setting, fam, cid, (spec, sft_lr, rl_lr) in tqdm(jobs, desc="map", unit="run"):
+        if setting not in scenarios:
+            cells[setting] = map_cells(cfg, setting)
+            scenarios[setting] = concat_scenarios(
+                [make_scenario(cfg, setting, seeds, w, m) for w, m in cells[setting]]
+            )
+        sc, cl = scenarios[setting], cells[setting]
+        pipe = dataclasses.replace(cfg.pipeline, sft_lr=sft_lr, rl_lr=rl_lr)
+        df = run_method(sc, spec, pipe, escape_threshold=cfg.reward_threshold)
+        esc = df.attrs.pop("escape")
+        end_sft = df[(df["stage"] == "sft") & (df["step"] == pipe.sft_steps)]
+        parts = []
+        for b in cfg.rl_budgets:
+            parts += [
+                end_sft.assign(rl_steps=b),
+                df[(df["stage"] == "rl") & (df["step"] == b)].assign(rl_steps=b),
+            ]
+        d = pd.concat(parts, ignore_index=True)
+        meta = dict(setting=setting, family=fam, config_id=cid, sft_lr=sft_lr, rl_lr=rl_lr)
+        for frame in (d, esc):
+            idx = frame["seed"].to_numpy()
+            frame["wrong_demo_frac"] = [cl[i // S][0] for i in idx]
+            frame["base_correct_mass"] = [cl[i // S][1] for i in idx]
+            frame["split"] = np.where(idx % S < n_val, "val", "test")
+            frame["seed"] = [seeds[i % S] for i in idx]
+            for k, v in meta.items():
+                frame[k] = v
+            frame["method"] = str(Method.parse(spec))
+        frames.append(d)
+        escapes.append(esc.assign(rl_steps=max(cfg.rl_budgets)))
+    out, esc = pd.concat(frames, ignore_index=True), pd.concat(escapes, ignore_index=True)
+    # Where the builder has no base_correct_mass knob, record the base's measured mass on correct answers.
+    for setting in cfg.settings:
+        rows = out["setting"] == setting
+        if out.loc[rows, "base_correct_mass"].isna().any():
+            base = out[rows & (out["family"] == "none") & (out["config_id"] == 0) & (out["stage"] == "sft")]
+            mass = round(float(base["J"].mean()), 3)
+            out.loc[rows, "base_correct_mass"] = mass
+            esc.loc[esc["setting"] == setting, "base_correct_mass"] = mass
+    front = [
+        *analysis.CELL,
+        "family",
+        "method",
+        "config_id",
+        "sft_lr",
+        "rl_lr",
+        "split",
+        "seed",
+        "stage",
+        "step",
+    ]
+    out = out[front + [c for c in out.columns if c not in front]]
+    return out, esc.astype({"base_correct_mass": float})
