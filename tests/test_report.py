@@ -96,3 +96,36 @@ def test_tiny_report_end_to_end(tmp_path):
 def test_replot_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="results.csv"):
         replot(tmp_path)
+
+
+def test_shared_settings_report_held_out_prompts_and_the_trees_run_gift_seq():
+    from toybench.report import run_map
+
+    cfg = resolve(
+        ReportConfig(
+            skip_theorems=True,
+            seeds=2,
+            val_seeds=1,
+            settings=("tree", "tree_shared"),
+            methods=("none", "sft", "gift", "gift_seq"),
+            wrong_demo_fracs=(0.0,),
+            base_correct_masses=(0.01, 0.2),
+            rl_budgets=(2,),
+            lr_grid=(0.5, 2.0),
+            knob_lrs=(1.0,),
+            pipeline=PipelineConfig(sft_steps=2),
+            tree_prompts=3,
+            tree_V=3,
+            tree_H=3,
+            shared_tree_prompts=6,
+        )
+    )
+    df, _ = run_map(cfg)
+    shared, tree = df[df.setting == "tree_shared"], df[df.setting == "tree"]
+    assert set(shared["eval_prompts"]) == {"held-out"} and set(tree["eval_prompts"]) == {"rl_train"}
+    # J is on the held-out prompts, the RL prompts' J is kept as train_J; the per-prompt tree has neither
+    assert (shared["J"] - shared["train_J"]).abs().max() > 1e-3 and tree["train_J"].isna().all()
+    assert {"gift_seq@2", "gift_seq@8"} <= set(df["method"]) and "eval_J" not in df
+    assert set(df["base_correct_mass"]) == {0.01, 0.2}
+    # a configuration's learning rate is the step size of both stages, none included
+    assert (df["sft_lr"] == df["rl_lr"]).all() and set(df[df.family == "none"]["rl_lr"]) == {0.5, 2.0}

@@ -14,8 +14,12 @@ from toybench.tabular.pipeline import PipelineConfig
 from toybench.theorems import TheoremsConfig
 from toybench.tiny.config import TinyConfig, quick_config
 
-SETTINGS = ("bandit", "bandit_shared", "tree", "tree_offpolicy")
-FAMILIES = ("none", "sft", "dft", "curio", "entropy_sft", "gift", "pear")
+SETTINGS = ("bandit", "bandit_shared", "tree", "tree_offpolicy", "tree_shared")
+#: settings with parameters shared across prompts: RL on training prompts, metrics on held-out prompts
+HELD_OUT_SETTINGS = ("bandit_shared", "tree_shared")
+FAMILIES = ("none", "sft", "dft", "curio", "entropy_sft", "gift", "gift_seq", "pear")
+#: families that need a token MDP (run in the tree settings only)
+TOKEN_FAMILIES = ("gift_seq", "pear")
 
 
 @dataclass
@@ -23,10 +27,13 @@ class ReportConfig:
     """The main job: theorems + the map of SFT methods as RL initialisers (CPU, minutes).
 
     The map sweeps the teacher's error rate, the base's mass on correct answers and the RL budget;
-    every method family gets the same number K of configurations (``lr_grid`` / ``knob_lrs`` x its
-    knob), one is selected per cell on the validation seeds, and every reported number comes from the
-    disjoint test seeds. The SFT budget and RL settings are ``pipeline`` (``--pipeline.sft-steps``, ...;
-    its ``rl_steps``, ``sft_lr`` and ``rl_lr`` are set by ``rl_budgets`` and the tuning grid).
+    every method family gets the same number K of configurations (``lr_grid``, or ``knob_lrs`` x its
+    knob; a configuration's learning rate is the step size of both its SFT and its RL stage, so ``none``
+    tunes the same RL step sizes as everyone else), one is selected per cell on the validation seeds, and
+    every reported number comes from the disjoint test seeds. Settings with shared parameters
+    (``bandit_shared``, ``tree_shared``) report every metric on held-out prompts that neither SFT nor RL
+    sees. The SFT budget and RL settings are ``pipeline`` (``--pipeline.sft-steps``, ...; its
+    ``rl_steps``, ``sft_lr`` and ``rl_lr`` are set by ``rl_budgets`` and the tuning grid).
     """
 
     out: Path = Path("out/report")
@@ -46,9 +53,10 @@ class ReportConfig:
     """First seed: validation seeds are seed .. seed+val_seeds-1, test seeds the next ``seeds``; also sets
     ``pipeline.grpo_seed``, ``theorems.seed``, ``tiny.task_seed`` and ``tiny.pretrain_seed``."""
     settings: tuple[str, ...] = SETTINGS
-    """Settings to run (subset of bandit, bandit_shared, tree, tree_offpolicy)."""
+    """Settings to run (subset of bandit, bandit_shared, tree, tree_offpolicy, tree_shared)."""
     methods: tuple[str, ...] = FAMILIES
-    """Method families to run (none, sft, dft, curio, entropy_sft, gift, pear; pear only in the trees)."""
+    """Method families to run (none, sft, dft, curio, entropy_sft, gift, gift_seq, pear; gift_seq and pear
+    only in the trees)."""
     wrong_demo_fracs: tuple[float, ...] = (0.0, 0.2, 0.4)
     """Map axis: fraction of prompts whose demonstrations are the teacher's mistake."""
     base_correct_masses: tuple[float, ...] = (0.005, 0.1)
@@ -56,10 +64,10 @@ class ReportConfig:
     native base, whose measured mass is what the results record)."""
     rl_budgets: tuple[int, ...] = (20, 80)
     """Map axis: RL steps (each budget is a prefix of the longest run, so budgets cost nothing extra)."""
-    lr_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
-    """Learning rates of families without a knob: SFT's for sft and dft, RL's for none (K = its length)."""
-    knob_lrs: tuple[float, ...] = (0.5, 2.0)
-    """SFT learning rates crossed with each knob (len(knob_lrs) x len(knob values) must equal K)."""
+    lr_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    """Learning rates (SFT and RL step size) of families without a knob: none, sft, dft (K = its length)."""
+    knob_lrs: tuple[float, ...] = (1.0, 4.0, 16.0)
+    """Learning rates crossed with each knob (len(knob_lrs) x len(knob values) must equal K)."""
     gift_betas: tuple[float, ...] = (2.0, 8.0)
     """GIFT's knob: inverse temperature (SFT is beta = inf)."""
     entropy_coefs: tuple[float, ...] = (0.1, 0.3)
@@ -97,6 +105,8 @@ class ReportConfig:
     """Token MDP: vocabulary (= number of strategies)."""
     tree_H: int = 4
     """Token MDP: horizon (strategy, H-2 execution tokens, answer)."""
+    shared_tree_prompts: int = 16
+    """Shared-feature tree: SFT + RL prompts (SFT on the first half, RL on the rest; 8 held-out prompts)."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """SFT budget and RL settings of every SFT -> RL run (rl_steps, sft_lr, rl_lr: see above)."""
     theorems: TheoremsConfig = field(default_factory=TheoremsConfig)
@@ -193,25 +203,24 @@ def resolve(cfg: ReportConfig) -> ReportConfig:
 def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[str, float, float]]]:
     """family -> its K configurations (full method spec, SFT lr, RL lr), the same K for every family.
 
-    ``none`` has no SFT, so its K are RL learning rates (``lr_grid``); ``sft`` and ``dft`` have no knob,
-    so theirs are SFT learning rates (``lr_grid``); the others cross ``knob_lrs`` with their knob.
-    Families that need a token MDP (pear) are skipped in the bandits.
+    A configuration's learning rate is the step size of both stages (SFT and RL), so every family, ``none``
+    included, tunes the RL step size over the same range. ``none`` (no SFT), ``sft`` and ``dft`` (no knob)
+    get the K values of ``lr_grid``; the others cross ``knob_lrs`` with their knob. Families that need a
+    token MDP (gift_seq, pear) are skipped in the bandits.
     """
-    rl_lr = cfg.pipeline.rl_lr
     knobs = {
         "gift": [f"gift@{b:g}" for b in cfg.gift_betas],
+        "gift_seq": [f"gift_seq@{b:g}" for b in cfg.gift_betas],
         "entropy_sft": [f"entropy_sft@{c:g}" for c in cfg.entropy_coefs],
         "curio": [f"curio,alpha={a:g}" for a in cfg.curio_alphas],
         "pear": [f"pear_{lvl}" + (",block_size=2" if lvl == "block" else "") for lvl in cfg.pear_levels],
     }
     out = {}
     for fam in cfg.methods:
-        if fam == "pear" and not setting.startswith("tree"):
+        if fam in TOKEN_FAMILIES and not setting.startswith("tree"):
             continue
-        if fam == "none":
-            out[fam] = [("none", cfg.pipeline.sft_lr, lr) for lr in cfg.lr_grid]
-        elif fam in ("sft", "dft"):
-            out[fam] = [(fam, lr, rl_lr) for lr in cfg.lr_grid]
+        if fam in ("none", "sft", "dft"):
+            out[fam] = [(fam, lr, lr) for lr in cfg.lr_grid]
         else:
-            out[fam] = [(spec, lr, rl_lr) for spec in knobs[fam] for lr in cfg.knob_lrs]
+            out[fam] = [(spec, lr, lr) for spec in knobs[fam] for lr in cfg.knob_lrs]
     return out

@@ -20,8 +20,8 @@ def selected_table(a: MapAnalysis, setting: str) -> pd.DataFrame:
     s = a.selected[a.selected["setting"] == setting].copy()
     s["cell"] = [_cell_label(r) for r in s.itertuples()]
     s["config"] = [
-        f"{m} (sft_lr {lr:g})" if f != "none" else f"rl_lr {rl:g}"
-        for m, f, lr, rl in zip(s["method"], s["family"], s["sft_lr"], s["rl_lr"])
+        f"{m} (lr {lr:g})" if lr == rl else f"{m} (sft_lr {lr:g}, rl_lr {rl:g})"
+        for m, lr, rl in zip(s["method"], s["sft_lr"], s["rl_lr"])
     ]
     t = s.pivot_table(index="cell", columns="family", values="config", aggfunc="first", sort=False)
     return t.reset_index()
@@ -110,6 +110,91 @@ CLAIM_TEXT = {
 }
 
 
+def lr_grids(cfg: dict) -> dict[str, tuple[float, ...]]:
+    """family -> the learning-rate grid its configurations use (``toybench.report.config.tuning_grid``)."""
+    return {
+        f: tuple(cfg["lr_grid"] if f in ("none", "sft", "dft") else cfg["knob_lrs"]) for f in cfg["methods"]
+    }
+
+
+def _on(df: pd.DataFrame, setting: str) -> str:
+    col = df.loc[df["setting"] == setting, "eval_prompts"] if "eval_prompts" in df else pd.Series([])
+    return "held-out" if len(col) and (col == "held-out").all() else "rl_train"
+
+
+def generalisation_text(df: pd.DataFrame) -> str:
+    """Which settings can measure generalisation (metrics on held-out prompts) and which cannot."""
+    settings = list(dict.fromkeys(df["setting"]))
+    held = [f"`{s}`" for s in settings if _on(df, s) == "held-out"]
+    train = [f"`{s}`" for s in settings if _on(df, s) != "held-out"]
+    parts = ["Generalisation:"]
+    if held:
+        parts.append(
+            f"{', '.join(held)} share parameters across prompts; SFT and RL train on disjoint prompt sets "
+            "and every metric of these settings (validation selection and test numbers alike) is measured "
+            "on held-out prompts that neither SFT nor RL sees (the RL-prompt values are the `train_*` "
+            "columns of results.csv): they CAN measure generalisation."
+        )
+    if train:
+        parts.append(
+            f"{', '.join(train)} have per-prompt parameters (a prompt that no update touches stays at "
+            "pi_base), so they are evaluated on their RL training prompts and CANNOT measure generalisation."
+        )
+    return " ".join(parts)
+
+
+def pear_data_text(df: pd.DataFrame) -> list[str]:
+    """Per setting with PEAR: whether its offline data come from a stochastic pi_beta with recorded
+    log-probs, or from a deterministic expert (PEAR's degenerate case)."""
+    pear = df[(df["family"] == "pear") & (df["stage"] == "sft")]
+    if not len(pear) or "pear_degenerate" not in pear:
+        return []
+    parts = []
+    for s, g in pear.groupby("setting", sort=False):
+        frac = float(g["pear_degenerate"].astype(bool).mean())
+        if frac > 0.5:
+            parts.append(
+                f"`{s}`: the data come from a deterministic expert on {frac:.0%} of the seeds (every "
+                "recorded log pi_beta is 0, so PEAR's rho_t are not importance ratios): the DEGENERATE case"
+            )
+        else:
+            parts.append(
+                f"`{s}`: the data are drawn from the stochastic pi_beta != pi_base with log pi_beta recorded "
+                f"when drawn (degenerate on {frac:.0%} of the seeds): PEAR's setting"
+            )
+    return ["PEAR's offline data: " + "; ".join(parts) + ".", ""]
+
+
+def token_approximation_section(a: MapAnalysis) -> list[str]:
+    """Token-level GIFT minus sequence-level GIFT (``gift_seq``, the exact Gibbs target over sequences),
+    each at its selected configuration, per cell, after SFT and after RL (test seeds)."""
+    c = analysis.family_contrast(a.test, "gift", "gift_seq")
+    if not len(c):
+        return []
+    c["p_holm"] = [f"{q:.2g}" for q in analysis.holm(c["p"])]
+    c["cell"] = [_cell_label(r) for r in c.itertuples()]
+    c["gift - gift_seq"] = [analysis.fmt_ci(d, h) for d, h in zip(c["diff"], c["ci"])]
+    sig = c[analysis.holm(c["p"]) < 0.05]
+    lines = []
+    for stage, g in c.groupby("stage", sort=False):
+        s = sig[sig["stage"] == stage]
+        lines.append(
+            f"after {stage.upper()}: mean |difference| {g['diff'].abs().mean():.3f} in pass@1 over "
+            f"{len(g)} cells, {int((s['diff'] > 0).sum())} significantly in favour of the token target and "
+            f"{int((s['diff'] < 0).sum())} of the sequence target (Holm within this table)"
+        )
+    return [
+        "## GIFT: what the token approximation costs",
+        "",
+        "Token-level GIFT (per-position Gibbs targets) minus `gift_seq` (the exact sequence-level Gibbs "
+        "target q(y) ∝ pi_base(y) exp(beta 1[y = demo])), each at its validation-selected configuration, "
+        "paired by test seed (pass@1; not in the claims' Holm family): " + "; ".join(lines) + ".",
+        "",
+        analysis.markdown_table(c[["setting", "cell", "stage", "gift - gift_seq", "p_holm"]]),
+        "",
+    ]
+
+
 def make_figures(df: pd.DataFrame, cfg: dict, out: Path, a: MapAnalysis, esc: pd.DataFrame | None) -> None:
     for s in dict.fromkeys(df["setting"]):
         plots.plot_map(a.best[a.best["setting"] == s], a.effects[a.effects["setting"] == s], s, out)
@@ -146,8 +231,10 @@ def write_markdown(
         f"{cfg['error_unit']}-level), base mass on correct answers {list(cfg['base_correct_masses'])}, RL "
         f"budgets {list(cfg['rl_budgets'])} steps ({pipe['rl_algorithm']}), SFT {pipe['sft_steps']} steps, "
         f"{df['family'].nunique()} method families with K = {len(cfg['lr_grid'])} configurations each "
-        "(learning rate x the method's knob; `none` gets K RL learning rates, `sft`/`dft` K SFT learning "
-        "rates). Per cell, each family's configuration is selected by mean post-RL pass@1 on "
+        "(`none`, `sft`, `dft`: K learning rates; the others: learning rates x the method's knob; a "
+        "configuration's learning rate is the step size of both its SFT and its RL stage, so every family, "
+        "`none` included, tunes the RL step size over the same range). Per cell, each family's "
+        "configuration is selected by mean post-RL pass@1 on "
         f"{cfg['val_seeds']} validation seeds; every number below comes from {cfg['seeds']} disjoint test "
         "seeds. Metrics are exact expectations; effects are paired by seed with 95% Student-t intervals and "
         "two-sided paired t-tests, Holm-Bonferroni-adjusted over the report's whole family of tests. "
@@ -155,10 +242,9 @@ def write_markdown(
         "significantly against), inconclusive (otherwise). Raw records: `results.csv`; "
         "config: `config.json`; re-plot with `toybench plot DIR`.",
         "",
-        "Generalisation: every setting here evaluates on its RL training prompts except `bandit_shared` "
-        "(log-linear, SFT and RL on disjoint prompts, metrics on the RL prompts); held-out RL prompts are "
-        "reported only where the environment provides them.",
+        generalisation_text(df),
         "",
+        *pear_data_text(df),
         "## Headline (also `headline.md`)",
         "",
         headline,
@@ -174,6 +260,17 @@ def write_markdown(
         np.isfinite(a.effects["p"]).sum() + (np.isfinite(a.reversal["p"]).sum() if len(a.reversal) else 0)
     )
     md += [f"Holm family: {n_tests} paired tests.", ""]
+    md += token_approximation_section(a)
+    md += [
+        "## Tuning grid: selections on an edge",
+        "",
+        "Per family, the validation-selected learning rates over every setting x cell x RL budget; a "
+        "selection at the low or high end of the grid means the optimum may lie outside it (a grid of fewer "
+        "than 3 values has no interior).",
+        "",
+        analysis.markdown_table(analysis.grid_edges(a.selected, lr_grids(cfg))),
+        "",
+    ]
     if extra.get("theorems"):
         text = extra["theorems"].strip()
         md += ([] if text.startswith("## ") else ["## Theorems", ""]) + [text, ""]
@@ -196,8 +293,8 @@ def write_markdown(
             "",
             "selected: "
             + "; ".join(
-                f"{r.family} -> {r.method}"
-                + (f" sft_lr {r.sft_lr:g}" if r.family != "none" else f" rl_lr {r.rl_lr:g}")
+                f"{r.family} -> {r.method} lr {r.sft_lr:g}"
+                + (f" (rl_lr {r.rl_lr:g})" if r.rl_lr != r.sft_lr else "")
                 + f" [{_cell_label(r)}]"
                 for r in a.selected[a.selected["setting"] == s].itertuples()
             ),

@@ -17,11 +17,17 @@ from toybench.report.config import ReportConfig, tuning_grid
 from toybench.tabular.bandit import MultiAnswerBandit, SharedBandit
 from toybench.tabular.envs import Scenario
 from toybench.tabular.pipeline import run_method
-from toybench.tabular.tree import ReasoningTree
+from toybench.tabular.tree import ReasoningTree, SharedTree
 
 
 def _accepts(cls, name: str) -> bool:
     return name in inspect.signature(cls.__init__).parameters
+
+
+def _builder(setting: str):
+    return {"bandit": MultiAnswerBandit, "bandit_shared": SharedBandit, "tree_shared": SharedTree}.get(
+        setting, ReasoningTree
+    )
 
 
 def make_scenario(
@@ -35,7 +41,7 @@ def make_scenario(
 
     ``base_correct_mass`` is passed only to builders that take it (None: the builder's own default).
     """
-    cls = {"bandit": MultiAnswerBandit, "bandit_shared": SharedBandit}.get(setting, ReasoningTree)
+    cls = _builder(setting)
     data = dict(
         wrong_demo_frac=wrong_demo_frac, demos_per_prompt=cfg.demos_per_prompt, error_unit=cfg.error_unit
     )
@@ -45,6 +51,9 @@ def make_scenario(
         return cls(seeds, cfg.bandit_prompts, cfg.bandit_V, cfg.bandit_correct, **data)
     if setting == "bandit_shared":
         return cls(seeds, cfg.shared_prompts, cfg.shared_prompts // 2, cfg.shared_V, cfg.shared_d, **data)
+    if setting == "tree_shared":
+        n = cfg.shared_tree_prompts
+        return cls(seeds, n, n // 2, cfg.tree_V, cfg.tree_H, **data)
     source = "behavior" if setting == "tree_offpolicy" else "expert"
     return cls(seeds, cfg.tree_prompts, cfg.tree_V, cfg.tree_H, data_source=source, **data)
 
@@ -70,39 +79,67 @@ def concat_scenarios(scs: list[Scenario]) -> Scenario:
 
 def map_cells(cfg: ReportConfig, setting: str) -> list[tuple[float, float | None]]:
     """(wrong_demo_frac, base_correct_mass) of every cell; mass None where the builder has no such knob."""
-    cls = {"bandit": MultiAnswerBandit, "bandit_shared": SharedBandit}.get(setting, ReasoningTree)
-    masses = cfg.base_correct_masses if _accepts(cls, "base_correct_mass") else (None,)
+    masses = cfg.base_correct_masses if _accepts(_builder(setting), "base_correct_mass") else (None,)
     return [(w, m) for w in cfg.wrong_demo_fracs for m in masses]
 
 
-def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every family x configuration on every setting, vectorised over cells x seeds (one run each).
+def held_out_metrics(d: pd.DataFrame) -> pd.DataFrame:
+    """Where the run has held-out eval prompts (``eval_<metric>`` columns, shared parameters), make the
+    held-out values THE metrics (``J``, ``pass@k``, ...) and keep the RL-training-prompt values as
+    ``train_<metric>``; ``eval_prompts`` says which prompts the metrics are on ('held-out' | 'rl_train')."""
+    ev = [c for c in d.columns if c.startswith("eval_")]
+    if not ev:
+        return d.assign(eval_prompts="rl_train")
+    names = [c.removeprefix("eval_") for c in ev]
+    train = d[names].rename(columns=lambda c: f"train_{c}")
+    d = d.drop(columns=ev).assign(**{n: d[f"eval_{n}"].to_numpy() for n in names})
+    return pd.concat([d, train], axis=1).assign(eval_prompts="held-out")
 
-    Returns the map frame (results.csv: one row per setting x cell x RL budget x configuration x seed x
-    stage, stage 'sft' = end of SFT, 'rl' = end of the budget) and the per-prompt RL escape times of the
-    longest budget (escape.csv).
+
+def _jobs(cfg: ReportConfig, setting: str) -> list[tuple[str, str, list[tuple[int, float, float]]]]:
+    """(family, spec, [(config_id, sft_lr, rl_lr), ...]): the configurations of one spec run together."""
+    out = {}
+    for fam, cs in tuning_grid(cfg, setting).items():
+        for cid, (spec, sft_lr, rl_lr) in enumerate(cs):
+            out.setdefault((fam, spec), []).append((cid, sft_lr, rl_lr))
+    return [(fam, spec, c) for (fam, spec), c in out.items()]
+
+
+def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every family x configuration on every setting, vectorised over configurations x cells x seeds.
+
+    The configurations of one method spec differ only in their learning rates, so they run as one batch
+    (the scenario repeated once per configuration, each copy with its own step sizes). Returns the map
+    frame (results.csv: one row per setting x cell x RL budget x configuration x seed x stage, stage
+    'sft' = end of SFT, 'rl' = end of the budget) and the per-prompt RL escape times of the longest budget
+    (escape.csv).
     """
     torch.manual_seed(cfg.seed)  # nothing below draws from the global generator; set for safety
     n_val = cfg.val_seeds
     seeds = list(range(cfg.seed, cfg.seed + n_val + cfg.seeds))
     S = len(seeds)
     frames, escapes = [], []
-    jobs = [
-        (s, fam, i, c)
-        for s in cfg.settings
-        for fam, cs in tuning_grid(cfg, s).items()
-        for i, c in enumerate(cs)
-    ]
+    jobs = [(s, *job) for s in cfg.settings for job in _jobs(cfg, s)]
     scenarios, cells = {}, {}
-    for setting, fam, cid, (spec, sft_lr, rl_lr) in tqdm(jobs, desc="map", unit="run"):
+    for setting, fam, spec, configs in tqdm(jobs, desc="map", unit="run"):
         if setting not in scenarios:
             cells[setting] = map_cells(cfg, setting)
             scenarios[setting] = concat_scenarios(
                 [make_scenario(cfg, setting, seeds, w, m) for w, m in cells[setting]]
             )
         sc, cl = scenarios[setting], cells[setting]
-        pipe = dataclasses.replace(cfg.pipeline, sft_lr=sft_lr, rl_lr=rl_lr)
-        df = run_method(sc, spec, pipe, escape_threshold=cfg.reward_threshold)
+        n = sc.num_seeds  # cells x seeds
+        lrs = torch.tensor([c[1:] for c in configs]).repeat_interleave(n, 0)  # (C * n, 2)
+        pipe = cfg.pipeline
+        df = run_method(
+            concat_scenarios([sc] * len(configs)),
+            spec,
+            pipe,
+            escape_threshold=cfg.reward_threshold,
+            sft_lrs=lrs[:, 0],
+            rl_lrs=lrs[:, 1],
+            record_steps={"sft": {pipe.sft_steps}, "rl": set(cfg.rl_budgets)},
+        )
         esc = df.attrs.pop("escape")
         end_sft = df[(df["stage"] == "sft") & (df["step"] == pipe.sft_steps)]
         parts = []
@@ -111,16 +148,19 @@ def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 end_sft.assign(rl_steps=b),
                 df[(df["stage"] == "rl") & (df["step"] == b)].assign(rl_steps=b),
             ]
-        d = pd.concat(parts, ignore_index=True)
-        meta = dict(setting=setting, family=fam, config_id=cid, sft_lr=sft_lr, rl_lr=rl_lr)
+        d = held_out_metrics(pd.concat(parts, ignore_index=True))
         for frame in (d, esc):
             idx = frame["seed"].to_numpy()
+            conf, idx = idx // n, idx % n
             frame["wrong_demo_frac"] = [cl[i // S][0] for i in idx]
             frame["base_correct_mass"] = [cl[i // S][1] for i in idx]
             frame["split"] = np.where(idx % S < n_val, "val", "test")
             frame["seed"] = [seeds[i % S] for i in idx]
-            for k, v in meta.items():
-                frame[k] = v
+            frame["setting"] = setting
+            frame["family"] = fam
+            frame["config_id"] = [configs[c][0] for c in conf]
+            frame["sft_lr"] = [configs[c][1] for c in conf]
+            frame["rl_lr"] = [configs[c][2] for c in conf]
             frame["method"] = str(Method.parse(spec))
         frames.append(d)
         escapes.append(esc.assign(rl_steps=max(cfg.rl_budgets)))
