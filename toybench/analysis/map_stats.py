@@ -19,7 +19,8 @@ OUTCOMES = ("reproduces", "does not reproduce", "inconclusive")
 
 def select_configs(df: pd.DataFrame, metric: str = "J") -> pd.DataFrame:
     """Per cell and method family, the configuration with the best mean post-RL ``metric`` on the
-    VALIDATION seeds (test rows are dropped before anything is computed; ties go to the lower config_id).
+    VALIDATION seeds (test rows are dropped before anything is computed; ties go to the lower config_id;
+    a configuration with any non-finite validation value, a diverged run, scores -inf).
 
     Returns one row per cell x family: CELL, family, config_id, method, sft_lr, rl_lr, val_score.
     """
@@ -27,6 +28,9 @@ def select_configs(df: pd.DataFrame, metric: str = "J") -> pd.DataFrame:
     keys = [*CELL, "family", "config_id"]
     extra = [c for c in ("method", "sft_lr", "rl_lr") if c in val.columns]
     score = val.groupby(keys, sort=False).agg(val_score=(metric, "mean"), **{c: (c, "first") for c in extra})
+    # a configuration with a non-finite validation run (diverged) is never selected over a finite one
+    bad = val[metric].isna().groupby([val[k] for k in keys], sort=False).any()
+    score.loc[bad[bad].index, "val_score"] = -np.inf
     score = score.reset_index().sort_values([*CELL, "family", "val_score", "config_id"])
     score["_rank"] = score.groupby([*CELL, "family"]).cumcount(ascending=False)
     return score[score["_rank"] == 0].drop(columns="_rank").reset_index(drop=True)

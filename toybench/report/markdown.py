@@ -122,6 +122,19 @@ def _on(df: pd.DataFrame, setting: str) -> str:
     return "held-out" if len(col) and (col == "held-out").all() else "rl_train"
 
 
+def diverged_text(df: pd.DataFrame) -> str:
+    """The configurations whose run went non-finite (marked in every cell of their setting: the cells
+    share one run); selection never picks them."""
+    if "diverged" not in df or not df["diverged"].astype(bool).any():
+        return "Diverged configurations (non-finite run): none."
+    d = df[df["diverged"].astype(bool)][["setting", "method", "sft_lr"]].drop_duplicates()
+    listed = "; ".join(f"`{r.setting}` {r.method} at lr {r.sft_lr:g}" for r in d.itertuples())
+    return (
+        f"Diverged configurations (non-finite run, marked in every cell of their setting since the cells "
+        f"share one run, never selected): {listed}."
+    )
+
+
 def generalisation_text(df: pd.DataFrame) -> str:
     """Which settings can measure generalisation (metrics on held-out prompts) and which cannot."""
     settings = list(dict.fromkeys(df["setting"]))
@@ -269,6 +282,8 @@ def write_markdown(
         "than 3 values has no interior).",
         "",
         analysis.markdown_table(analysis.grid_edges(a.selected, lr_grids(cfg))),
+        "",
+        diverged_text(df),
         "",
     ]
     if extra.get("theorems"):

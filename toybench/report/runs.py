@@ -105,6 +105,61 @@ def _jobs(cfg: ReportConfig, setting: str) -> list[tuple[str, str, list[tuple[in
     return [(fam, spec, c) for (fam, spec), c in out.items()]
 
 
+_META = ("method", "kind", "value", "seed", "stage", "step", "global_step", "pear_degenerate")
+
+
+def _run_configs(sc, spec, pipe, configs, cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One run of ``spec`` holding every configuration (seed index = config x n + seed of ``sc``).
+
+    A configuration whose learning rate makes the run non-finite (a ValueError from the metrics) is
+    DIVERGED: the configurations are then rerun one by one, and a diverged one gets NaN metrics and
+    ``diverged = True`` (selection never picks it, ``analysis.select_configs``)."""
+    n, steps = sc.num_seeds, {"sft": {pipe.sft_steps}, "rl": set(cfg.rl_budgets)}
+
+    def run(scenario, cs):
+        lrs = torch.tensor([c[1:] for c in cs]).repeat_interleave(n, 0)  # (C * n, 2)
+        df = run_method(
+            scenario,
+            spec,
+            pipe,
+            escape_threshold=cfg.reward_threshold,
+            sft_lrs=lrs[:, 0],
+            rl_lrs=lrs[:, 1],
+            record_steps=steps,
+        )
+        esc = df.attrs.pop("escape")
+        return df.assign(diverged=False), esc
+
+    try:
+        return run(concat_scenarios([sc] * len(configs)), configs)
+    except ValueError as err:
+        if "NaN" not in str(err):
+            raise
+    runs = []
+    for c in configs:
+        try:
+            runs.append(run(sc, [c]))
+        except ValueError as err:
+            if "NaN" not in str(err):
+                raise
+            runs.append(None)
+    ok = next((r for r in runs if r is not None), None)
+    if ok is None:
+        raise ValueError(
+            f"every configuration of {spec} diverged (non-finite metrics): lower the learning rates"
+        )
+    dfs, escs = [], []
+    for i, r in enumerate(runs):
+        df, esc = r if r is not None else ok
+        if r is None:
+            df = df.assign(diverged=True)
+            df[[c for c in df.columns if c not in (*_META, "diverged")]] = np.nan
+            esc = esc.assign(initial=np.nan, steps=np.nan, reached=False)
+        dfs.append(df.assign(seed=df["seed"] + i * n))
+        escs.append(esc.assign(seed=esc["seed"] + i * n))
+    return pd.concat(dfs, ignore_index=True), pd.concat(escs, ignore_index=True)
+
+
 def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every family x configuration on every setting, vectorised over configurations x cells x seeds.
 
@@ -129,18 +184,8 @@ def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
             )
         sc, cl = scenarios[setting], cells[setting]
         n = sc.num_seeds  # cells x seeds
-        lrs = torch.tensor([c[1:] for c in configs]).repeat_interleave(n, 0)  # (C * n, 2)
         pipe = cfg.pipeline
-        df = run_method(
-            concat_scenarios([sc] * len(configs)),
-            spec,
-            pipe,
-            escape_threshold=cfg.reward_threshold,
-            sft_lrs=lrs[:, 0],
-            rl_lrs=lrs[:, 1],
-            record_steps={"sft": {pipe.sft_steps}, "rl": set(cfg.rl_budgets)},
-        )
-        esc = df.attrs.pop("escape")
+        df, esc = _run_configs(sc, spec, pipe, configs, cfg)
         end_sft = df[(df["stage"] == "sft") & (df["step"] == pipe.sft_steps)]
         parts = []
         for b in cfg.rl_budgets:
