@@ -18,7 +18,7 @@ Design choices
 * Metrics are exact (enumeration) at every step on the RL prompts: SFT loss on held-out
   data, J = pass@1, pass@k = 1 - (1 - J)^k, entropy, coverage, mass on reward-0 and on
   implausible answers, KL to base. Where the scenario has held-out eval prompts (shared
-  parameters: ``SharedBandit``) the same metrics on them are the ``eval_*`` columns; settings
+  parameters: ``SharedBandit``, ``SharedTree``) the same metrics on them are the ``eval_*`` columns; settings
   with per-prompt parameters cannot measure generalisation and have no such columns. Every loss
   comes from ``toybench.losses`` via ``toybench.methods``.
 * ``gift_seq@beta``: the exact per-position conditionals of the sequence-level Gibbs target
