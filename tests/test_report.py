@@ -64,6 +64,14 @@ def test_tiny_report_end_to_end(tmp_path):
     assert path == tmp_path / "report.md"
     text = path.read_text()
     assert "## Map: `bandit`" in text and "selected: " in text and "Holm family" in text
+    for section in (
+        "Base competence",
+        "CANNOT measure generalisation",
+        "selections on an edge",
+        "PEAR's offline",
+    ):
+        assert section in text
+    assert "## GIFT: what the token approximation costs" in text  # gift and gift_seq share tree_offpolicy
     for key in ("(a)", "(b)", "(c)", "(d)"):
         assert f"**{key}" in text
     df = pd.read_csv(tmp_path / "results.csv")

@@ -122,6 +122,21 @@ def _on(df: pd.DataFrame, setting: str) -> str:
     return "held-out" if len(col) and (col == "held-out").all() else "rl_train"
 
 
+def base_competence_text(a: MapAnalysis) -> str:
+    """What RL from the base reaches at each base mass: ``none``'s post-RL pass@1 at the longest budget
+    (test seeds, averaged over teacher error, which ``none`` never sees)."""
+    t = a.test[(a.test["family"] == "none") & (a.test["stage"] == "rl")]
+    if not len(t):
+        return ""
+    t = t[t["rl_steps"] == t["rl_steps"].max()]
+    g = t.groupby(["setting", "base_correct_mass"], sort=False)["J"].mean()
+    parts = [f"`{s}` mass {m:g}: {j:.3f}" for (s, m), j in g.items()]
+    return (
+        f"Base competence: pass@1 that RL from the base (`none`) reaches after {int(t['rl_steps'].max())} "
+        "steps, per setting and base mass on correct answers (test seeds): " + "; ".join(parts) + "."
+    )
+
+
 def diverged_text(df: pd.DataFrame) -> str:
     """The configurations whose run went non-finite (marked in every cell of their setting: the cells
     share one run); selection never picks them."""
@@ -256,6 +271,8 @@ def write_markdown(
         "config: `config.json`; re-plot with `toybench plot DIR`.",
         "",
         generalisation_text(df),
+        "",
+        base_competence_text(a),
         "",
         *pear_data_text(df),
         "## Headline (also `headline.md`)",
