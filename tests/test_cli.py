@@ -105,7 +105,7 @@ def test_bad_theorems_flag_names_it(tmp_path, capsys, no_computation):
 
 
 def test_quick_fills_only_what_the_user_did_not_set():
-    from toybench.report import QUICK, ReportConfig, resolve
+    from toybench.report.config import QUICK, ReportConfig, resolve
     from toybench.theorems import TheoremsConfig
     from toybench.tiny.config import TinyConfig
 
