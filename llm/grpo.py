@@ -15,9 +15,10 @@ ran out of budget without an EOS from the loss (they still count in the normalis
 as in TRL). Knob names are TRL's (``kl_coef`` is TRL's ``beta``: here ``beta`` is GIFT's).
 Logged (TRL's metric names under ``grpo/``): reward, reward_std, frac_reward_zero_std, kl, entropy,
 clip_ratio/{low,high,region}_mean, completions/{mean_length,clipped_ratio}, learning_rate, loss,
-grad_norm, pass@k (unbiased over the G samples), and the held-out expert SFT loss (decoupling probe
-T1). Sampling is seeded per (seed, step, rank) (:func:`rollout_seed`), so a resumed run draws the
-same samples as an uninterrupted one.
+grad_norm, pass@k (unbiased over the G samples; a sample is solved when its reward is > 0, as in
+``llm.evaluate``), and the held-out expert SFT loss (decoupling probe T1). Sampling is seeded per
+(seed, step, rank) (:func:`rollout_seed`), so a resumed run draws the same samples as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -308,16 +309,14 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
         )
         dist.all_reduce_sum(lengths)
         n_seq = cfg.prompts_per_step * cfg.num_generations
-        c = all_rewards.sum(1).cpu().numpy()
+        c = (all_rewards > 0).sum(1).cpu().numpy()  # solved = reward > 0, as in llm.evaluate
         record = {"step": step + 1} | {
             f"grpo/{k}": v
             for k, v in (
                 reward_stats(all_rewards.cpu())
                 | upd
                 | {
-                    f"pass@{cfg.pass_k}": float(
-                        np.mean(pass_at_k(cfg.num_generations, c.astype(int), cfg.pass_k))
-                    ),
+                    f"pass@{cfg.pass_k}": float(np.mean(pass_at_k(cfg.num_generations, c, cfg.pass_k))),
                     "completions/mean_length": float(lengths[0]) / n_seq,
                     "completions/clipped_ratio": float(lengths[1]) / n_seq,
                     "learning_rate": sched.get_last_lr()[0],
