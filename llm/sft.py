@@ -2,8 +2,9 @@
 
 Loop (one optimizer step):
   global batch of ``batch_size`` examples (a seeded permutation per epoch; position = step) ->
-  this rank's slice -> ``grad_accum`` micro-batches -> per-token loss of the method through
-  :func:`llm.chunked.chunked_per_token` -> :func:`llm.train.global_reduce` -> backward ->
+  this rank's slice -> ``grad_accum`` micro-batches -> per-token loss of the method by
+  ``--loss-impl`` (:func:`llm.scoring.sft_per_token`: chunked, fused or naive) ->
+  :func:`llm.train.global_reduce` -> backward ->
   gradients summed over ranks -> clip -> non-finite guard -> AdamW + cosine schedule.
 
 The method is a ``toybench.methods`` spec (``gift@5``, ``curio,ema_every=5``, ``pear_block``...); its
@@ -31,10 +32,10 @@ from llm.config import SFTConfig, resolve
 from llm.data import Example, collate, sft_seqs
 from llm.loading import load_model
 from llm.log import RunLogger
-from llm.objectives import logp_fn, sft_token_fn
+from llm.objectives import logp_fn
 from llm.rewards import Rewards
 from llm.rollout import generate
-from llm.scoring import heldout_sft_loss, score
+from llm.scoring import heldout_sft_loss, score, sft_per_token
 from llm.train import (
     Normaliser,
     batch_indices,
@@ -96,7 +97,6 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     state = method.init_state(model)  # frozen base / EMA teacher, as the method declares
     # behaviour log-probs of the model before its first step (= the base) unless behavior_model says
     behavior = behavior_logprobs(cfg, seqs, tok, model, device, out) if method.needs_behavior_logp else None
-    fn = sft_token_fn(method)
     aux = [state.base if method.aux == "base" else state.teacher] if method.aux else []
 
     opt, sched = make_optimizer(model, cfg.lr, cfg.steps, cfg.warmup, cfg.min_lr_ratio, cfg.weight_decay)
@@ -139,7 +139,7 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
         loss_sum = torch.zeros((), device=device)
         for b in batches:
             with prec.autocast():
-                per_token = score(model, b, fn, aux_models=aux, chunk_size=cfg.chunk_size)  # (B, T-1)
+                per_token = sft_per_token(model, b, method, aux, cfg.chunk_size, cfg.loss_impl)  # (B, T-1)
                 w = method.weights(-per_token.detach(), b.get("behavior_logp"), b["loss_mask"])  # PEAR
                 if w is not None:
                     per_token = w * per_token

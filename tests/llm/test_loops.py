@@ -88,6 +88,42 @@ def test_grad_accumulation_1x4_equals_4x1(tiny_dir, tmp_path):
     torch.testing.assert_close(_params(a), _params(b), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["sft", "gift@5", "curio", "entropy_sft@0.1"])
+def test_fused_and_naive_sft_step_equal_chunked(tiny_dir, tmp_path, monkeypatch, method):
+    """One SFT step by --loss-impl fused / naive: same loss, gradient norm and parameters as chunked.
+
+    The grad norm pins the gradient's scale, which Adam's first step (~lr * sign(grad)) would hide;
+    parameters to lr / 20 (elements whose gradient is ~0 can move by a fraction of lr)."""
+    import llm.scoring
+
+    used = []
+    for name in ("chunked_per_token", "fused_token_loss", "full_per_token"):
+        real = getattr(llm.scoring, name)
+        monkeypatch.setattr(
+            llm.scoring, name, lambda *a, _f=real, _n=name, **k: used.append(_n) or _f(*a, **k)
+        )
+    kw = dict(steps=1, batch_size=8, warmup=0, lr=1e-3, method=method, n_heldout=0)
+    ref, rec = _sft(tiny_dir, tmp_path, "chunked", loss_impl="chunked", **kw)
+    assert set(used) == {"chunked_per_token"}
+    assert not torch.equal(_params(ref), _params(load_model(str(tiny_dir), "cpu")))  # the step moved
+    for impl, fn in (("fused", "fused_token_loss"), ("naive", "full_per_token")):
+        used.clear()
+        m, r = _sft(tiny_dir, tmp_path, impl, loss_impl=impl, **kw)
+        assert set(used) == {fn}, used  # the step ran through the implementation asked for
+        assert r["sft/loss"] == pytest.approx(rec["sft/loss"], rel=1e-6), impl
+        assert r["sft/grad_norm"] == pytest.approx(rec["sft/grad_norm"], rel=1e-5), impl
+        torch.testing.assert_close(_params(m), _params(ref), rtol=0, atol=5e-5)
+
+
+def test_fused_rejects_specs_it_cannot_run():
+    from llm.config import resolve
+
+    with pytest.raises(ValueError, match="--loss-impl fused cannot run 'entropy_sft@0.1,top_k=5'"):
+        resolve(SFTConfig(tiny=True, method="entropy_sft@0.1,top_k=5", loss_impl="fused"))
+    with pytest.raises(ValueError, match="--loss-impl must be one of"):
+        resolve(SFTConfig(tiny=True, loss_impl="bogus"))
+
+
 @pytest.mark.parametrize("method", ["curio,ema_every=1", "pear_token"])
 def test_resume_equals_uninterrupted(tiny_dir, tmp_path, method):
     kw = dict(steps=4, batch_size=4, ckpt_every=2, eval_every=2, method=method)
@@ -134,7 +170,7 @@ def test_grpo_resume_equals_uninterrupted(tiny_dir, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_dir, tmp_path, monkeypatch):
-    import llm.sft as sft_mod
+    import llm.scoring as sft_mod  # where the SFT loop's per-token loss is built
 
     real, calls = sft_mod.sft_token_fn, {"n": 0}
 
