@@ -226,6 +226,9 @@ class GRPOKnobs:
     """Nucleus sampling (1 = off). Scoring does not renormalise over the nucleus (as TRL)."""
     top_k: int = 0
     """Top-k sampling (0 = off)."""
+    min_new_tokens: int = 0
+    """Generation: every EOS id is masked for the first N tokens of a completion (HF's
+    ``min_new_tokens``, vLLM's ``min_tokens``); 0 = off. At most ``max_completion_length``."""
 
 
 @dataclass
@@ -365,6 +368,7 @@ RULES: dict[str, Rule] = {
     },
     **{n: _ge(0) for n in ("warmup", "clip", "weight_decay", "epsilon", "epsilon_high", "kl_coef")},
     "n_heldout": _ge(0),
+    "min_new_tokens": _ge(0),
     "log_completions_every": _ge(0),
     "stop_after": _ge(-1),
     "seed": Rule(lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
@@ -521,6 +525,12 @@ def resolve(cfg: RunConfig, given: set[str] | None = None) -> RunConfig:
         except ValueError as e:
             raise ConfigError(name, str(e)) from None
     _check_loss_impl(cfg, [m for _, m in specs])
+    grpo, prefix = (cfg.grpo, "grpo.") if isinstance(cfg, PipelineConfig) else (cfg, "")
+    if isinstance(grpo, GRPOKnobs) and grpo.min_new_tokens > cfg.max_completion_length:
+        raise ConfigError(
+            prefix + "min_new_tokens",
+            f"must be <= max_completion_length={cfg.max_completion_length}, got {grpo.min_new_tokens}",
+        )
     if isinstance(cfg, EvalConfig | PipelineConfig) and max(cfg.ks) > cfg.n_samples:
         raise ConfigError("ks", f"={cfg.ks}: every k must be <= n_samples={cfg.n_samples}")
     _check_run(cfg)

@@ -28,7 +28,7 @@ def evaluate(
     n: int,
     ks: tuple[int, ...],
     temperature: float = 1.0,
-    max_new_tokens: int = 64,
+    max_completion_length: int = 64,
     chunk_size: int = 1024,
     enable_thinking: bool = False,
     rewards=None,
@@ -53,7 +53,7 @@ def evaluate(
         examples,
         n,
         temperature=temperature,
-        max_completion_length=max_new_tokens,
+        max_completion_length=max_completion_length,
         enable_thinking=enable_thinking,
     )
     correct = np.array(rewards(examples, [[r.text for r in g] for g in groups])) > 0  # (P, n)

@@ -285,6 +285,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
                 batch_size=cfg.generation_batch_size,
                 top_p=cfg.top_p,
                 top_k=cfg.top_k,
+                min_new_tokens=cfg.min_new_tokens,
             )
         texts = [[r.text for r in g] for g in groups]
         rewards = group_rewards(local, groups, reward_fn)  # (n, G)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import types
 from collections import defaultdict
@@ -383,3 +384,16 @@ def test_sampling_depends_on_the_step(tiny_dir, tmp_path, monkeypatch):
 
     a, b = by_prompt(gens[0]), by_prompt(gens[1])
     assert a.keys() == b.keys() and a != b
+
+
+def test_min_new_tokens_reaches_generation(tiny_dir, tmp_path):
+    """``--min-new-tokens`` masks the EOS ids: with it at the budget every completion is full length."""
+
+    def lengths(name, **kw):
+        _grpo(tiny_dir, tmp_path, name, max_completion_length=10, **kw)
+        rec = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
+        return rec["grpo/completions/mean_length"], rec["grpo/completions/clipped_ratio"]
+
+    free = lengths("free")
+    assert free[0] < 10 and free[1] < 1  # precondition: some completion stops early without it
+    assert lengths("forced", min_new_tokens=10) == (10.0, 1.0)
