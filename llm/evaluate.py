@@ -11,10 +11,11 @@ import torch
 from llm.checkpoint import prepare_out
 from llm.config import EvalConfig, resolve, save_config
 from llm.data import Example, collate
-from llm.loading import load_model, load_tokenizer, model_path, resolve_device
+from llm.loading import load_model, load_tokenizer, resolve_device
 from llm.objectives import entropy_fn
 from llm.rollout import generate
 from llm.scoring import heldout_sft_loss, score
+from llm.tiny import model_path
 from llm.train import seed_everything
 from toybench.losses import reduce
 from toybench.metrics import pass_at_k
