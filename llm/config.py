@@ -495,7 +495,7 @@ def _check_loss_impl(cfg: RunConfig, methods: list[str]) -> None:
     knobs, prefix = (cfg.sft, "sft.") if isinstance(cfg, PipelineConfig) else (cfg, "")
     if getattr(knobs, "loss_impl", "chunked") != "fused":
         return
-    from llm.scoring import fused_unsupported
+    from llm.objectives import fused_unsupported
 
     for m in methods:
         if Method.parse(m).kind != "none" and (why := fused_unsupported(m)):

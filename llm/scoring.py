@@ -9,8 +9,8 @@ the entropy) under the same ``logits / T``, so the trained policy is the samplin
 :func:`sft_per_token` is the SFT loss of a method spec by one of :data:`LOSS_IMPLS` (``--loss-impl``):
 ``chunked`` (``score`` with ``toybench.losses`` unchanged: every method spec), ``fused``
 (:func:`llm.fused.fused_token_loss`: one vocabulary sweep per chunk, analytic gradients; the specs
-its kernels implement, see :func:`fused_unsupported`) or ``naive`` (full ``[B, T, V]`` logits, for
-small vocabularies and checks).
+its kernels implement, see :func:`llm.objectives.fused_unsupported`) or ``naive`` (full
+``[B, T, V]`` logits, for small vocabularies and checks).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from llm.chunked import chunked_per_token, final_hidden, full_per_token, output_weight
 from llm.config import LOSS_IMPLS
 from llm.data import Example, collate, sft_ids
-from llm.fused import N_AUX, fused_token_loss
+from llm.fused import fused_token_loss
 from llm.objectives import logp_fn, sft_token_fn
 from toybench.losses import reduce
 from toybench.methods import Method
@@ -106,20 +106,6 @@ def sft_per_token(
     return per_token * mask
 
 
-def fused_unsupported(method: str | Method) -> str | None:
-    """Why ``--loss-impl fused`` cannot run ``method`` (its kernels implement only some constants:
-    no entropy-SFT ``top_k``/``rho``, CurioSFT's default temperature constants), or None when it can.
-    Asked of :func:`llm.fused.fused_token_loss` itself on a 1-token input."""
-    m = Method.parse(method)
-    z, w, y = torch.zeros(1, 1, 1), torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.long)
-    try:
-        with torch.no_grad():
-            fused_token_loss(m, z, w, targets=y, aux=[(z, w)] * N_AUX.get(m.kind, 0))
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 @torch.no_grad()
 def heldout_sft_loss(
     model, tok, examples: list[Example], chunk_size: int, batch_size: int = 32, enable_thinking=False
@@ -141,7 +127,6 @@ def heldout_sft_loss(
 __all__ = [
     "LOSS_IMPLS",
     "aux_pairs",
-    "fused_unsupported",
     "heldout_sft_loss",
     "hidden_states",
     "score",
