@@ -5,8 +5,10 @@
 
 The vectorised pipeline runs all seeds in one batch (one autograd call per step); the baseline
 runs the SAME code once per seed in a Python loop, at the same settings. The report's map batches
-cells x seeds into one run (default 6 cells x 15 seeds = 90), hence ``--seeds 90``. Last line:
-``RESULT vectorised_speedup=<x> report_seconds=<s>``.
+learning-rate configurations x cells x seeds into one run (default 6 lrs x 6 cells x 15 seeds = 540,
+each seed with its own step size, recording only the steps the report reads), hence ``--seeds 540``.
+The loop's time is measured on ``--loop-sample`` of those seeds and scaled to all of them (every
+single-seed run does the same work). Last line: ``RESULT vectorised_speedup=<x> report_seconds=<s>``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sweeps and the --quick report")
     ap.add_argument(
-        "--seeds", type=int, default=90, help="batch for the speed-up (the map's 6 cells x 15 seeds = 90)"
+        "--seeds", type=int, default=540, help="batch for the speed-up (the map's 6 lrs x 6 cells x 15 seeds)"
     )
+    ap.add_argument("--loop-sample", type=int, default=60, help="seeds the per-seed loop is timed on")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = (
@@ -59,14 +62,30 @@ def main() -> None:
         t = timed(lambda V=V, H=H: run_method(ReasoningTree(range(S), V=V, H=H), method, cfg))
         print(f"| {V} | {H} | {V**H} | {t:.2f} |")
 
-    S = args.seeds
-    print(f"\n# vectorised vs per-seed loop, {S} seeds, tree V=5 H=4 and bandit V=32")
-    t_vec = timed(lambda: run_method(ReasoningTree(range(S), V=5, H=4), method, cfg))
-    t_vec += timed(lambda: run_method(MultiAnswerBandit(range(S), V=32), method, cfg))
-    t_loop = sum(timed(lambda s=s: run_method(ReasoningTree([s], V=5, H=4), method, cfg)) for s in range(S))
-    t_loop += sum(timed(lambda s=s: run_method(MultiAnswerBandit([s], V=32), method, cfg)) for s in range(S))
+    S, n = args.seeds, min(args.loop_sample, args.seeds)
+    lrs = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0, 16.0]).repeat_interleave(-(-S // 6))[:S]
+    keep = {"sft": {cfg.sft_steps}, "rl": {cfg.rl_steps // 4, cfg.rl_steps}}  # as the map records
+
+    def run(make, seeds, lr):
+        return run_method(make(seeds), method, cfg, sft_lrs=lr, rl_lrs=lr, record_steps=keep)
+
+    def tree(s):
+        return ReasoningTree(s, V=5, H=4)
+
+    def bandit(s):
+        return MultiAnswerBandit(s, V=32)
+
+    print(f"\n# vectorised vs per-seed loop, {S} seeds (each its own lr), tree V=5 H=4 and bandit V=32")
+    t_vec = timed(lambda: run(tree, list(range(S)), lrs)) + timed(lambda: run(bandit, list(range(S)), lrs))
+    sample = range(0, S, max(1, S // n))[:n]  # spread over the lr grid
+    t_loop = sum(timed(lambda s=s: run(tree, [s], lrs[s : s + 1])) for s in sample)
+    t_loop += sum(timed(lambda s=s: run(bandit, [s], lrs[s : s + 1])) for s in sample)
+    t_loop *= S / len(sample)
     speedup = t_loop / t_vec
-    print(f"vectorised {t_vec:.2f} s, per-seed loop {t_loop:.2f} s, speed-up {speedup:.1f}x")
+    print(
+        f"vectorised {t_vec:.2f} s, per-seed loop {t_loop:.2f} s ({n} seeds timed, scaled to {S}), "
+        f"speed-up {speedup:.1f}x"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         print("\n# default `toybench report`" + (" --quick" if args.quick else ""))

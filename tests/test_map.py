@@ -132,3 +132,21 @@ def test_best_per_cell_and_significance():
     assert clear["best"].tolist() == ["gift"] and clear["significant"].tolist() == [True]
     tie = analysis.best_per_cell(frame({"none": 0.3, "sft": 0.8, "gift": 0.8}, noise=0.05))
     assert tie["significant"].tolist() == [False]
+
+
+def test_family_contrast_is_paired_per_stage():
+    d = frame(
+        {"gift": 0.7, "gift_seq": 0.6, "sft": 0.5}, sft_means={"gift": 0.4, "gift_seq": 0.4, "sft": 0.4}
+    )
+    c = analysis.family_contrast(d, "gift", "gift_seq").set_index("stage")
+    assert c.at["rl", "diff"] == pytest.approx(0.1) and c.at["rl", "p"] < 0.05
+    assert abs(c.at["sft", "diff"]) < 0.02 and c.at["sft", "n"] == 8
+    assert analysis.family_contrast(d, "gift", "pear").empty  # no shared cell
+
+
+def test_grid_edges_counts_low_high_and_interior():
+    sel = pd.DataFrame({"family": ["sft"] * 4 + ["gift"] * 2, "sft_lr": [0.5, 2.0, 8.0, 2.0, 1.0, 4.0]})
+    e = analysis.grid_edges(sel, {"sft": (8.0, 0.5, 2.0), "gift": (1.0, 4.0)}).set_index("family")
+    assert e.loc["sft", ["at_low_edge", "at_high_edge", "interior"]].tolist() == [1, 1, 2]
+    assert e.loc["gift", ["at_low_edge", "at_high_edge", "interior"]].tolist() == [1, 1, 0]
+    assert e.at["sft", "grid"] == "0.5, 2, 8"

@@ -8,6 +8,11 @@ import pytest
 from toybench.report import ReportConfig, replot, resolve, run_report
 from toybench.tabular.pipeline import PipelineConfig
 
+# the smallest map: two test seeds, K = 2 configurations, a 3-token tree of horizon 3
+TINY = dict(
+    skip_theorems=True, seeds=2, lr_grid=(0.5, 2.0), knob_lrs=(1.0,), tree_prompts=3, tree_V=3, tree_H=3
+)
+
 
 @pytest.mark.parametrize(
     "kw, field",
@@ -18,7 +23,7 @@ from toybench.tabular.pipeline import PipelineConfig
         (dict(methods=("sft", "gift")), "methods"),
         (dict(knob_lrs=(1.0,)), "knob_lrs"),
         (dict(wrong_demo_fracs=(0.0, 1.5)), "wrong_demo_fracs"),
-        (dict(gift_betas=(-1.0, 2.0)), "methods"),
+        (dict(gift_betas=(-1.0, 2.0)), "gift_betas"),  # names the flag typed (was: "methods")
         (dict(pipeline=PipelineConfig(pass_k=(1, 128)), eval_samples=64), "pass_k"),
         (dict(headline_k=8), "headline_k"),
         (dict(settings=("bandit", "atari")), "settings"),
@@ -45,26 +50,28 @@ def test_quick_preset_shrinks_budgets():
 def test_tiny_report_end_to_end(tmp_path):
     cfg = ReportConfig(
         out=tmp_path,
-        skip_theorems=True,
-        seeds=2,
         val_seeds=2,
         settings=("bandit", "tree_offpolicy"),
         wrong_demo_fracs=(0.0, 0.3),
         base_correct_masses=(0.01, 0.2),
         rl_budgets=(2, 4),
-        lr_grid=(0.5, 2.0),
-        knob_lrs=(1.0,),
         pipeline=PipelineConfig(sft_steps=3),
         bandit_prompts=4,
         bandit_V=8,
-        tree_prompts=3,
-        tree_V=3,
-        tree_H=3,
+        **TINY,
     )
     path = run_report(cfg)
     assert path == tmp_path / "report.md"
     text = path.read_text()
     assert "## Map: `bandit`" in text and "selected: " in text and "Holm family" in text
+    for section in (
+        "Base competence",
+        "CANNOT measure generalisation",
+        "selections on an edge",
+        "PEAR's offline",
+    ):
+        assert section in text
+    assert "## GIFT: what the token approximation costs" in text  # gift and gift_seq share tree_offpolicy
     for key in ("(a)", "(b)", "(c)", "(d)"):
         assert f"**{key}" in text
     df = pd.read_csv(tmp_path / "results.csv")
@@ -96,3 +103,62 @@ def test_tiny_report_end_to_end(tmp_path):
 def test_replot_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="results.csv"):
         replot(tmp_path)
+
+
+def test_shared_settings_report_held_out_prompts_and_the_trees_run_gift_seq():
+    from toybench.report import run_map
+
+    cfg = resolve(
+        ReportConfig(
+            val_seeds=1,
+            settings=("tree", "tree_shared"),
+            methods=("none", "sft", "gift", "gift_seq"),
+            wrong_demo_fracs=(0.0,),
+            base_correct_masses=(0.01, 0.2),
+            rl_budgets=(2,),
+            pipeline=PipelineConfig(sft_steps=2),
+            shared_tree_prompts=6,
+            **TINY,
+        )
+    )
+    df, _ = run_map(cfg)
+    shared, tree = df[df.setting == "tree_shared"], df[df.setting == "tree"]
+    assert set(shared["eval_prompts"]) == {"held-out"} and set(tree["eval_prompts"]) == {"rl_train"}
+    # J is on the held-out prompts, the RL prompts' J is kept as train_J; the per-prompt tree has neither
+    assert (shared["J"] - shared["train_J"]).abs().max() > 1e-3 and tree["train_J"].isna().all()
+    assert {"gift_seq@2", "gift_seq@8"} <= set(df["method"]) and "eval_J" not in df
+    assert set(df["base_correct_mass"]) == {0.01, 0.2}
+    # a configuration's learning rate is the step size of both stages, none included
+    assert (df["sft_lr"] == df["rl_lr"]).all() and set(df[df.family == "none"]["rl_lr"]) == {0.5, 2.0}
+
+
+def test_a_diverged_configuration_gets_nan_rows_and_is_never_selected():
+    from toybench import analysis
+    from toybench.report.runs import _run_configs, make_scenario
+
+    cfg = resolve(
+        ReportConfig(
+            settings=("bandit_shared",),
+            rl_budgets=(2,),
+            pipeline=PipelineConfig(sft_steps=3),
+            shared_prompts=8,
+            **TINY,
+        )
+    )
+    sc = make_scenario(cfg, "bandit_shared", [0, 1, 2], 0.0, 0.005)
+    # entropy-SFT at step size 100 on the log-linear bandit overflows (measured), at 1 it does not
+    df, esc = _run_configs(sc, "entropy_sft@0.1", cfg.pipeline, [(0, 1.0, 1.0), (1, 100.0, 100.0)], cfg)
+    bad = df[df.seed >= 3]
+    assert bad["diverged"].all() and bad["J"].isna().all() and not df[df.seed < 3]["diverged"].any()
+    assert esc[esc.seed >= 3]["initial"].isna().all() and len(esc) == 2 * len(esc[esc.seed < 3])
+    rows = df[df.stage == "rl"].assign(
+        setting="s",
+        wrong_demo_frac=0.0,
+        base_correct_mass=0.005,
+        rl_steps=2,
+        family="entropy_sft",
+        split="val",
+    )
+    rows["config_id"] = (rows["seed"] >= 3).astype(int)
+    rows.loc[rows.config_id == 1, "J"] = rows.loc[rows.config_id == 1, "J"].fillna(2.0).where(rows.seed != 4)
+    assert analysis.select_configs(rows)["config_id"].tolist() == [0]  # NaN on one seed is enough

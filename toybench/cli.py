@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -92,9 +93,37 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runner(arg)
     except ValueError as err:  # bad configuration or input: one clear line, not a traceback
-        print(f"{prog}: {err}", file=sys.stderr)
+        message = str(err) if cmd == "plot" else as_flag(str(err), type(arg))
+        print(f"{prog}: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def as_flag(message: str, cfg_cls: type) -> str:
+    """Name the flag the user typed: a message starting with a config field path (``pipeline.sft_lr``)
+    starts with its flag instead (``--pipeline.sft-lr``); other messages are returned unchanged.
+
+    >>> from toybench.report import ReportConfig
+    >>> as_flag("pipeline.sft_lr must be > 0, got -1.0", ReportConfig)
+    '--pipeline.sft-lr must be > 0, got -1.0'
+    """
+    match = re.match(r"[A-Za-z_][\w.]*", message)
+    if match is None or not _is_field_path(cfg_cls, match.group().split(".")):
+        return message
+    return "--" + match.group().replace("_", "-") + message[match.end() :]
+
+
+def _is_field_path(cls, parts: list[str]) -> bool:
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            return False
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            return False
+        if i + 1 < len(parts):  # a nested config: the class its default factory builds
+            factory = fields[part].default_factory
+            cls = None if factory is dataclasses.MISSING else type(factory())
+    return True
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ Every comparison is written so that NaN fails it (``not (x > 0)``, never ``x <= 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["require"]
+__all__ = ["require", "fill_defaults", "prepare_out_dir"]
 
 
 def require(
@@ -63,3 +65,40 @@ def require(
     for name, choices in (one_of or {}).items():
         if get(name) not in choices:
             fail(name, f"one of {tuple(choices)}")
+
+
+def fill_defaults(cfg, preset: Mapping[str, Any]):
+    """``cfg`` with each field of ``preset`` replaced, but only where ``cfg`` still holds the field's default.
+
+    This is how ``--quick`` works: it fills what the user did not set and never overrides a flag the user
+    typed (a flag set to exactly its default value counts as not set).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     steps: int = 100
+    ...     lr: float = 1.0
+    >>> fill_defaults(C(lr=0.5), {"steps": 5, "lr": 2.0})
+    C(steps=5, lr=0.5)
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    changes = {k: v for k, v in preset.items() if k in defaults and getattr(cfg, k) == defaults[k]}
+    return dataclasses.replace(cfg, **changes)
+
+
+def prepare_out_dir(path: str | Path, name: str = "out") -> Path:
+    """Create the output directory ``path`` and check that it is writable, before any computation.
+
+    Raises ``ValueError`` naming ``name`` when ``path`` is a file, lies under a file, or cannot be written.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{name} {str(p)!r} is a file, not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / ".toybench-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"{name} {str(p)!r} is not a writable directory ({err.strerror})") from None
+    return p

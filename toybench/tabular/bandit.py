@@ -12,7 +12,7 @@ import torch
 from toybench.tabular.envs import (
     Scenario,
     TreeGeometry,
-    data_config,
+    builder_data_config,
     demo_data,
     eval_generator,
     mean_mass_shift,
@@ -49,15 +49,7 @@ class MultiAnswerBandit(Scenario):
         data_source: str = "expert",
         error_unit: str = "prompt",
     ):
-        cfg = data_config(
-            num_prompts,
-            wrong_demo_frac,
-            demos_per_prompt,
-            heldout_demos,
-            data_source,
-            error_unit,
-            base_correct_mass,
-        )
+        cfg = builder_data_config(locals())
         if not 1 <= num_correct < V:
             raise ValueError(f"num_correct must be in [1, V-1], got {num_correct}")
         if len(seeds) < 1:
@@ -121,17 +113,7 @@ class SharedBandit(Scenario):
         eval_prompts: int = 16,
         base_correct_mass: float | None = None,
     ):
-        cfg = data_config(
-            num_prompts,
-            wrong_demo_frac,
-            demos_per_prompt,
-            heldout_demos,
-            data_source,
-            error_unit,
-            base_correct_mass,
-            sft_prompts,
-            eval_prompts,
-        )
+        cfg = builder_data_config(locals())
         if not 1 <= num_correct < V:
             raise ValueError(f"num_correct must be in [1, V-1], got {num_correct}")
         if d < 1:

@@ -47,6 +47,7 @@ pi_theta(y_t) > e^-0.08, and its weights are a fixed positional decay, not impor
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,7 @@ __all__ = [
     "shift_to_mass",
     "mean_mass_shift",
     "eval_generator",
+    "builder_data_config",
 ]
 
 
@@ -316,6 +318,13 @@ def data_config(
         one_of={"data_source": ("expert", "behavior"), "error_unit": ("prompt", "demo")},
     )
     return cfg
+
+
+def builder_data_config(scope: dict) -> dict:
+    """``data_config`` of a builder's own arguments: ``scope`` is its ``locals()``, from which the knobs
+    that ``data_config`` takes are picked by name (absent ones keep their defaults)."""
+    names = inspect.signature(data_config).parameters
+    return data_config(**{k: v for k, v in scope.items() if k in names})
 
 
 def shift_to_mass(z: torch.Tensor, good: torch.Tensor, mass: float) -> torch.Tensor:

@@ -18,7 +18,7 @@ Design choices
 * Metrics are exact (enumeration) at every step on the RL prompts: SFT loss on held-out
   data, J = pass@1, pass@k = 1 - (1 - J)^k, entropy, coverage, mass on reward-0 and on
   implausible answers, KL to base. Where the scenario has held-out eval prompts (shared
-  parameters: ``SharedBandit``) the same metrics on them are the ``eval_*`` columns; settings
+  parameters: ``SharedBandit``, ``SharedTree``) the same metrics on them are the ``eval_*`` columns; settings
   with per-prompt parameters cannot measure generalisation and have no such columns. Every loss
   comes from ``toybench.losses`` via ``toybench.methods``.
 * ``gift_seq@beta``: the exact per-position conditionals of the sequence-level Gibbs target
@@ -117,6 +117,8 @@ class PipelineConfig:
             raise ValueError(f"{prefix}{e}") from None
         if not self.pass_k or not min(self.pass_k) >= 1:
             raise ValueError(f"{prefix}pass_k must be non-empty positive ints, got {self.pass_k}")
+        if not 0 <= self.coverage_threshold < 1:
+            raise ValueError(f"{prefix}coverage_threshold must be in [0, 1), got {self.coverage_threshold}")
 
 
 def metric_names(cfg: PipelineConfig) -> list[str]:
@@ -259,7 +261,14 @@ def exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=None):
     return loss if isinstance(policy, TabularPolicy) else loss / len(rl)
 
 
-def _grpo_update(sc, policy, params, ref_params, cfg, gen):
+def _step_size(lr: float | torch.Tensor | None, default: float, params: torch.Tensor):
+    """The SGD step size: ``default`` (a config's float) or a per-seed [S] tensor broadcast over params."""
+    if lr is None:
+        return default
+    return torch.as_tensor(lr, dtype=params.dtype).reshape(-1, *[1] * (params.dim() - 1))
+
+
+def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None):
     g, rl = sc.geometry, sc.rl_prompts
     S, P_rl, G = sc.num_seeds, len(rl), cfg.num_generations
     with torch.no_grad():
@@ -287,7 +296,7 @@ def _grpo_update(sc, policy, params, ref_params, cfg, gen):
         # dr_grpo's max_completion_length is the horizon H.
         loss = _seedwise(per_token, loss_type_reduction(cfg.loss_type), S, P_rl * G) * (P_rl * scale)
         (grad,) = torch.autograd.grad(loss, params)
-        params = params.detach() - cfg.rl_lr * grad
+        params = params.detach() - _step_size(lr, cfg.rl_lr, params) * grad
     return params.detach()
 
 
@@ -298,6 +307,9 @@ def run_method(
     cfg: PipelineConfig,
     policy: Policy | None = None,
     escape_threshold: float | None = None,
+    sft_lrs: torch.Tensor | None = None,
+    rl_lrs: torch.Tensor | None = None,
+    record_steps: dict[str, set[int]] | None = None,
 ) -> pd.DataFrame:
     """Run base -> SFT(method) -> RL on every seed of ``sc`` and record metrics at every step.
 
@@ -314,7 +326,11 @@ def run_method(
     without eval prompts (per-prompt parameters) these columns are absent. For method 'none' the
     SFT stage records the unchanged base policy. With ``escape_threshold``, ``df.attrs["escape"]``
     holds the per-prompt escape times of the RL stage (``escape_frame``). ``gift_seq`` needs the
-    tree's enumeration, which every tabular scenario has.
+    tree's enumeration, which every tabular scenario has. ``sft_lrs`` / ``rl_lrs`` ([S] tensors, None:
+    ``cfg.sft_lr`` / ``cfg.rl_lr``) give every seed its own step size, so one run can hold several
+    learning-rate configurations side by side (seeds stay independent). ``record_steps`` (None: every
+    step) keeps only the rows of those steps per stage, e.g. ``{"sft": {40}, "rl": {20, 80}}``; the
+    dynamics, and the per-prompt J that the escape times need at every RL step, are unchanged.
     """
     cfg.validate()
     name = method if isinstance(method, str) else str(method)
@@ -322,6 +338,7 @@ def run_method(
     policy = policy or make_policy(sc)
     S = sc.num_seeds
     params = policy.init()
+    sft_lr, rl_lr = _step_size(sft_lrs, cfg.sft_lr, params), _step_size(rl_lrs, cfg.rl_lr, params)
     teacher = spec.init_state(params).teacher
     base_seq = sequence_logits(sc.base_logits[:, sc.sft_prompts], sc.demo_leaves, sc.geometry)[0]
     seq_target = sequence_target(sc, spec["beta"]) if spec.needs_sequence_target else None
@@ -331,7 +348,15 @@ def run_method(
 
     J_rl: list[torch.Tensor] = []  # per-prompt J along RL, for the escape-time analysis (T5)
 
+    def wanted(stage, step):
+        return record_steps is None or step in record_steps.get(stage, ())
+
     def record(stage, step, z, logp=None):
+        if not wanted(stage, step):
+            if stage == "rl":  # escape times: J per prompt at every RL step
+                lp = sc.geometry.leaf_logp(z[:, const["prompts"]]) if logp is None else logp
+                J_rl.append((lp.exp() * const["reward"]).sum(-1))
+            return
         m = evaluate(sc, z, cfg, const, per_prompt=True, logp=logp)
         if stage == "rl":
             J_rl.append(m["J"])
@@ -340,16 +365,18 @@ def run_method(
             row.update({f"eval_{k}": v for k, v in evaluate(sc, z, cfg, const_eval).items()})
         records.append((stage, step, row))
 
-    record("sft", 0, policy.node_logits(params))
+    if wanted("sft", 0):
+        record("sft", 0, policy.node_logits(params))
     for step in range(1, cfg.sft_steps + 1):
         if spec.kind != "none":
             params = params.detach().requires_grad_(True)
             loss = _sft_loss(sc, policy, params, teacher, spec, base_seq, seq_target)
             (grad,) = torch.autograd.grad(loss, params)
-            params = params.detach() - cfg.sft_lr * grad
+            params = params.detach() - sft_lr * grad
             if spec.ema_due(step):
                 teacher = spec.ema_update(teacher, params)
-        record("sft", step, policy.node_logits(params))
+        if wanted("sft", step):
+            record("sft", step, policy.node_logits(params))
 
     ref_params = params.detach().clone()
     with torch.no_grad():
@@ -364,13 +391,15 @@ def run_method(
             if step < cfg.rl_steps:
                 loss = exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=logp)
                 (grad,) = torch.autograd.grad(loss, params)
-                params = params.detach() - cfg.rl_lr * grad
+                params = params.detach() - rl_lr * grad
     else:
         record("rl", 0, policy.node_logits(params))
         for step in range(1, cfg.rl_steps + 1):
-            params = _grpo_update(sc, policy, params, ref_params, cfg, gen)
+            params = _grpo_update(sc, policy, params, ref_params, cfg, gen, rl_lrs)
             record("rl", step, policy.node_logits(params))
-    df = _to_frame(records, name, spec, S, list(records[0][2]))
+    if not records:
+        raise ValueError(f"record_steps {record_steps} selects no step of this run")
+    df = _to_frame(records, name, spec, S, list(records[0][2]), cfg.sft_steps)
     degenerate = sc.behavior_deterministic.numpy() & spec.needs_behavior_logp
     df.insert(df.columns.get_loc(metric_names(cfg)[-1]) + 1, "pear_degenerate", degenerate[df["seed"]])
     if escape_threshold is not None:
@@ -401,7 +430,7 @@ def escape_frame(J: torch.Tensor, threshold: float, method: str) -> pd.DataFrame
     )
 
 
-def _to_frame(records, name: str, spec: Method, S: int, names: list[str]) -> pd.DataFrame:
+def _to_frame(records, name: str, spec: Method, S: int, names: list[str], sft_steps: int) -> pd.DataFrame:
     vals = np.stack(
         [np.stack([m[k].double().numpy() for k in names], -1) for _, _, m in records]
     )  # (R, S, M)
@@ -409,7 +438,7 @@ def _to_frame(records, name: str, spec: Method, S: int, names: list[str]) -> pd.
     stage = np.repeat([s for s, _, _ in records], S)
     step = np.repeat([t for _, t, _ in records], S)
     df = pd.DataFrame(vals.reshape(R * S, -1), columns=names)
-    df.insert(0, "global_step", np.repeat(np.arange(R), S))
+    df.insert(0, "global_step", step + np.where(stage == "rl", sft_steps + 1, 0))
     df.insert(0, "step", step)
     df.insert(0, "stage", stage)
     df.insert(0, "seed", np.tile(np.arange(S), R))

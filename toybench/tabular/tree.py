@@ -13,7 +13,7 @@ from toybench.config import require
 from toybench.tabular.envs import (
     Scenario,
     TreeGeometry,
-    data_config,
+    builder_data_config,
     demo_data,
     eval_generator,
     mean_mass_shift,
@@ -96,15 +96,7 @@ class ReasoningTree(Scenario):
         error_unit: str = "prompt",
         base_correct_mass: float | None = None,
     ):
-        cfg = data_config(
-            num_prompts,
-            wrong_demo_frac,
-            demos_per_prompt,
-            heldout_demos,
-            data_source,
-            error_unit,
-            base_correct_mass,
-        )
+        cfg = builder_data_config(locals())
         if H < 3:
             raise ValueError(f"H must be >= 3 (strategy, execution, answer), got {H}")
         if not 1 <= num_good < V:
@@ -186,17 +178,7 @@ class SharedTree(Scenario):
         eval_prompts: int = 8,
         base_correct_mass: float | None = None,
     ):
-        cfg = data_config(
-            num_prompts,
-            wrong_demo_frac,
-            demos_per_prompt,
-            heldout_demos,
-            data_source,
-            error_unit,
-            base_correct_mass,
-            sft_prompts,
-            eval_prompts,
-        )
+        cfg = builder_data_config(locals())
         require(dict(H=H, k=k), at_least={"H": 3, "k": 1})
         if not 1 <= num_good < V:
             raise ValueError(f"num_good must be in [1, V-1], got {num_good}")

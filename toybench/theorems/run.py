@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from toybench.analysis import markdown_table
+from toybench.config import fill_defaults, prepare_out_dir, require
 from toybench.theorems.figures import FIGURES, make_figures
 from toybench.theorems.gift import check_gift_tilt
 from toybench.theorems.symbolic import check_symbolic
@@ -150,25 +151,56 @@ class TheoremsConfig:
     figures: bool = True
     """Write the PNG figures."""
 
-    def resolved(self) -> TheoremsConfig:
-        """The config actually run: ``quick`` shrinks the sizes, never the tolerances."""
-        if not self.quick:
-            return self
-        return dataclasses.replace(
+    def validate(self, prefix: str = "") -> None:
+        """Raise ValueError naming the first bad field (``prefix`` names the config it is nested in).
+
+        Every size, step, rate and tolerance must be > 0 (``seed`` >= 0), so that a bad value fails here
+        and not minutes into a check.
+        """
+        numbers = [f.name for f in dataclasses.fields(self) if type(getattr(self, f.name)) in (int, float)]
+        special = ("seed", "tol_t5_rho")
+        require(
             self,
-            bandit_instances=16,
-            tree_instances=4,
-            tree_horizon=3,
-            symbolic_vocab=2,
-            sft_steps=600,
-            flow_steps=20,
-            tree_sft_steps=200,
-            t2_search_instances=128,
-            t2_search_steps=150,
-            t5_grpo_seeds=8,
-            t5_grid=5,
-            t5_tree_steps=800,
+            non_negative=("seed",),
+            positive=[n for n in numbers if n not in special],
+            at_least={"bandit_vocab": 2, "symbolic_vocab": 2, "tree_vocab": 2, "num_generations": 2},
+            within={"tol_t5_rho": (-1.0, 1.0), "kl_rl_lr": (0.0, 2.0)},
+            probability=("t5_threshold", "t5_min_mass"),
+            prefix=prefix,
         )
+        for name in ("lams", "t2_search_lams"):
+            grid = getattr(self, name)
+            if not grid or not all(x > 0 for x in grid):
+                raise ValueError(f"{prefix}{name} must be non-empty values > 0, got {grid}")
+        lo, hi = self.t5_tree_boost
+        if not lo < hi:
+            raise ValueError(
+                f"{prefix}t5_tree_boost must be (low, high) with low < high, got {self.t5_tree_boost}"
+            )
+
+    def resolved(self) -> TheoremsConfig:
+        """The config actually run, validated: ``quick`` shrinks the sizes the user left at their defaults,
+        never the tolerances."""
+        cfg = fill_defaults(self, QUICK) if self.quick else self
+        cfg.validate()
+        return cfg
+
+
+# The --quick sizes (only fields left at their defaults are replaced).
+QUICK = dict(
+    bandit_instances=16,
+    tree_instances=4,
+    tree_horizon=3,
+    symbolic_vocab=2,
+    sft_steps=600,
+    flow_steps=20,
+    tree_sft_steps=200,
+    t2_search_instances=128,
+    t2_search_steps=150,
+    t5_grpo_seeds=8,
+    t5_grid=5,
+    t5_tree_steps=800,
+)
 
 
 CHECKS = [
@@ -192,6 +224,7 @@ def run_theorems(cfg: TheoremsConfig, progress: bool = True) -> pd.DataFrame:
         DataFrame with columns ``COLUMNS``, one row per check.
     """
     cfg = cfg.resolved()
+    prepare_out_dir(cfg.out, "out")  # before any computation: a bad --out fails at once
     # seeding, in one block: each check gets its own generator derived from cfg.seed
     torch.manual_seed(cfg.seed)
     seeds = np.random.SeedSequence(cfg.seed).spawn(len(CHECKS))

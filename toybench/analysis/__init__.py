@@ -1,0 +1,86 @@
+"""Analysis of ``results.csv``: pure functions of a pandas DataFrame (no torch, no I/O).
+
+The frame has one row per setting x method x seed x stage x step (see ``toybench.tabular.pipeline``).
+Seeds index paired instances: every method of a setting sees the same environments and data
+for a given seed, so method differences are computed per seed (paired) before averaging.
+Confidence intervals are 95% Student-t intervals over seeds. Every sentence of a verdict is
+computed from these numbers; nothing is hard-coded.
+
+Modules, one idea each: ``stats`` (intervals, paired tests, Holm, outcomes, Markdown tables),
+``comparisons`` (issue 4's per-setting comparisons: (a) ranking after SFT vs after RL, (b) entropy-SFT
+vs CurioSFT, (c) GIFT's beta sweep, (d) PEAR levels vs SFT on off-policy data, (e) RL steps to a
+threshold vs the initial mass on correct answers, theorem T5) and ``map_stats`` (the map of issue 11:
+validation selection, effects, Holm, verdicts per cell and their conditions).
+"""
+
+from toybench.analysis.comparisons import (
+    ESCAPE_BINS,
+    Comparison,
+    compare_entropy,
+    compare_escape,
+    compare_gift,
+    compare_pear,
+    compare_ranking,
+    steps_to_threshold,
+)
+from toybench.analysis.map_stats import (
+    CELL,
+    MAP_CLAIMS,
+    OUTCOMES,
+    MapAnalysis,
+    analyse_map,
+    best_per_cell,
+    claim_verdicts,
+    condition,
+    family_contrast,
+    grid_edges,
+    map_effects,
+    map_reversal,
+    select_configs,
+    selected_rows,
+)
+from toybench.analysis.stats import (
+    ci95,
+    fmt_ci,
+    holm,
+    markdown_table,
+    outcome,
+    paired,
+    paired_test,
+    stage_end,
+    summary,
+)
+
+__all__ = [
+    "Comparison",
+    "ci95",
+    "stage_end",
+    "summary",
+    "paired",
+    "compare_ranking",
+    "compare_entropy",
+    "compare_gift",
+    "compare_pear",
+    "compare_escape",
+    "steps_to_threshold",
+    "fmt_ci",
+    "markdown_table",
+    "ESCAPE_BINS",
+    "CELL",
+    "MAP_CLAIMS",
+    "OUTCOMES",
+    "MapAnalysis",
+    "analyse_map",
+    "best_per_cell",
+    "claim_verdicts",
+    "condition",
+    "family_contrast",
+    "grid_edges",
+    "map_effects",
+    "map_reversal",
+    "select_configs",
+    "selected_rows",
+    "holm",
+    "outcome",
+    "paired_test",
+]

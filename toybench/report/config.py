@@ -1,0 +1,261 @@
+"""The report's configuration: ``ReportConfig``, the --quick preset, ``resolve`` (validation) and the
+equal-K tuning grid of every method family."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from toybench.config import fill_defaults, require
+from toybench.methods import Method
+from toybench.tabular.pipeline import PipelineConfig
+from toybench.theorems import TheoremsConfig
+from toybench.tiny.config import TinyConfig, quick_config
+
+SETTINGS = ("bandit", "bandit_shared", "tree", "tree_offpolicy", "tree_shared")
+#: settings with parameters shared across prompts: RL on training prompts, metrics on held-out prompts
+HELD_OUT_SETTINGS = ("bandit_shared", "tree_shared")
+FAMILIES = ("none", "sft", "dft", "curio", "entropy_sft", "gift", "gift_seq", "pear")
+#: families that need a token MDP (run in the tree settings only)
+TOKEN_FAMILIES = ("gift_seq", "pear")
+
+
+@dataclass
+class ReportConfig:
+    """The main job: theorems + the map of SFT methods as RL initialisers (CPU, minutes).
+
+    The map sweeps the teacher's error rate, the base's mass on correct answers and the RL budget;
+    every method family gets the same number K of configurations (``lr_grid``, or ``knob_lrs`` x its
+    knob; a configuration's learning rate is the step size of both its SFT and its RL stage, so ``none``
+    tunes the same RL step sizes as everyone else), one is selected per cell on the validation seeds, and
+    every reported number comes from the disjoint test seeds. Settings with shared parameters
+    (``bandit_shared``, ``tree_shared``) report every metric on held-out prompts that neither SFT nor RL
+    sees. The SFT budget and RL settings are ``pipeline`` (``--pipeline.sft-steps``, ...; its
+    ``rl_steps``, ``sft_lr`` and ``rl_lr`` are set by ``rl_budgets`` and the tuning grid).
+    """
+
+    out: Path = Path("out/report")
+    """Output directory (report.md, headline.md, results.csv, config.json, figures)."""
+    quick: bool = False
+    """Smoke-test preset: a small grid, few seeds, short budgets; also the quick theorems and
+    tiny-transformer settings. It fills only the fields you leave at their defaults: a flag you type wins."""
+    seeds: int = 10
+    """Test seeds per cell (every reported number and CI is over these)."""
+    val_seeds: int = 5
+    """Validation seeds per cell (configurations are selected on these only; disjoint from the test seeds)."""
+    scale: Literal["toy", "transformer"] = "toy"
+    """'transformer' adds the tiny-transformer section to the toy scales."""
+    skip_theorems: bool = False
+    """Do not run the theorems section."""
+    seed: int = 0
+    """First seed: validation seeds are seed .. seed+val_seeds-1, test seeds the next ``seeds``; also sets
+    ``pipeline.grpo_seed``, ``theorems.seed``, ``tiny.task_seed`` and ``tiny.pretrain_seed``."""
+    settings: tuple[str, ...] = SETTINGS
+    """Settings to run (subset of bandit, bandit_shared, tree, tree_offpolicy, tree_shared)."""
+    methods: tuple[str, ...] = FAMILIES
+    """Method families to run (none, sft, dft, curio, entropy_sft, gift, gift_seq, pear; gift_seq and pear
+    only in the trees)."""
+    wrong_demo_fracs: tuple[float, ...] = (0.0, 0.2, 0.4)
+    """Map axis: fraction of prompts whose demonstrations are the teacher's mistake."""
+    base_correct_masses: tuple[float, ...] = (0.005, 0.1)
+    """Map axis: pi_base's mass on correct answers (settings whose builder has no such knob run at their
+    native base, whose measured mass is what the results record)."""
+    rl_budgets: tuple[int, ...] = (20, 80)
+    """Map axis: RL steps (each budget is a prefix of the longest run, so budgets cost nothing extra)."""
+    lr_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    """Learning rates (SFT and RL step size) of families without a knob: none, sft, dft (K = its length)."""
+    knob_lrs: tuple[float, ...] = (1.0, 4.0, 16.0)
+    """Learning rates crossed with each knob (len(knob_lrs) x len(knob values) must equal K)."""
+    gift_betas: tuple[float, ...] = (2.0, 8.0)
+    """GIFT's knob: inverse temperature (SFT is beta = inf)."""
+    entropy_coefs: tuple[float, ...] = (0.1, 0.3)
+    """Entropy-SFT's knob: the entropy coefficient."""
+    curio_alphas: tuple[float, ...] = (0.5, 1.0)
+    """CurioSFT's knob: alpha."""
+    pear_levels: tuple[str, ...] = ("token", "block")
+    """PEAR's knob: the level (blocks of 2 tokens: at the tree's horizon of 4 the default block of 4 is the
+    sequence level); run in the token-MDP settings only."""
+    eval_samples: int = 64
+    """Samples per prompt that the exact pass@k stands for; every k of pipeline.pass_k must be <= this."""
+    headline_k: int = 4
+    """The pass@k of claim (d) and of the tables (must be in pipeline.pass_k)."""
+    reward_threshold: float = 0.9
+    """Comparison (e): RL steps until the per-prompt pass@1 reaches this."""
+    error_unit: Literal["prompt", "demo"] = "prompt"
+    """Whether teacher mistakes are per prompt (systematic) or per demonstration (independent)."""
+    demos_per_prompt: int = 8
+    """Demonstrations per SFT prompt."""
+    bandit_prompts: int = 16
+    """Bandit: prompts."""
+    bandit_V: int = 32
+    """Bandit: answers per prompt."""
+    bandit_correct: int = 3
+    """Bandit: correct answers per prompt."""
+    shared_prompts: int = 32
+    """Shared bandit: prompts in total (SFT and RL halves are disjoint)."""
+    shared_V: int = 16
+    """Shared bandit: answers per prompt."""
+    shared_d: int = 8
+    """Shared bandit: feature dimension."""
+    tree_prompts: int = 8
+    """Token MDP: prompts."""
+    tree_V: int = 5
+    """Token MDP: vocabulary (= number of strategies)."""
+    tree_H: int = 4
+    """Token MDP: horizon (strategy, H-2 execution tokens, answer)."""
+    shared_tree_prompts: int = 16
+    """Shared-feature tree: SFT + RL prompts (SFT on the first half, RL on the rest; 8 held-out prompts)."""
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """SFT budget and RL settings of every SFT -> RL run (rl_steps, sft_lr, rl_lr: see above)."""
+    theorems: TheoremsConfig = field(default_factory=TheoremsConfig)
+    """The theorems section (its ``out`` is OUT/theorems, its ``quick`` follows ``--quick``)."""
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+    """The tiny-transformer section (``--scale transformer``); ``tiny.seeds`` training seeds per method."""
+
+
+# The --quick preset: it replaces only the fields the user left at their defaults.
+QUICK = dict(
+    seeds=4,
+    val_seeds=3,
+    rl_budgets=(6, 16),
+    lr_grid=(0.5, 2.0),
+    knob_lrs=(1.0,),
+    bandit_prompts=8,
+    tree_prompts=4,
+    tree_V=4,
+)
+QUICK_PIPELINE = dict(sft_steps=8)
+
+
+def resolve(cfg: ReportConfig) -> ReportConfig:
+    """Apply the quick preset, forward the seed, and validate the whole config before anything runs.
+
+    A bad field raises ValueError naming it (nested ones as ``pipeline.x``, ``theorems.x``, ``tiny.x``);
+    the CLI turns the name into the flag (``--pipeline.x``).
+    """
+    tiny = cfg.tiny
+    if cfg.quick:
+        cfg = dataclasses.replace(
+            fill_defaults(cfg, QUICK), pipeline=fill_defaults(cfg.pipeline, QUICK_PIPELINE)
+        )
+        tiny = fill_defaults(tiny, {f.name: getattr(QUICK_TINY, f.name) for f in dataclasses.fields(tiny)})
+    _validate_fields(cfg)
+    cfg = dataclasses.replace(
+        cfg,
+        rl_budgets=tuple(sorted(set(cfg.rl_budgets))),
+        pipeline=dataclasses.replace(cfg.pipeline, grpo_seed=cfg.seed, rl_steps=max(cfg.rl_budgets)),
+        theorems=dataclasses.replace(
+            cfg.theorems, out=Path(cfg.out) / "theorems", quick=cfg.quick or cfg.theorems.quick, seed=cfg.seed
+        ),
+        tiny=dataclasses.replace(tiny, task_seed=cfg.seed, pretrain_seed=cfg.seed),
+    )
+    require(cfg.tiny, at_least={"seeds": 2}, prefix="tiny.")
+    _validate_grid(cfg)
+    cfg.pipeline.validate(prefix="pipeline.")
+    try:
+        cfg.theorems.resolved()
+    except ValueError as err:
+        raise ValueError(f"theorems.{err}") from None
+    pass_k = cfg.pipeline.pass_k
+    if max(pass_k) > cfg.eval_samples:
+        raise ValueError(
+            f"pipeline.pass_k: k = {max(pass_k)} is larger than eval_samples = {cfg.eval_samples}"
+        )
+    if cfg.headline_k not in pass_k:
+        raise ValueError(f"headline_k = {cfg.headline_k} must be one of pipeline.pass_k = {pass_k}")
+    return cfg
+
+
+QUICK_TINY = quick_config()
+
+
+def _validate_fields(cfg: ReportConfig) -> None:
+    """The report's own scalar fields and lists (before the seed is forwarded)."""
+    # confidence intervals need two test seeds; selection needs one validation seed
+    require(
+        cfg,
+        non_negative=("seed",),
+        at_least=dict(
+            seeds=2, val_seeds=1, eval_samples=1, headline_k=1, demos_per_prompt=1, bandit_prompts=1,
+            bandit_V=2, bandit_correct=1, shared_prompts=2, shared_V=2, shared_d=1, shared_tree_prompts=2,
+            tree_prompts=1, tree_V=2, tree_H=3,
+        ),
+    )  # fmt: skip
+    if not cfg.bandit_correct < cfg.bandit_V:
+        raise ValueError(f"bandit_correct must be < bandit_V = {cfg.bandit_V}, got {cfg.bandit_correct}")
+    if cfg.tree_V**cfg.tree_H > 2_000_000:
+        raise ValueError(f"tree_H: tree_V**tree_H = {cfg.tree_V**cfg.tree_H} leaves is too many to enumerate")
+    if not 0 < cfg.reward_threshold <= 1:
+        raise ValueError(f"reward_threshold must be in (0, 1], got {cfg.reward_threshold}")
+    if not cfg.rl_budgets or not min(cfg.rl_budgets) >= 1:
+        raise ValueError(f"rl_budgets must be positive RL step counts, got {cfg.rl_budgets}")
+    for s in cfg.settings:
+        if s not in SETTINGS:
+            raise ValueError(f"settings: unknown setting {s!r}; choose from {SETTINGS}")
+    for m in cfg.methods:
+        if m not in FAMILIES:
+            raise ValueError(f"methods: unknown method family {m!r}; choose from {FAMILIES}")
+    if not {"sft", "none"} <= set(cfg.methods):
+        raise ValueError("methods must include 'sft' and 'none' (every claim is tested against both)")
+    inf = float("inf")
+    grids = dict(  # name: (low, high, whether low itself is allowed)
+        wrong_demo_fracs=(0.0, 1.0, True),
+        base_correct_masses=(1e-6, 1 - 1e-6, True),
+        lr_grid=(0.0, inf, False),
+        knob_lrs=(0.0, inf, False),
+        gift_betas=(0.0, inf, False),
+        entropy_coefs=(0.0, inf, True),
+        curio_alphas=(0.0, inf, True),
+    )
+    for name, (lo, hi, closed) in grids.items():
+        grid = getattr(cfg, name)
+        if not grid or not all((lo <= x if closed else lo < x) and x <= hi for x in grid):
+            rule = f"{'>=' if closed else '>'} {lo:g}" if hi == inf else f"in [{lo:g}, {hi:g}]"
+            raise ValueError(f"{name} must be non-empty values {rule}, got {grid}")
+    for lvl in cfg.pear_levels:
+        if lvl not in ("token", "block", "sequence"):
+            raise ValueError(f"pear_levels: unknown level {lvl!r}; choose from token, block, sequence")
+
+
+def _validate_grid(cfg: ReportConfig) -> None:
+    """Every family gets K configurations and every one of them parses as a method."""
+    for s in cfg.settings:
+        for fam, configs in tuning_grid(cfg, s).items():
+            if len(configs) != len(cfg.lr_grid):
+                raise ValueError(
+                    f"knob_lrs: {fam} gets {len(configs)} configurations, not K = len(lr_grid) = "
+                    f"{len(cfg.lr_grid)} (len(knob_lrs) x the number of knob values must equal K)"
+                )
+            for spec, *_ in configs:
+                try:
+                    Method.parse(spec)
+                except ValueError as err:
+                    raise ValueError(f"methods: {err}") from None
+
+
+def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[str, float, float]]]:
+    """family -> its K configurations (full method spec, SFT lr, RL lr), the same K for every family.
+
+    A configuration's learning rate is the step size of both stages (SFT and RL), so every family, ``none``
+    included, tunes the RL step size over the same range. ``none`` (no SFT), ``sft`` and ``dft`` (no knob)
+    get the K values of ``lr_grid``; the others cross ``knob_lrs`` with their knob. Families that need a
+    token MDP (gift_seq, pear) are skipped in the bandits.
+    """
+    knobs = {
+        "gift": [f"gift@{b:g}" for b in cfg.gift_betas],
+        "gift_seq": [f"gift_seq@{b:g}" for b in cfg.gift_betas],
+        "entropy_sft": [f"entropy_sft@{c:g}" for c in cfg.entropy_coefs],
+        "curio": [f"curio,alpha={a:g}" for a in cfg.curio_alphas],
+        "pear": [f"pear_{lvl}" + (",block_size=2" if lvl == "block" else "") for lvl in cfg.pear_levels],
+    }
+    out = {}
+    for fam in cfg.methods:
+        if fam in TOKEN_FAMILIES and not setting.startswith("tree"):
+            continue
+        if fam in ("none", "sft", "dft"):
+            out[fam] = [(fam, lr, lr) for lr in cfg.lr_grid]
+        else:
+            out[fam] = [(spec, lr, lr) for spec in knobs[fam] for lr in cfg.knob_lrs]
+    return out

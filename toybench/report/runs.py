@@ -1,0 +1,234 @@
+"""Running the map: one scenario per setting holding every cell x seed, every family x configuration
+run once on it (vectorised), the records of ``results.csv`` and ``escape.csv``."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from toybench import analysis
+from toybench.methods import Method
+from toybench.report.config import ReportConfig, tuning_grid
+from toybench.tabular.bandit import MultiAnswerBandit, SharedBandit
+from toybench.tabular.envs import Scenario
+from toybench.tabular.pipeline import run_method
+from toybench.tabular.tree import ReasoningTree, SharedTree
+
+
+def _accepts(cls, name: str) -> bool:
+    return name in inspect.signature(cls.__init__).parameters
+
+
+def _builder(setting: str):
+    return {"bandit": MultiAnswerBandit, "bandit_shared": SharedBandit, "tree_shared": SharedTree}.get(
+        setting, ReasoningTree
+    )
+
+
+def make_scenario(
+    cfg: ReportConfig,
+    setting: str,
+    seeds: list[int],
+    wrong_demo_frac: float = 0.2,
+    base_correct_mass: float | None = 0.1,
+) -> Scenario:
+    """Build one setting for the given seeds at one cell of the map (other knobs from the config).
+
+    ``base_correct_mass`` is passed only to builders that take it (None: the builder's own default).
+    """
+    cls = _builder(setting)
+    data = dict(
+        wrong_demo_frac=wrong_demo_frac, demos_per_prompt=cfg.demos_per_prompt, error_unit=cfg.error_unit
+    )
+    if base_correct_mass is not None and _accepts(cls, "base_correct_mass"):
+        data["base_correct_mass"] = base_correct_mass
+    if setting == "bandit":
+        return cls(seeds, cfg.bandit_prompts, cfg.bandit_V, cfg.bandit_correct, **data)
+    if setting == "bandit_shared":
+        return cls(seeds, cfg.shared_prompts, cfg.shared_prompts // 2, cfg.shared_V, cfg.shared_d, **data)
+    if setting == "tree_shared":
+        n = cfg.shared_tree_prompts
+        return cls(seeds, n, n // 2, cfg.tree_V, cfg.tree_H, **data)
+    source = "behavior" if setting == "tree_offpolicy" else "expert"
+    return cls(seeds, cfg.tree_prompts, cfg.tree_V, cfg.tree_H, data_source=source, **data)
+
+
+def concat_scenarios(scs: list[Scenario]) -> Scenario:
+    """One scenario whose seeds are those of ``scs`` in order (same geometry and prompt split), so one
+    vectorised run covers every cell of the map. Per-seed tensors are concatenated along dim 0."""
+    first = scs[0]
+    out = {}
+    for f in dataclasses.fields(first):
+        vals = [getattr(s, f.name) for s in scs]
+        v0 = vals[0]
+        if isinstance(v0, torch.Tensor) and f.name.endswith("prompts"):  # shared across seeds
+            if not all(torch.equal(v, v0) for v in vals):
+                raise ValueError(f"concat_scenarios: {f.name} differs between scenarios")
+            out[f.name] = v0
+        elif isinstance(v0, torch.Tensor) and v0.dim() > 0 and v0.shape[0] == first.num_seeds:
+            out[f.name] = torch.cat(vals)
+        else:
+            out[f.name] = v0
+    return Scenario(**out)
+
+
+def map_cells(cfg: ReportConfig, setting: str) -> list[tuple[float, float | None]]:
+    """(wrong_demo_frac, base_correct_mass) of every cell; mass None where the builder has no such knob."""
+    masses = cfg.base_correct_masses if _accepts(_builder(setting), "base_correct_mass") else (None,)
+    return [(w, m) for w in cfg.wrong_demo_fracs for m in masses]
+
+
+def held_out_metrics(d: pd.DataFrame) -> pd.DataFrame:
+    """Where the run has held-out eval prompts (``eval_<metric>`` columns, shared parameters), make the
+    held-out values THE metrics (``J``, ``pass@k``, ...) and keep the RL-training-prompt values as
+    ``train_<metric>``; ``eval_prompts`` says which prompts the metrics are on ('held-out' | 'rl_train')."""
+    ev = [c for c in d.columns if c.startswith("eval_")]
+    if not ev:
+        return d.assign(eval_prompts="rl_train")
+    names = [c.removeprefix("eval_") for c in ev]
+    train = d[names].rename(columns=lambda c: f"train_{c}")
+    d = d.drop(columns=ev).assign(**{n: d[f"eval_{n}"].to_numpy() for n in names})
+    return pd.concat([d, train], axis=1).assign(eval_prompts="held-out")
+
+
+def _jobs(cfg: ReportConfig, setting: str) -> list[tuple[str, str, list[tuple[int, float, float]]]]:
+    """(family, spec, [(config_id, sft_lr, rl_lr), ...]): the configurations of one spec run together."""
+    out = {}
+    for fam, cs in tuning_grid(cfg, setting).items():
+        for cid, (spec, sft_lr, rl_lr) in enumerate(cs):
+            out.setdefault((fam, spec), []).append((cid, sft_lr, rl_lr))
+    return [(fam, spec, c) for (fam, spec), c in out.items()]
+
+
+_META = ("method", "kind", "value", "seed", "stage", "step", "global_step", "pear_degenerate")
+
+
+def _run_configs(sc, spec, pipe, configs, cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One run of ``spec`` holding every configuration (seed index = config x n + seed of ``sc``).
+
+    A configuration whose learning rate makes the run non-finite (a ValueError from the metrics) is
+    DIVERGED: the configurations are then rerun one by one, and a diverged one gets NaN metrics and
+    ``diverged = True`` (selection never picks it, ``analysis.select_configs``)."""
+    n, steps = sc.num_seeds, {"sft": {pipe.sft_steps}, "rl": set(cfg.rl_budgets)}
+
+    def run(scenario, cs):
+        lrs = torch.tensor([c[1:] for c in cs]).repeat_interleave(n, 0)  # (C * n, 2)
+        df = run_method(
+            scenario,
+            spec,
+            pipe,
+            escape_threshold=cfg.reward_threshold,
+            sft_lrs=lrs[:, 0],
+            rl_lrs=lrs[:, 1],
+            record_steps=steps,
+        )
+        esc = df.attrs.pop("escape")
+        return df.assign(diverged=False), esc
+
+    try:
+        return run(concat_scenarios([sc] * len(configs)), configs)
+    except ValueError as err:
+        if "NaN" not in str(err):
+            raise
+    runs = []
+    for c in configs:
+        try:
+            runs.append(run(sc, [c]))
+        except ValueError as err:
+            if "NaN" not in str(err):
+                raise
+            runs.append(None)
+    ok = next((r for r in runs if r is not None), None)
+    if ok is None:
+        raise ValueError(
+            f"every configuration of {spec} diverged (non-finite metrics): lower the learning rates"
+        )
+    dfs, escs = [], []
+    for i, r in enumerate(runs):
+        df, esc = r if r is not None else ok
+        if r is None:
+            df = df.assign(diverged=True)
+            df[[c for c in df.columns if c not in (*_META, "diverged")]] = np.nan
+            esc = esc.assign(initial=np.nan, steps=np.nan, reached=False)
+        dfs.append(df.assign(seed=df["seed"] + i * n))
+        escs.append(esc.assign(seed=esc["seed"] + i * n))
+    return pd.concat(dfs, ignore_index=True), pd.concat(escs, ignore_index=True)
+
+
+def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every family x configuration on every setting, vectorised over configurations x cells x seeds.
+
+    The configurations of one method spec differ only in their learning rates, so they run as one batch
+    (the scenario repeated once per configuration, each copy with its own step sizes). Returns the map
+    frame (results.csv: one row per setting x cell x RL budget x configuration x seed x stage, stage
+    'sft' = end of SFT, 'rl' = end of the budget) and the per-prompt RL escape times of the longest budget
+    (escape.csv).
+    """
+    torch.manual_seed(cfg.seed)  # nothing below draws from the global generator; set for safety
+    n_val = cfg.val_seeds
+    seeds = list(range(cfg.seed, cfg.seed + n_val + cfg.seeds))
+    S = len(seeds)
+    frames, escapes = [], []
+    jobs = [(s, *job) for s in cfg.settings for job in _jobs(cfg, s)]
+    scenarios, cells = {}, {}
+    for setting, fam, spec, configs in tqdm(jobs, desc="map", unit="run"):
+        if setting not in scenarios:
+            cells[setting] = map_cells(cfg, setting)
+            scenarios[setting] = concat_scenarios(
+                [make_scenario(cfg, setting, seeds, w, m) for w, m in cells[setting]]
+            )
+        sc, cl = scenarios[setting], cells[setting]
+        n = sc.num_seeds  # cells x seeds
+        pipe = cfg.pipeline
+        df, esc = _run_configs(sc, spec, pipe, configs, cfg)
+        end_sft = df[(df["stage"] == "sft") & (df["step"] == pipe.sft_steps)]
+        parts = []
+        for b in cfg.rl_budgets:
+            parts += [
+                end_sft.assign(rl_steps=b),
+                df[(df["stage"] == "rl") & (df["step"] == b)].assign(rl_steps=b),
+            ]
+        d = held_out_metrics(pd.concat(parts, ignore_index=True))
+        for frame in (d, esc):
+            idx = frame["seed"].to_numpy()
+            conf, idx = idx // n, idx % n
+            frame["wrong_demo_frac"] = [cl[i // S][0] for i in idx]
+            frame["base_correct_mass"] = [cl[i // S][1] for i in idx]
+            frame["split"] = np.where(idx % S < n_val, "val", "test")
+            frame["seed"] = [seeds[i % S] for i in idx]
+            frame["setting"] = setting
+            frame["family"] = fam
+            frame["config_id"] = [configs[c][0] for c in conf]
+            frame["sft_lr"] = [configs[c][1] for c in conf]
+            frame["rl_lr"] = [configs[c][2] for c in conf]
+            frame["method"] = str(Method.parse(spec))
+        frames.append(d)
+        escapes.append(esc.assign(rl_steps=max(cfg.rl_budgets)))
+    out, esc = pd.concat(frames, ignore_index=True), pd.concat(escapes, ignore_index=True)
+    # Where the builder has no base_correct_mass knob, record the base's measured mass on correct answers.
+    for setting in cfg.settings:
+        rows = out["setting"] == setting
+        if out.loc[rows, "base_correct_mass"].isna().any():
+            base = out[rows & (out["family"] == "none") & (out["config_id"] == 0) & (out["stage"] == "sft")]
+            mass = round(float(base["J"].mean()), 3)
+            out.loc[rows, "base_correct_mass"] = mass
+            esc.loc[esc["setting"] == setting, "base_correct_mass"] = mass
+    front = [
+        *analysis.CELL,
+        "family",
+        "method",
+        "config_id",
+        "sft_lr",
+        "rl_lr",
+        "split",
+        "seed",
+        "stage",
+        "step",
+    ]
+    out = out[front + [c for c in out.columns if c not in front]]
+    return out, esc.astype({"base_correct_mass": float})
