@@ -16,7 +16,7 @@ import torch
 
 from theory import mdp
 from toybench.tabular import ReasoningTree, SharedBandit
-from toybench.tabular.pipeline import PipelineConfig, _grpo_update
+from toybench.tabular.pipeline import PipelineConfig, _grpo_update, run_method
 from toybench.tabular.policies import make_policy
 
 F64 = torch.float64
@@ -249,3 +249,27 @@ def test_tabular_prompt_update_is_independent_of_the_other_prompts(monkeypatch):
     )
     np.testing.assert_allclose(got[:, :1], one, rtol=1e-10, atol=1e-10)
     assert np.abs(one - alone).max() > 0.1
+
+
+def test_grpo_per_seed_step_sizes_equal_separate_runs():
+    """``lr`` (an [S] tensor, run_method's ``rl_lrs``): each seed steps with its own size, as if run alone
+    at that ``rl_lr`` (the same samples: the sampling happens before any step)."""
+    sc = _tree()
+    start = make_policy(sc).init()
+    got = _grpo_update(
+        sc, make_policy(sc), start.clone(), start.clone(), CLIP, torch.Generator().manual_seed(0),
+        torch.tensor([6.0, 2.0]),
+    )  # fmt: skip
+    for s, lr in enumerate((6.0, 2.0)):
+        cfg = PipelineConfig(**{**CLIP.__dict__, "rl_lr": lr})
+        one = _grpo_update(
+            sc, make_policy(sc), start.clone(), start.clone(), cfg, torch.Generator().manual_seed(0)
+        )
+        torch.testing.assert_close(got[s], one[s], rtol=1e-12, atol=1e-12)
+    assert (got[1] - got[0]).abs().max() > 1e-3
+    # through run_method: rl_lrs reaches the GRPO update
+    run = dict(sft_steps=0, rl_steps=2, rl_algorithm="grpo", num_generations=4, rl_lr=6.0)
+    a = run_method(sc, "none", PipelineConfig(**run), rl_lrs=torch.tensor([6.0, 0.5]))
+    b = run_method(sc, "none", PipelineConfig(**run))
+    last = lambda df, s: df[(df.stage == "rl") & (df.step == 2) & (df.seed == s)]["J"].item()  # noqa: E731
+    assert last(a, 0) == pytest.approx(last(b, 0), rel=1e-12) and abs(last(a, 1) - last(b, 1)) > 1e-4
