@@ -40,6 +40,12 @@ BAD_REPORT = [
     (["--seed", "-1"], "--seed must be >= 0"),
     (["--tree-V", "9", "--tree-H", "9"], "--tree-H: tree_V**tree_H"),
     (["--pear-levels", "bogus"], "--pear-levels: unknown level 'bogus'"),
+    (["--tiny.n-head", "3"], "--tiny.n-embd must be a multiple of n_head = 3"),
+    (["--tiny.epsilon", "inf"], "--tiny.epsilon must be finite"),
+    (["--tiny.seeds", "0"], "--tiny.seeds must be > 0"),
+    (["--tiny.track-samples", "100"], "--tiny.track-samples must be <= eval_samples"),
+    (["--tiny.max-completion-length", "1"], "--tiny.max-completion-length must be >= 5"),
+    (["--tiny.n-numbers", "1"], "--tiny.n-numbers must be in [2, 5]"),
 ]
 
 

@@ -22,6 +22,8 @@ from typing import Annotated
 
 import tyro
 
+from toybench.config import deferred_validation
+
 SUBCOMMANDS = {
     # name: (module, config class, runner, one-line help)
     "report": (
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg_cls = getattr(module, cfg_name)
         default = cfg_cls(skip_theorems=True) if cmd == "compare" else None
-        arg = tyro.cli(cfg_cls, args=rest, prog=prog, description=help_line, default=default)
+        with deferred_validation():  # nested configs are validated by the runner: one line naming the flag
+            arg = tyro.cli(cfg_cls, args=rest, prog=prog, description=help_line, default=default)
     try:
         runner(arg)
     except ValueError as err:  # bad configuration or input: one clear line, not a traceback

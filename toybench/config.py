@@ -7,12 +7,14 @@ Every comparison is written so that NaN fails it (``not (x > 0)``, never ``x <= 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["require", "fill_defaults", "prepare_out_dir"]
+__all__ = ["require", "fill_defaults", "prepare_out_dir", "deferred_validation", "validation_deferred"]
 
 
 def require(
@@ -102,3 +104,25 @@ def prepare_out_dir(path: str | Path, name: str = "out") -> Path:
     except OSError as err:
         raise ValueError(f"{name} {str(p)!r} is not a writable directory ({err.strerror})") from None
     return p
+
+
+_DEFERRED = contextvars.ContextVar("toybench_deferred_validation", default=False)
+
+
+@contextlib.contextmanager
+def deferred_validation():
+    """Inside this block, configs that validate in ``__post_init__`` skip it (their ``validate`` runs later).
+
+    The CLI parses under it so that a bad nested value is reported by ``resolve`` as one line naming the
+    flag, instead of failing inside the argument parser.
+    """
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+def validation_deferred() -> bool:
+    """Whether the caller runs inside :func:`deferred_validation`."""
+    return _DEFERRED.get()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from toybench.config import fill_defaults, require
+from toybench.config import deferred_validation, fill_defaults, require
 from toybench.methods import Method
 from toybench.tabular.pipeline import PipelineConfig
 from toybench.theorems import TheoremsConfig
@@ -135,6 +135,11 @@ def resolve(cfg: ReportConfig) -> ReportConfig:
     A bad field raises ValueError naming it (nested ones as ``pipeline.x``, ``theorems.x``, ``tiny.x``);
     the CLI turns the name into the flag (``--pipeline.x``).
     """
+    with deferred_validation():  # TinyConfig is validated below, with its prefix, not on each replace
+        return _resolve(cfg)
+
+
+def _resolve(cfg: ReportConfig) -> ReportConfig:
     tiny = cfg.tiny
     if cfg.quick:
         cfg = dataclasses.replace(
@@ -151,6 +156,7 @@ def resolve(cfg: ReportConfig) -> ReportConfig:
         ),
         tiny=dataclasses.replace(tiny, task_seed=cfg.seed, pretrain_seed=cfg.seed),
     )
+    cfg.tiny.validate(prefix="tiny.")
     require(cfg.tiny, at_least={"seeds": 2}, prefix="tiny.")
     _validate_grid(cfg)
     cfg.pipeline.validate(prefix="pipeline.")

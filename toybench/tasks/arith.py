@@ -43,6 +43,7 @@ __all__ = [
     "Puzzle",
     "Verdict",
     "all_solutions",
+    "check_task_knobs",
     "expert_solution",
     "extract_answer",
     "format_prompt",
@@ -153,7 +154,8 @@ def _reachable_targets(numbers: tuple[int, ...], max_target: int, ops: str) -> l
     return sorted(int(v) for v in vals if v.denominator == 1 and 0 <= v <= max_target)
 
 
-def _check_knobs(n_numbers: int, min_number: int, max_number: int, max_target: int) -> None:
+def check_task_knobs(n_numbers: int, min_number: int, max_number: int, max_target: int) -> None:
+    """Raise ValueError naming the task knob out of its supported range."""
     if not 2 <= n_numbers <= 5:
         raise ValueError(f"n_numbers must be in [2, 5], got {n_numbers}")
     if not 1 <= min_number <= max_number <= 99:
@@ -177,7 +179,7 @@ def generate_puzzles(
     so easy and hard targets are equally likely. Raises ValueError if ``n`` distinct puzzles cannot
     be found.
     """
-    _check_knobs(n_numbers, min_number, max_number, max_target)
+    check_task_knobs(n_numbers, min_number, max_number, max_target)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(seed)
@@ -268,7 +270,7 @@ def pretraining_corpus(
     solution, but they spread over all strategies, unlike the expert. Puzzles in ``exclude``
     (e.g. the eval set) are skipped.
     """
-    _check_knobs(n_numbers, min_number, max_number, max_target)
+    check_task_knobs(n_numbers, min_number, max_number, max_target)
     rng = random.Random(seed)
     out: list[str] = []
     while len(out) < n:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
-from toybench.config import require
+from toybench.config import require, validation_deferred
 from toybench.methods import Method, loss_type_reduction
-from toybench.tasks.arith import ALPHABET, CharTokenizer
+from toybench.tasks.arith import ALPHABET, CharTokenizer, check_task_knobs
 from toybench.tiny.model import GPTConfig
 
 __all__ = ["TinyConfig", "quick_config", "pretrain_key"]
@@ -108,6 +109,17 @@ class TinyConfig:
     tolerance."""
 
     def __post_init__(self) -> None:
+        if not validation_deferred():
+            self.validate()
+
+    def validate(self, prefix: str = "") -> None:
+        """Raise ValueError naming the first bad field (``prefix`` names the config it is nested in)."""
+        try:
+            self._validate()
+        except ValueError as err:
+            raise ValueError(f"{prefix}{err}") from None
+
+    def _validate(self) -> None:
         may_be_zero = ("kl_coef", "sft_steps", "rl_steps", "post_sft_steps", "task_seed", "pretrain_seed")
         numbers = [f.name for f in dataclasses.fields(self) if type(getattr(self, f.name)) in (int, float)]
         require(
@@ -117,6 +129,22 @@ class TinyConfig:
             at_least={"num_generations": 2},
             one_of={"pear_behavior": ("expert", "base")},
         )
+        for n in numbers:
+            if not math.isfinite(getattr(self, n)):
+                raise ValueError(f"{n} must be finite, got {getattr(self, n)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd must be a multiple of n_head = {self.n_head}, got {self.n_embd}")
+        if not self.track_samples <= self.eval_samples:
+            raise ValueError(
+                f"track_samples must be <= eval_samples = {self.eval_samples}, got {self.track_samples}"
+            )
+        shortest = self.n_numbers * len(str(self.max_number)) + self.n_numbers - 1  # numbers and operators
+        if not self.max_completion_length >= shortest:
+            raise ValueError(
+                f"max_completion_length must be >= {shortest} (an expression using all {self.n_numbers} "
+                f"numbers), got {self.max_completion_length}"
+            )
+        check_task_knobs(self.n_numbers, 1, self.max_number, self.max_target)
         if not self.methods:
             raise ValueError("methods must not be empty")
         for m in self.methods:
