@@ -129,6 +129,13 @@ METRICS = metric_names(PipelineConfig())
 
 
 # ----------------------------------------------------------------------------- evaluation
+def _on(x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    """``x[:, prompts]``, without the copy (and its scatter in backward) when ``prompts`` is every prompt."""
+    if len(prompts) == x.shape[1] and torch.equal(prompts, torch.arange(x.shape[1])):
+        return x
+    return x[:, prompts]
+
+
 @torch.no_grad()
 def eval_constants(sc: Scenario, split: str = "rl") -> dict[str, torch.Tensor]:
     """Per-scenario tensors that ``evaluate`` needs at every step, computed once.
@@ -178,7 +185,7 @@ def evaluate(
     const's prompts [S, P', L] when the caller already has them.
     """
     g, c = sc.geometry, const or eval_constants(sc)
-    z = node_logits[:, c["prompts"]]  # (S, P', N, V)
+    z = _on(node_logits, c["prompts"])  # (S, P', N, V)
     logp = g.leaf_logp(z) if logp is None else logp  # (S, P_rl, L)
     p = logp.exp()
     J = (p * c["reward"]).sum(-1)  # (S, P_rl)
@@ -224,25 +231,72 @@ def sequence_target(sc: Scenario, beta: float) -> torch.Tensor:
     return out.reshape(-1, g.H, g.V)
 
 
-def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=None):
-    S, P_sft, n = sc.demo_leaves.shape
-    z = policy.node_logits(params)[:, sc.sft_prompts]  # (S, P_sft, N, V)
-    logits, targets = sequence_logits(z, sc.demo_leaves, sc.geometry)  # (B, H, V), (B, H)
-    teacher_logits = None
-    if method.needs_teacher:
-        zt = policy.node_logits(teacher)[:, sc.sft_prompts]
-        teacher_logits = sequence_logits(zt, sc.demo_leaves, sc.geometry)[0]
+@dataclass
+class _DemoRows:
+    """The distinct (seed, SFT prompt, demonstration) rows of the SFT batch, each with its count.
+
+    Every method's per-token loss on a demonstration depends only on (seed, prompt, leaf), so the
+    SFT loss (sum over a prompt's n demos / n) is the count-weighted sum over the DISTINCT rows:
+    the same objective and gradient with fewer rows (with expert data every demo of a prompt is
+    the same leaf, n times fewer). ``collapse=False`` keeps every row (count 1), for a loss that
+    couples rows of the batch (``entropy_sft`` with ``rho < 1`` takes an entropy quantile over it).
+    """
+
+    seed: torch.Tensor  # (U,) seed index
+    prompt: torch.Tensor  # (U,) prompt index into the policy's prompts (an element of sft_prompts)
+    nodes: torch.Tensor  # (U, H) internal nodes along the demo's path
+    targets: torch.Tensor  # (U, H) the demo's tokens
+    rows: torch.Tensor  # (U,) a row of ``sequence_logits(.., sc.demo_leaves, ..)`` with this demo
+    weight: torch.Tensor  # (U,) how many rows of that batch hold this demo
+
+    @classmethod
+    def of(cls, sc: Scenario, collapse: bool = True) -> _DemoRows:
+        g = sc.geometry
+        S, P_sft, n = sc.demo_leaves.shape
+        sp = torch.arange(S * P_sft).repeat_interleave(n)  # (B,) flat (seed, prompt) of every row
+        key = sp * g.num_leaves + sc.demo_leaves.reshape(-1) if collapse else torch.arange(S * P_sft * n)
+        uniq, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+        rows = torch.full((len(uniq),), len(key)).scatter_reduce_(0, inverse, torch.arange(len(key)), "amin")
+        leaves = sc.demo_leaves.reshape(-1)[rows]
+        return cls(
+            seed=sp[rows] // P_sft,
+            prompt=sc.sft_prompts[sp[rows] % P_sft],
+            nodes=g.path_nodes[leaves],
+            targets=g.path_tokens[leaves],
+            rows=rows,
+            weight=counts.to(sc.base_logits.dtype),
+        )
+
+    def logits(self, node_logits: torch.Tensor) -> torch.Tensor:
+        """The node logits [S, P, N, V] along every row's path: [U, H, V] (``sequence_logits``' rows)."""
+        return node_logits[self.seed[:, None], self.prompt[:, None], self.nodes]
+
+
+def _collapses(method: Method) -> bool:
+    """Whether ``method``'s per-token loss is row by row (``_DemoRows``): all but entropy_sft with rho < 1."""
+    return not (method.kind == "entropy_sft" and method["rho"] < 1)
+
+
+def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=None, demo=None):
+    """Sum over tokens, mean over a prompt's demos (shared parameters also average over prompts).
+
+    ``demo``: the batch's ``_DemoRows`` (None: every row); ``base_seq`` / ``seq_target`` are on its
+    rows, in its order."""
+    n, P_sft = sc.demo_leaves.shape[2], len(sc.sft_prompts)
+    demo = demo or _DemoRows.of(sc, _collapses(method))
+    logits = demo.logits(policy.node_logits(params))  # (U, H, V)
+    teacher_logits = demo.logits(policy.node_logits(teacher)) if method.needs_teacher else None
     per_token = method.loss(
         logits,
-        targets,
-        torch.ones_like(targets, dtype=logits.dtype),
+        demo.targets,
+        torch.ones_like(demo.targets, dtype=logits.dtype),
         base_logits=base_seq,
         teacher_logits=teacher_logits,
-        behavior_logp=sc.demo_behavior_logp.reshape(-1, sc.geometry.H),
+        behavior_logp=sc.demo_behavior_logp.reshape(-1, sc.geometry.H)[demo.rows],
         sequence_target=seq_target,
-    )  # (B, H)
-    # Sum over tokens, mean over a prompt's demos; shared parameters also average over prompts.
-    loss = losses.reduce(per_token, torch.ones_like(per_token), "constant", constant=n)
+    )  # (U, H)
+    weighted = per_token * demo.weight[:, None]
+    loss = losses.reduce(weighted, torch.ones_like(weighted), "constant", constant=n)
     return loss if isinstance(policy, TabularPolicy) else loss / P_sft
 
 
@@ -254,8 +308,8 @@ def exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=None):
     """
     g, rl = sc.geometry, sc.rl_prompts
     if logp is None:
-        logp = g.leaf_logp(policy.node_logits(params)[:, rl])  # (S, P_rl, L)
-    loss = leaf_pg_surrogate(logp, sc.reward[:, rl]).sum()
+        logp = g.leaf_logp(_on(policy.node_logits(params), rl))  # (S, P_rl, L)
+    loss = leaf_pg_surrogate(logp, _on(sc.reward, rl)).sum()
     if cfg.kl_coef > 0:  # exact KL(pi || ref): k1 weighted by pi(leaf) WITH gradient
         loss = loss + cfg.kl_coef * leaf_kl(logp, ref_logp).sum()
     return loss if isinstance(policy, TabularPolicy) else loss / len(rl)
@@ -272,19 +326,19 @@ def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None):
     g, rl = sc.geometry, sc.rl_prompts
     S, P_rl, G = sc.num_seeds, len(rl), cfg.num_generations
     with torch.no_grad():
-        p = g.leaf_logp(policy.node_logits(params)[:, rl]).exp()  # (S, P_rl, L)
+        p = g.leaf_logp(_on(policy.node_logits(params), rl)).exp()  # (S, P_rl, L)
         leaves = torch.multinomial(p.reshape(S * P_rl, -1), G, replacement=True, generator=gen)
         leaves = leaves.reshape(S, P_rl, G)
-        rewards = torch.gather(sc.reward[:, rl], 2, leaves).reshape(S * P_rl, G)
+        rewards = torch.gather(_on(sc.reward, rl), 2, leaves).reshape(S * P_rl, G)
         adv = group_advantages(rewards, scale=cfg.adv_scale).reshape(-1)  # (S*P_rl*G,)
-        zref = policy.node_logits(ref_params)[:, rl]
+        zref = _on(policy.node_logits(ref_params), rl)
         ref_logits, targets = sequence_logits(zref, leaves, g)
         ref_logp = losses.logprobs(ref_logits, targets)
         old_logp = None
     scale = 1.0 if isinstance(policy, TabularPolicy) else 1.0 / P_rl
     for _ in range(cfg.num_iterations):
         params = params.detach().requires_grad_(True)
-        logits, _ = sequence_logits(policy.node_logits(params)[:, rl], leaves, g)  # (S*P_rl*G, H, V)
+        logits, _ = sequence_logits(_on(policy.node_logits(params), rl), leaves, g)  # (S*P_rl*G, H, V)
         logp = losses.logprobs(logits, targets)  # (B, H)
         if old_logp is None:
             old_logp = logp.detach()
@@ -339,8 +393,9 @@ def run_method(
     params = policy.init()
     sft_lr, rl_lr = _step_size(sft_lrs, cfg.sft_lr, params), _step_size(rl_lrs, cfg.rl_lr, params)
     teacher = spec.init_state(params).teacher
-    base_seq = sequence_logits(sc.base_logits[:, sc.sft_prompts], sc.demo_leaves, sc.geometry)[0]
-    seq_target = sequence_target(sc, spec["beta"]) if spec.needs_sequence_target else None
+    demo = _DemoRows.of(sc, _collapses(spec))  # the distinct demonstrations and their counts
+    base_seq = demo.logits(sc.base_logits)
+    seq_target = sequence_target(sc, spec["beta"])[demo.rows] if spec.needs_sequence_target else None
     records: list[tuple[str, int, dict]] = []
     const = eval_constants(sc)
     const_eval = eval_constants(sc, "eval") if sc.eval_prompts is not None else None
@@ -353,7 +408,7 @@ def run_method(
     def record(stage, step, z, logp=None):
         if not wanted(stage, step):
             if stage == "rl":  # escape times: J per prompt at every RL step
-                lp = sc.geometry.leaf_logp(z[:, const["prompts"]]) if logp is None else logp
+                lp = sc.geometry.leaf_logp(_on(z, const["prompts"])) if logp is None else logp
                 J_rl.append((lp.exp() * const["reward"]).sum(-1))
             return
         m = evaluate(sc, z, cfg, const, per_prompt=True, logp=logp)
@@ -369,7 +424,7 @@ def run_method(
     for step in range(1, cfg.sft_steps + 1):
         if spec.kind != "none":
             params = params.detach().requires_grad_(True)
-            loss = _sft_loss(sc, policy, params, teacher, spec, base_seq, seq_target)
+            loss = _sft_loss(sc, policy, params, teacher, spec, base_seq, seq_target, demo)
             (grad,) = torch.autograd.grad(loss, params)
             params = params.detach() - sft_lr * grad
             if spec.ema_due(step):
@@ -379,13 +434,13 @@ def run_method(
 
     ref_params = params.detach().clone()
     with torch.no_grad():
-        ref_logp = sc.geometry.leaf_logp(policy.node_logits(ref_params)[:, sc.rl_prompts])
+        ref_logp = sc.geometry.leaf_logp(_on(policy.node_logits(ref_params), sc.rl_prompts))
     gen = torch.Generator().manual_seed(cfg.grpo_seed)
     if cfg.rl_algorithm == "exact_pg":  # one forward pass serves both the record and the gradient
         for step in range(cfg.rl_steps + 1):
             params = params.detach().requires_grad_(step < cfg.rl_steps)
             z = policy.node_logits(params)
-            logp = sc.geometry.leaf_logp(z[:, sc.rl_prompts])  # (S, P_rl, L)
+            logp = sc.geometry.leaf_logp(_on(z, sc.rl_prompts))  # (S, P_rl, L)
             record("rl", step, z.detach(), logp.detach())
             if step < cfg.rl_steps:
                 loss = exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=logp)
