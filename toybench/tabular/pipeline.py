@@ -8,11 +8,13 @@ Design choices
   per-seed loop). Every seed has the same number of rows and tokens, so each seed's reduction
   is a fixed fraction of the batch reduction (``_seedwise``).
 * Exact where the setting allows it: SFT uses the finite demonstration set (all of it, every
-  step); exact PG is the theorem dynamics' objective (``dynamics.leaf_pg_surrogate``): it
-  enumerates all leaves and weights each row by sg[pi(leaf)], so its gradient is exactly
-  -grad J; the exact KL term (``dynamics.leaf_kl``) weights the k1 estimator by pi(leaf) WITH
-  gradient, which makes its gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt
-  from a seeded generator and uses ``group_advantages`` + ``clipped_surrogate_loss``.
+  step), as a count-weighted sum over its distinct (seed, prompt, demonstration) rows
+  (``_DemoRows``: the same loss and gradient, up to float rounding, with fewer rows); exact PG
+  is the theorem dynamics' objective (``dynamics.leaf_pg_surrogate``): it enumerates all leaves
+  and weights each row by sg[pi(leaf)], so its gradient is exactly -grad J; the exact KL term
+  (``dynamics.leaf_kl``) weights the k1 estimator by pi(leaf) WITH gradient, which makes its
+  gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt from a seeded generator
+  and uses ``group_advantages`` + ``clipped_surrogate_loss``.
 * Per-prompt (tabular) parameters get each prompt's own mean gradient; shared (log-linear)
   parameters get the mean over prompts.
 * Metrics are exact (enumeration) at every step on the RL prompts: SFT loss on held-out
