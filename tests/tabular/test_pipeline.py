@@ -246,3 +246,19 @@ def test_sft_loss_over_distinct_demos_equals_the_loss_over_every_demo(make, meth
         grads.append((loss.detach(), torch.autograd.grad(loss, p)[0]))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make", [tree, lambda s: SharedBandit(list(s), num_prompts=8, sft_prompts=4, V=6, d=3)]
+)
+def test_prompt_and_path_logits_are_the_node_logits_there(make):
+    sc = make((0, 1))
+    policy = make_policy(sc)
+    params = policy.init() + 0.5 * torch.randn(
+        policy.init().shape, generator=torch.Generator().manual_seed(1)
+    )
+    z = policy.node_logits(params)
+    for prompts in (sc.rl_prompts, torch.arange(z.shape[1]), torch.tensor([2, 0])):
+        torch.testing.assert_close(policy.prompt_logits(params, prompts), z[:, prompts])
+    demo = _DemoRows.of(sc)
+    torch.testing.assert_close(demo.policy_logits(policy, params), demo.logits(z))

@@ -43,6 +43,7 @@ from toybench.methods import Method, loss_type_reduction
 from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
 from toybench.tabular.envs import Scenario
 from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logits
+from toybench.tabular.policies import take_prompts as _on
 
 __all__ = [
     "PipelineConfig",
@@ -131,13 +132,6 @@ METRICS = metric_names(PipelineConfig())
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _on(x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-    """``x[:, prompts]``, without the copy (and its scatter in backward) when ``prompts`` is every prompt."""
-    if len(prompts) == x.shape[1] and torch.equal(prompts, torch.arange(x.shape[1])):
-        return x
-    return x[:, prompts]
-
-
 @torch.no_grad()
 def eval_constants(sc: Scenario, split: str = "rl") -> dict[str, torch.Tensor]:
     """Per-scenario tensors that ``evaluate`` needs at every step, computed once.
@@ -273,6 +267,10 @@ class _DemoRows:
         """The node logits [S, P, N, V] along every row's path: [U, H, V] (``sequence_logits``' rows)."""
         return node_logits[self.seed[:, None], self.prompt[:, None], self.nodes]
 
+    def policy_logits(self, policy: Policy, params: torch.Tensor) -> torch.Tensor:
+        """``self.logits(policy.node_logits(params))``, computed on the rows' paths only."""
+        return policy.path_logits(params, self.seed, self.prompt, self.nodes)
+
 
 def _collapses(method: Method) -> bool:
     """Whether ``method``'s per-token loss is row by row (``_DemoRows``): all but entropy_sft with rho < 1."""
@@ -286,8 +284,8 @@ def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=
     rows, in its order."""
     n, P_sft = sc.demo_leaves.shape[2], len(sc.sft_prompts)
     demo = demo or _DemoRows.of(sc, _collapses(method))
-    logits = demo.logits(policy.node_logits(params))  # (U, H, V)
-    teacher_logits = demo.logits(policy.node_logits(teacher)) if method.needs_teacher else None
+    logits = demo.policy_logits(policy, params)  # (U, H, V)
+    teacher_logits = demo.policy_logits(policy, teacher) if method.needs_teacher else None
     per_token = method.loss(
         logits,
         demo.targets,
@@ -310,7 +308,7 @@ def exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=None):
     """
     g, rl = sc.geometry, sc.rl_prompts
     if logp is None:
-        logp = g.leaf_logp(_on(policy.node_logits(params), rl))  # (S, P_rl, L)
+        logp = g.leaf_logp(policy.prompt_logits(params, rl))  # (S, P_rl, L)
     loss = leaf_pg_surrogate(logp, _on(sc.reward, rl)).sum()
     if cfg.kl_coef > 0:  # exact KL(pi || ref): k1 weighted by pi(leaf) WITH gradient
         loss = loss + cfg.kl_coef * leaf_kl(logp, ref_logp).sum()
@@ -328,19 +326,19 @@ def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None):
     g, rl = sc.geometry, sc.rl_prompts
     S, P_rl, G = sc.num_seeds, len(rl), cfg.num_generations
     with torch.no_grad():
-        p = g.leaf_logp(_on(policy.node_logits(params), rl)).exp()  # (S, P_rl, L)
+        p = g.leaf_logp(policy.prompt_logits(params, rl)).exp()  # (S, P_rl, L)
         leaves = torch.multinomial(p.reshape(S * P_rl, -1), G, replacement=True, generator=gen)
         leaves = leaves.reshape(S, P_rl, G)
         rewards = torch.gather(_on(sc.reward, rl), 2, leaves).reshape(S * P_rl, G)
         adv = group_advantages(rewards, scale=cfg.adv_scale).reshape(-1)  # (S*P_rl*G,)
-        zref = _on(policy.node_logits(ref_params), rl)
+        zref = policy.prompt_logits(ref_params, rl)
         ref_logits, targets = sequence_logits(zref, leaves, g)
         ref_logp = losses.logprobs(ref_logits, targets)
         old_logp = None
     scale = 1.0 if isinstance(policy, TabularPolicy) else 1.0 / P_rl
     for _ in range(cfg.num_iterations):
         params = params.detach().requires_grad_(True)
-        logits, _ = sequence_logits(_on(policy.node_logits(params), rl), leaves, g)  # (S*P_rl*G, H, V)
+        logits, _ = sequence_logits(policy.prompt_logits(params, rl), leaves, g)  # (S*P_rl*G, H, V)
         logp = losses.logprobs(logits, targets)  # (B, H)
         if old_logp is None:
             old_logp = logp.detach()
@@ -407,12 +405,15 @@ def run_method(
     def wanted(stage, step):
         return record_steps is None or step in record_steps.get(stage, ())
 
-    def record(stage, step, z, logp=None):
+    def record(stage, step, params, logp=None):
+        """Metrics at a recorded step (all prompts' logits only then); J per prompt at every RL step."""
         if not wanted(stage, step):
             if stage == "rl":  # escape times: J per prompt at every RL step
-                lp = sc.geometry.leaf_logp(_on(z, const["prompts"])) if logp is None else logp
-                J_rl.append((lp.exp() * const["reward"]).sum(-1))
+                if logp is None:
+                    logp = sc.geometry.leaf_logp(policy.prompt_logits(params, const["prompts"]))
+                J_rl.append((logp.exp() * const["reward"]).sum(-1))
             return
+        z = policy.node_logits(params)
         m = evaluate(sc, z, cfg, const, per_prompt=True, logp=logp)
         if stage == "rl":
             J_rl.append(m["J"])
@@ -422,7 +423,7 @@ def run_method(
         records.append((stage, step, row))
 
     if wanted("sft", 0):
-        record("sft", 0, policy.node_logits(params))
+        record("sft", 0, params)
     for step in range(1, cfg.sft_steps + 1):
         if spec.kind != "none":
             params = params.detach().requires_grad_(True)
@@ -432,27 +433,26 @@ def run_method(
             if spec.ema_due(step):
                 teacher = spec.ema_update(teacher, params)
         if wanted("sft", step):
-            record("sft", step, policy.node_logits(params))
+            record("sft", step, params)
 
     ref_params = params.detach().clone()
     with torch.no_grad():
-        ref_logp = sc.geometry.leaf_logp(_on(policy.node_logits(ref_params), sc.rl_prompts))
+        ref_logp = sc.geometry.leaf_logp(policy.prompt_logits(ref_params, sc.rl_prompts))
     gen = torch.Generator().manual_seed(cfg.grpo_seed)
     if cfg.rl_algorithm == "exact_pg":  # one forward pass serves both the record and the gradient
         for step in range(cfg.rl_steps + 1):
             params = params.detach().requires_grad_(step < cfg.rl_steps)
-            z = policy.node_logits(params)
-            logp = sc.geometry.leaf_logp(_on(z, sc.rl_prompts))  # (S, P_rl, L)
-            record("rl", step, z.detach(), logp.detach())
+            logp = sc.geometry.leaf_logp(policy.prompt_logits(params, sc.rl_prompts))  # (S, P_rl, L)
+            record("rl", step, params.detach(), logp.detach())
             if step < cfg.rl_steps:
                 loss = exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=logp)
                 (grad,) = torch.autograd.grad(loss, params)
                 params = params.detach() - rl_lr * grad
     else:
-        record("rl", 0, policy.node_logits(params))
+        record("rl", 0, params)
         for step in range(1, cfg.rl_steps + 1):
             params = _grpo_update(sc, policy, params, ref_params, cfg, gen, rl_lrs)
-            record("rl", step, policy.node_logits(params))
+            record("rl", step, params)
     if not records:
         raise ValueError(f"record_steps {record_steps} selects no step of this run")
     df = _to_frame(records, name, spec, S, list(records[0][2]), cfg.sft_steps)
