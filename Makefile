@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 OUT    ?= out/report
 
-.PHONY: venv report theorems test test-all lint format bench mutate clean
+.PHONY: venv report theorems test test-all lint format bench mutate mutate-group clean
 
 venv: $(VENV)/.installed
 
@@ -49,31 +49,52 @@ bench: venv
 	else echo "llm_gpu.py: skipped (no CUDA device)" | tee -a $(BENCH_LOG); fi
 	@echo "== RESULT lines =="; grep '^RESULT' $(BENCH_LOG)
 
-# Mutation testing (mutmut 3, dev extra) of the loss-side modules against a FAST test subset.
-# Not part of `make test`; about 10 minutes on 2 cores. Runs in a scratch copy (MUTATE_DIR) so the
-# repository gets no mutants/ folder; prints the score and writes the survivors to
-# $(MUTATE_DIR)/survivors.txt (judged-equivalent ones: tests/mutation_equivalent.md).
-# TODO: add toybench/methods.py (the Method registry) and the tabular training engine, with their
-# fast tests, to MUTATE_FILES / MUTATE_TESTS once the registry rewrite and the subpackage moves land.
-MUTATE_FILES ?= toybench/losses.py toybench/advantages.py toybench/metrics.py
-MUTATE_TESTS ?= tests/test_losses_oracle.py tests/test_losses_properties.py tests/test_losses_branches.py \
-                tests/test_losses_contract.py tests/test_bad_inputs.py tests/test_losses_messages_edges.py \
-                tests/test_metrics_advantages.py
+# Mutation testing (mutmut 3, dev extra), one GROUP at a time: each group's files are mutated against
+# its own FAST test subset (MUTATE_FILES_<group> / MUTATE_TESTS_<group>), in a scratch copy of the tree
+# ($(MUTATE_DIR)/<group>, so the repository gets no mutants/ folder). Not part of `make test`. Prints
+# each group's score and run time, then the overall score; survivors go to
+# $(MUTATE_DIR)/<group>/survivors.txt (judged-equivalent ones: tests/mutation_equivalent.md).
+# One group: `make mutate MUTATE_GROUPS=methods`. Run times on 2 busy cores: losses ~10-17 min,
+# methods ~2 min, pipeline ~8 min, dynamics ~3 min.
+MUTATE_GROUPS ?= losses methods pipeline dynamics
+MUTATE_FILES_losses    = toybench/losses.py toybench/advantages.py toybench/metrics.py
+MUTATE_TESTS_losses    = tests/test_losses_oracle.py tests/test_losses_properties.py tests/test_losses_branches.py \
+                         tests/test_losses_contract.py tests/test_bad_inputs.py tests/test_losses_messages_edges.py \
+                         tests/test_metrics_advantages.py
+MUTATE_FILES_methods   = toybench/methods.py
+MUTATE_TESTS_methods   = tests/test_methods.py tests/test_ema.py
+MUTATE_FILES_pipeline  = toybench/tabular/pipeline.py
+MUTATE_TESTS_pipeline  = tests/tabular/test_pipeline.py tests/tabular/test_grpo_update.py \
+                         tests/tabular/test_kl_direction.py tests/tabular/test_issue11_envs.py tests/test_ema.py
+MUTATE_FILES_dynamics  = toybench/tabular/dynamics.py
+MUTATE_TESTS_dynamics  = tests/tabular/test_dynamics.py tests/tabular/test_kl_direction.py
 MUTATE_DIR   ?= /tmp/sft-for-rl-mutate
 MUTATE_JOBS  ?= 2
+MUTMUT        = $(abspath $(VENV))/bin/mutmut
+MUTATE_SCORE  = import json, sys; s = [json.load(open(f)) for f in sys.argv[1:]]; \
+  t = {k: sum(x[k] for x in s) for k in ("killed", "total", "survived", "timeout", "no_tests")}; \
+  print("mutation score: %(killed)d/%(total)d killed = %(pct).1f%%  (survived %(survived)d, timeout \
+  %(timeout)d, no tests %(no_tests)d)" % dict(t, pct=100 * t["killed"] / max(t["total"], 1)))
 
 mutate: venv
-	rm -rf $(MUTATE_DIR) && mkdir -p $(MUTATE_DIR)
-	git ls-files -co --exclude-standard -z | xargs -0 tar -cf - | tar -xf - -C $(MUTATE_DIR)
-	cat tests/mutmut_config.toml >> $(MUTATE_DIR)/pyproject.toml
+	@for g in $(MUTATE_GROUPS); do $(MAKE) --no-print-directory mutate-group GROUP=$$g || exit 1; done
+	@printf 'overall (%s): ' '$(MUTATE_GROUPS)'; $(abspath $(PY)) -c '$(MUTATE_SCORE)' \
+	  $(foreach g,$(MUTATE_GROUPS),$(MUTATE_DIR)/$(g)/mutants/mutmut-cicd-stats.json)
+
+mutate-group:  # internal: run by `make mutate` (which sets up the venv) once per group
+	@test -n "$(MUTATE_FILES_$(GROUP))" || { echo "unknown mutation group '$(GROUP)'"; exit 2; }
+	rm -rf $(MUTATE_DIR)/$(GROUP) && mkdir -p $(MUTATE_DIR)/$(GROUP)
+	git ls-files -co --exclude-standard -z | xargs -0 tar -cf - | tar -xf - -C $(MUTATE_DIR)/$(GROUP)
+	cat tests/mutmut_config.toml >> $(MUTATE_DIR)/$(GROUP)/pyproject.toml
 	printf 'only_mutate = [%s]\npytest_add_cli_args_test_selection = [%s]\n' \
-	  '$(foreach f,$(MUTATE_FILES),"$(f)",)' '$(foreach f,$(MUTATE_TESTS),"$(f)",)' >> $(MUTATE_DIR)/pyproject.toml
-	cd $(MUTATE_DIR) && TQDM_DISABLE=1 $(abspath $(VENV))/bin/mutmut run --max-children $(MUTATE_JOBS) | tr '\r' '\n' | tail -n 2
-	cd $(MUTATE_DIR) && $(abspath $(VENV))/bin/mutmut results > survivors.txt; \
-	  $(abspath $(VENV))/bin/mutmut export-cicd-stats > /dev/null && \
-	  $(abspath $(PY)) -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
-	  print(f\"mutation score: {s['killed']}/{s['total']} killed = {100 * s['killed'] / s['total']:.1f}%  \
-	  (survived {s['survived']}, timeout {s['timeout']}, no tests {s['no_tests']}); survivors: $(MUTATE_DIR)/survivors.txt\")"
+	  '$(foreach f,$(MUTATE_FILES_$(GROUP)),"$(f)",)' '$(foreach f,$(MUTATE_TESTS_$(GROUP)),"$(f)",)' \
+	  >> $(MUTATE_DIR)/$(GROUP)/pyproject.toml
+	@cd $(MUTATE_DIR)/$(GROUP) && t0=$$(date +%s) && \
+	  TQDM_DISABLE=1 $(MUTMUT) run --max-children $(MUTATE_JOBS) | tr '\r' '\n' | tail -n 2 && \
+	  $(MUTMUT) results > survivors.txt; $(MUTMUT) export-cicd-stats > /dev/null && \
+	  printf '$(GROUP) (%s s): ' "$$(( $$(date +%s) - t0 ))" && \
+	  $(abspath $(PY)) -c '$(MUTATE_SCORE)' mutants/mutmut-cicd-stats.json && \
+	  echo "  survivors: $(MUTATE_DIR)/$(GROUP)/survivors.txt"
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from llm.loading import model_path
+    from llm.tiny import model_path
 
     model_dir = model_path("", True, __import__("llm.config").config.DEFAULT_CACHE, a.pretrain_steps)
     with tempfile.TemporaryDirectory() as out:

@@ -5,9 +5,10 @@ Weights cannot be downloaded, so the model is the Qwen3-0.6B configuration with 
 it: fp32 master weights, bf16 autocast, gradient checkpointing, the chunked-vocabulary losses.
 
 Measured (printed as ``RESULT`` lines):
-  sft[sft], sft[gift@5]: tokens/s of one optimizer step (forward + backward + AdamW) on
-      batch x seq tokens, and MFU = 6 * N_params * tokens/s (+ attention, 12 * L * d * seq) over
-      the GPU's bf16 dense peak (--peak-tflops, H200: 989).
+  sft[sft], sft[gift@5], each by --loss-impl chunked and fused (``llm.scoring.sft_per_token``):
+      tokens/s of one optimizer step (forward + backward + AdamW) on batch x seq tokens, and
+      MFU = 6 * N_params * tokens/s (+ attention, 12 * L * d * seq) over the GPU's bf16 dense
+      peak (--peak-tflops, H200: 989).
   grpo generation: completion tokens/s of ``llm.rollout.generate`` (KV cache, sampling at T=1).
   grpo train: tokens/s of the GRPO update (llm.grpo.grpo_update: micro-batches, tempered
       log-probs, loss) on --grpo-seqs x --completion tokens, and its peak memory
@@ -103,9 +104,8 @@ def main() -> int:
     from llm.data import collate
     from llm.grpo import grpo_update, micro_batches, rollout_batch
     from llm.loading import precision
-    from llm.objectives import sft_token_fn
     from llm.rollout import Rollout
-    from llm.scoring import score
+    from llm.scoring import sft_per_token
     from llm.train import Normaliser, global_reduce, make_optimizer, prepare_model
 
     torch.manual_seed(0)
@@ -128,14 +128,13 @@ def main() -> int:
     seqs = [(torch.randint(0, V, (a.seq,)).tolist(), [0] * 64 + [1] * (a.seq - 64)) for _ in range(a.batch)]
     batch = {k: v.to(dev) for k, v in collate(seqs, 0).items()}
     norm = Normaliser.of([batch["loss_mask"]])
-    for method in ("sft", "gift@5"):
-        fn = sft_token_fn(method)
+    for method, impl in [(m, i) for m in ("sft", "gift@5") for i in ("chunked", "fused")]:
         aux = [base] if method.startswith("gift") else []
 
-        def sft_step(fn=fn, aux=aux):
+        def sft_step(method=method, impl=impl, aux=aux):
             model.train()
             with prec.autocast():
-                per_token = score(model, batch, fn, aux_models=aux, chunk_size=a.chunk)
+                per_token = sft_per_token(model, batch, method, aux, a.chunk, impl)
                 loss = global_reduce(per_token, batch["loss_mask"], "token_mean", norm)
             loss.backward()
             opt.step()
@@ -147,8 +146,8 @@ def main() -> int:
         mfu = tps * flops_per_token(model, a.seq) / (a.peak_tflops * 1e12)
         peak = peak_gib()
         print(
-            f"RESULT sft[{method}] batch={a.batch} seq={a.seq} step_s={dt:.3f} tokens_per_s={tps:.0f} "
-            f"mfu={mfu:.3f} peak_gib={peak:.2f}"
+            f"RESULT sft[{method}] loss_impl={impl} batch={a.batch} seq={a.seq} step_s={dt:.3f} "
+            f"tokens_per_s={tps:.0f} mfu={mfu:.3f} peak_gib={peak:.2f}"
         )
 
     # ---- GRPO generation: KV-cached sampling of gen_prompts x num_generations completions

@@ -142,6 +142,13 @@ class SFTKnobs:
     """Gradient-norm clip."""
     reduction: str = "token_mean"
     """SFT loss reduction: token_mean | seq_mean | constant | sum (applied over the global batch)."""
+    loss_impl: str = "chunked"
+    """How the full-vocabulary SFT loss is computed: chunked (default: chunks of logits recomputed in
+    backward, ``toybench.losses`` run unchanged, so every method spec and dtype path is the
+    reference) | fused (``llm.fused``: one vocabulary sweep per chunk with analytic gradients, fewer
+    matmuls, nothing V-wide kept; sft, dft, pear, entropy_sft without top_k, gift, curio with the
+    default temperature constants) | naive (full ``[B, T, V]`` logits: small vocabularies only).
+    All three give the same loss and update up to float rounding (tested)."""
     behavior_model: str = ""
     """PEAR behaviour policy (model path); default: the base model. Log-probs are collected once."""
     eval_every: int = 25
@@ -219,6 +226,9 @@ class GRPOKnobs:
     """Nucleus sampling (1 = off). Scoring does not renormalise over the nucleus (as TRL)."""
     top_k: int = 0
     """Top-k sampling (0 = off)."""
+    min_new_tokens: int = 0
+    """Generation: every EOS id is masked for the first N tokens of a completion (HF's
+    ``min_new_tokens``, vLLM's ``min_tokens``); 0 = off. At most ``max_completion_length``."""
 
 
 @dataclass
@@ -279,6 +289,8 @@ RECIPE = {
     "grpo_lr": (1e-6, 1e-4),
 }
 DTYPES = ("auto", "fp32", "bf16-mixed", "bf16-pure")
+#: ``--loss-impl`` choices of the SFT loss (:func:`llm.scoring.sft_per_token`)
+LOSS_IMPLS = ("chunked", "fused", "naive")
 SWITCHES = ("auto", "on", "off")
 
 
@@ -356,6 +368,7 @@ RULES: dict[str, Rule] = {
     },
     **{n: _ge(0) for n in ("warmup", "clip", "weight_decay", "epsilon", "epsilon_high", "kl_coef")},
     "n_heldout": _ge(0),
+    "min_new_tokens": _ge(0),
     "log_completions_every": _ge(0),
     "stop_after": _ge(-1),
     "seed": Rule(lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
@@ -365,6 +378,7 @@ RULES: dict[str, Rule] = {
     "heldout_frac": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
     "n_train": Rule(lambda v: v is None or v >= 1, ">= 1 (or None: the whole file)"),
     "reduction": Rule(lambda v: v in REDUCE_MODES, f"one of {REDUCE_MODES}"),
+    "loss_impl": Rule(lambda v: v in LOSS_IMPLS, f"one of {LOSS_IMPLS}"),
     "loss_type": Rule(lambda v: _ok(loss_type_reduction, v), "a TRL loss_type (dapo|bnpo|grpo|dr_grpo|sum)"),
     "kl_kind": Rule(lambda v: v in ("k1", "k3"), "k1 or k3"),
     "adv_scale": Rule(lambda v: v in ("group", "batch", "none"), "group, batch or none"),
@@ -476,6 +490,18 @@ def _check_run(cfg: RunConfig) -> None:
         raise ConfigError("overwrite", "and --resume contradict each other: give one")
 
 
+def _check_loss_impl(cfg: RunConfig, methods: list[str]) -> None:
+    """``--loss-impl fused`` only with methods its kernels implement (named in the error)."""
+    knobs, prefix = (cfg.sft, "sft.") if isinstance(cfg, PipelineConfig) else (cfg, "")
+    if getattr(knobs, "loss_impl", "chunked") != "fused":
+        return
+    from llm.objectives import fused_unsupported
+
+    for m in methods:
+        if Method.parse(m).kind != "none" and (why := fused_unsupported(m)):
+            raise ConfigError(prefix + "loss_impl", f"fused cannot run {m!r}: {why}")
+
+
 def resolve(cfg: RunConfig, given: set[str] | None = None) -> RunConfig:
     """Apply the ``quick`` and ``tiny`` presets and validate; returns a new config (the one that runs).
 
@@ -498,6 +524,13 @@ def resolve(cfg: RunConfig, given: set[str] | None = None) -> RunConfig:
             Method.parse(m).token_level("llm")
         except ValueError as e:
             raise ConfigError(name, str(e)) from None
+    _check_loss_impl(cfg, [m for _, m in specs])
+    grpo, prefix = (cfg.grpo, "grpo.") if isinstance(cfg, PipelineConfig) else (cfg, "")
+    if isinstance(grpo, GRPOKnobs) and grpo.min_new_tokens > cfg.max_completion_length:
+        raise ConfigError(
+            prefix + "min_new_tokens",
+            f"must be <= max_completion_length={cfg.max_completion_length}, got {grpo.min_new_tokens}",
+        )
     if isinstance(cfg, EvalConfig | PipelineConfig) and max(cfg.ks) > cfg.n_samples:
         raise ConfigError("ks", f"={cfg.ks}: every k must be <= n_samples={cfg.n_samples}")
     _check_run(cfg)

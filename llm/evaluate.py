@@ -11,10 +11,11 @@ import torch
 from llm.checkpoint import prepare_out
 from llm.config import EvalConfig, resolve, save_config
 from llm.data import Example, collate
-from llm.loading import load_model, load_tokenizer, model_path, resolve_device
+from llm.loading import load_model, load_tokenizer, resolve_device
 from llm.objectives import entropy_fn
 from llm.rollout import generate
 from llm.scoring import heldout_sft_loss, score
+from llm.tiny import model_path
 from llm.train import seed_everything
 from toybench.losses import reduce
 from toybench.metrics import pass_at_k
@@ -28,7 +29,7 @@ def evaluate(
     n: int,
     ks: tuple[int, ...],
     temperature: float = 1.0,
-    max_new_tokens: int = 64,
+    max_completion_length: int = 64,
     chunk_size: int = 1024,
     enable_thinking: bool = False,
     rewards=None,
@@ -53,7 +54,7 @@ def evaluate(
         examples,
         n,
         temperature=temperature,
-        max_completion_length=max_new_tokens,
+        max_completion_length=max_completion_length,
         enable_thinking=enable_thinking,
     )
     correct = np.array(rewards(examples, [[r.text for r in g] for g in groups])) > 0  # (P, n)

@@ -5,11 +5,16 @@ output embedding) as ``chunked_per_token(sft_token_fn(method, ...), ...)``, but 
 does ONE sweep over the vocabulary:
 
 1. ``z = h @ W^T`` into a reused ``[R, V]`` buffer (``torch.matmul(..., out=)``);
-2. row sub-blocks of ``block_rows`` rows turn ``z`` IN PLACE (in-place log-softmax, then exp) into
-   the per-token statistics the loss needs (``log pi_y``; per method ``sum pi log pi``, the
-   base's ``sum p'_base log pi``, the teacher's ``log q_y``) and then into the analytic logit
-   gradient ``dl_t/dz_t``, with at most two ``[block_rows, V]`` scratch buffers;
-3. ``dh = dz @ W`` and ``dW += dz^T h`` (two more matmuls), stashed for backward.
+2. row sub-blocks of ``block_rows`` rows turn ``z`` IN PLACE into the per-token statistics the
+   loss needs (``log pi_y``; per method ``sum pi log pi``, the base's ``sum p'_base z``, the
+   teacher's ``log q_y``) and then into the analytic logit gradient ``dl_t/dz_t = c_t dz'_t``,
+   with at most two ``[block_rows, V]`` scratch buffers. One softmax kernel gives ``pi`` and,
+   with two max reads, ``logsumexp(z) = max z - log max pi`` (``max pi >= 1/V``: no underflow),
+   so no second exp sweep is needed (:func:`_softmax_lse_`; entropy-SFT, which needs ``log pi``
+   itself, keeps the log-softmax). The per-row factor ``c_t`` (DFT's ``pi_y``, CurioSFT's ``w``,
+   entropy-SFT's ``c``, backward's ``g_t``) is never swept over ``[R, V]``: it scales the
+   ``[R, D]`` sides of the matmuls below;
+3. ``dh = c * (dz' @ W)`` and ``dW += dz'^T (c * h)`` (two more matmuls), stashed for backward.
 
 So no ``[R, V]`` tensor outlives its chunk and nothing V-wide is kept for backward: the stash is
 ``dh`` ``[N, D]`` and ``dW`` ``[V, D]`` (the size of ``W.grad`` itself). Forward + backward cost 3
@@ -36,8 +41,9 @@ Formulas (``L = log pi = log_softmax(z)``, ``H = -sum pi L``; gradients checked 
   sft, pear      l = -log pi_y                                 dz = pi - e_y
   logp           l = log pi_y                                  dz = e_y - pi
   dft            l = -sg[pi_y] log pi_y                        dz = pi_y (pi - e_y)
-  entropy_sft    l = -log pi_y - c H                           dz = pi (1 + c (L + H)) - e_y
+  entropy_sft    l = -log pi_y - c H                           dz = c [pi (L + H + 1/c) - e_y / c]
   gift           l = -sum_k q_k L_k                            dz = pi - q
+                   = -[(sum_k p's_k z_k - lse - p's_y L_y) / Z + q_y L_y]   (sum_k p's_k = 1)
                  q = p's e^{beta [k=y]} / Z, p's = (1-s) p_base + s/V, Z = 1 + (e^beta - 1) p's_y
   curio          l = -log pi_y + alpha/2 (log pi_y - log q_y)^2, dz = w (pi - e_y),
                  w = 1 - alpha (log pi_y - log q_y), q = softmax(zbar / tau)
@@ -184,63 +190,73 @@ def _curio_teacher(o: _Opts, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logq
 
 
+def _softmax_lse_(z: torch.Tensor) -> torch.Tensor:
+    """Logits ``z`` [b, V] -> ``pi`` in place (one softmax kernel); returns ``logsumexp(z)`` [b].
+
+    ``max pi = e^(m - lse) = 1 / sum e^(z - m) >= 1 / V`` (``m`` the row max), so ``lse = m -
+    log max pi`` never underflows: two cheap max reads replace the log-softmax + exp pair (a second
+    transcendental sweep over ``[b, V]``)."""
+    m = z.amax(-1)
+    _softmax_(z)
+    return m - z.amax(-1).log()
+
+
 def _rows(
     o: _Opts,
     z: torch.Tensor,
     y: torch.Tensor,
     aux: torch.Tensor | None,
     logq: torch.Tensor | None,
-    scale: torch.Tensor | None,
     grad: bool,
     tmp: torch.Tensor | None,
     tmp2: torch.Tensor | None,
-) -> torch.Tensor:
-    """One sub-block: model logits ``z`` [b, V] -> per-token values [b]; ``z`` becomes dl/dz if grad.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One sub-block: model logits ``z`` [b, V] -> (per-token values [b], row factors ``c`` [b] or None).
 
-    ``aux``: the base logits of the same rows (GIFT, destroyed); ``logq``: CurioSFT's log q_t(y_t);
-    ``scale``: per-row factors for dz (the backward recompute path); ``tmp``, ``tmp2``: [b, V] scratch.
+    If ``grad``, ``z`` becomes ``dz / c`` (``c`` None: 1): the factor is applied to the ``[b, D]``
+    sides of the gradient matmuls (``dh`` rows, ``h`` rows for ``dW``), not in a sweep over
+    ``[b, V]``. ``aux``: the base logits of the same rows (GIFT, destroyed); ``logq``: CurioSFT's
+    log q_t(y_t); ``tmp``, ``tmp2``: [b, V] scratch.
     """
     V = z.shape[1]
     yc = y[:, None]
     m = o.method
+    if m == "entropy_sft":  # coef > 0 here (coef 0 runs as sft)
+        L = _log_softmax_(z)  # log pi
+        logp = L.gather(1, yc)[:, 0]
+        p = torch.exp(L, out=tmp)
+        H = -_dot_rows(p, L, tmp2)
+        val = -logp - o.coef * H
+        if grad:  # dz = pi (1 + c (L + H)) - e_y = c [pi (L + H + 1/c) - e_y / c]
+            L.add_((H + 1.0 / o.coef)[:, None]).mul_(p)
+            L.scatter_add_(1, yc, torch.full_like(logp[:, None], -1.0 / o.coef))
+            return val, torch.full_like(logp, o.coef)
+        return val, None
+    zy = z.gather(1, yc)[:, 0]
     if m == "gift":  # smoothed base distribution p's, in place in `aux`
         _softmax_(aux)
         if o.smooth > 0:
             aux.mul_(1.0 - o.smooth).add_(o.smooth / V)
-    L = _log_softmax_(z)  # log pi
-    logp = L.gather(1, yc)[:, 0]
-    if m == "entropy_sft":
-        p = torch.exp(L, out=tmp)
-        H = -_dot_rows(p, L, tmp2)
-        val = -logp - o.coef * H
-        if grad:
-            sc = torch.ones_like(H) if scale is None else scale
-            # dz = sc (p (1 + c H) + c p log pi) - sc e_y; tmp2 still holds p log pi
-            torch.mul(p, (sc * (1.0 + o.coef * H))[:, None], out=L)
-            L.addcmul_(tmp2, (o.coef * sc)[:, None])
-            L.scatter_add_(1, yc, -sc[:, None])
-        return val
-    if m == "gift":
+        pz = _dot_rows(aux, z, tmp)  # sum_k p's_k z_k, read before z turns into pi
+        lse = _softmax_lse_(z)
+        logp = zy - lse
         py = aux.gather(1, yc)[:, 0]
         log_py = py.log()
         logZ = torch.logaddexp(_log1mexp(log_py), log_py + o.beta)
         invZ = torch.exp(-logZ)
         qy = torch.exp(log_py + o.beta - logZ)
-        # sum_k q_k log pi_k, q = p's / Z off the target, q_y at the target
-        val = -((_dot_rows(aux, L, tmp) - py * logp) * invZ + qy * logp)
-        if grad:
-            sc = torch.ones_like(invZ) if scale is None else scale
-            L.exp_()
-            if scale is not None:
-                L.mul_(sc[:, None])
-            L.addcmul_(aux, (-sc * invZ)[:, None])  # sc (pi - q) off the target
-            L.scatter_add_(1, yc, (sc * (py * invZ - qy))[:, None])
-        return val
+        # sum_k q_k log pi_k, q = p's / Z off the target, q_y at the target; sum_k p's_k = 1
+        val = -((pz - lse - py * logp) * invZ + qy * logp)
+        if grad:  # dz = pi - q
+            z.addcmul_(aux, -invZ[:, None])
+            z.scatter_add_(1, yc, (py * invZ - qy)[:, None])
+        return val, None
     # sft / pear / dft / curio / logp: dz = c (pi - e_y) with a per-row c
+    logp = zy - _softmax_lse_(z)  # z is pi now
     if m in ("sft", "pear"):
         val, c = -logp, None
     elif m == "logp":
-        val, c = logp, -torch.ones_like(logp)
+        val, c = logp, torch.full_like(logp, -1.0)
     elif m == "dft":
         py = logp.exp()
         val, c = -py * logp, py
@@ -248,15 +264,27 @@ def _rows(
         gap = logp - logq
         val, c = -logp + 0.5 * o.alpha * gap**2, 1.0 - o.alpha * gap
     if grad:
-        L.exp_()
-        if c is not None or scale is not None:
-            sc = torch.ones_like(logp) if c is None else c
-            sc = sc if scale is None else sc * scale
-            L.mul_(sc[:, None])
+        z.scatter_add_(1, yc, torch.full_like(logp[:, None], -1.0))
+    return val, c
+
+
+def _grad_matmuls(z, fac, hc, w, dh, dw, first: bool) -> None:
+    """``dh = (fac * z) @ W`` into ``dh`` and ``dw (+)= (fac * z)^T h``, the row factors applied on the
+    ``[R, D]`` sides; ``first``: ``dw`` is written, not accumulated."""
+    if dh is not None:
+        if z.dtype == dh.dtype and w.dtype == dh.dtype:
+            torch.matmul(z, w, out=dh)
         else:
-            sc = torch.ones_like(logp)
-        L.scatter_add_(1, yc, -sc[:, None])
-    return val
+            dh.copy_(z.to(w.dtype) @ w)
+        if fac is not None:
+            dh.mul_(fac[:, None])
+    if dw is not None:
+        hs = hc.to(dw.dtype) if fac is None else hc.to(dw.dtype) * fac[:, None].to(dw.dtype)
+        zt = z.t().to(dw.dtype)
+        if first:
+            torch.matmul(zt, hs, out=dw)
+        else:
+            dw.addmm_(zt, hs)
 
 
 def _run(
@@ -277,13 +305,14 @@ def _run(
     vals = torch.empty(N, dtype=dt, device=h.device)
     grad = want_dh or want_dw
     dh = torch.empty(N, w.shape[1], dtype=dt, device=h.device) if want_dh else None
-    dw = None
+    dw, write_dw = None, False
     if want_dw:  # the first chunk writes it (no zero fill) unless a dtype cast is needed
-        make = torch.empty if w.dtype == _acc(w.dtype) and h.dtype == _acc(w.dtype) and N else torch.zeros
-        dw = make(V, w.shape[1], dtype=_acc(w.dtype), device=w.device)
+        write_dw = w.dtype == _acc(w.dtype) and h.dtype == _acc(w.dtype) and N > 0
+        dw = (torch.empty if write_dw else torch.zeros)(V, w.shape[1], dtype=_acc(w.dtype), device=w.device)
     R = max(1, min(o.rows, N))
     buf = torch.empty(R, V, dtype=dt, device=h.device)
     abuf = torch.empty(R, V, dtype=dt, device=h.device) if o.method == "gift" else None
+    fac = torch.empty(R, dtype=dt, device=h.device)
     blk = min(o.block, R)
     n_tmp = {"entropy_sft": 2, "gift": 1}.get(o.method, 0)
     tmps = [torch.empty(blk, V, dtype=dt, device=h.device) for _ in range(n_tmp)] + [None, None]
@@ -297,27 +326,28 @@ def _run(
         if o.method == "gift":
             _logits_into(abuf[: e - s], ah[s:e], aw)
         _logits_into(z, hc, w)
+        scaled = scale is not None  # any row factor in this chunk
         for i in range(0, e - s, o.block):
             j = min(i + o.block, e - s)
-            vals[s + i : s + j] = _rows(
+            vals[s + i : s + j], c = _rows(
                 o,
                 z[i:j],
                 yc[i:j],
                 None if abuf is None else abuf[i:j],
                 None if logq is None else logq[i:j],
-                None if scale is None else scale[s + i : s + j],
                 grad,
                 *[None if x is None else x[: j - i] for x in tmps[:2]],
             )
-        if want_dh:
-            if hc.dtype == dt and w.dtype == dt:
-                torch.matmul(z, w, out=dh[s:e])
+            if c is None:
+                fac[i:j].fill_(1.0)
             else:
-                dh[s:e] = z.to(w.dtype) @ w
-        if want_dw and s == 0 and dw.dtype == hc.dtype:
-            torch.matmul(z.t(), hc, out=dw)
-        elif want_dw:
-            dw.addmm_(z.t().to(hc.dtype) if hc.dtype != dw.dtype else z.t(), hc.to(dw.dtype))
+                fac[i:j].copy_(c)
+                scaled = True
+        if scale is not None:
+            fac[: e - s].mul_(scale[s:e])
+        if grad:
+            f = fac[: e - s] if scaled else None
+            _grad_matmuls(z, f, hc, w, dh[s:e] if want_dh else None, dw, first=s == 0 and write_dw)
     return vals, dh, dw
 
 
@@ -426,6 +456,8 @@ def fused_token_loss(
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
     if method == "gift" and gift_beta == float("inf"):  # one-hot target: plain SFT
         method, aux = "sft", ()
+    if method == "entropy_sft" and entropy_coef == 0:  # no entropy term: plain SFT
+        method = "sft"
     rows, h, flat_aux, args = flatten_rows(
         hidden, weight, aux=aux, token_args={"targets": targets}, mask=mask, chunk_size=chunk_size
     )

@@ -15,9 +15,10 @@ ran out of budget without an EOS from the loss (they still count in the normalis
 as in TRL). Knob names are TRL's (``kl_coef`` is TRL's ``beta``: here ``beta`` is GIFT's).
 Logged (TRL's metric names under ``grpo/``): reward, reward_std, frac_reward_zero_std, kl, entropy,
 clip_ratio/{low,high,region}_mean, completions/{mean_length,clipped_ratio}, learning_rate, loss,
-grad_norm, pass@k (unbiased over the G samples), and the held-out expert SFT loss (decoupling probe
-T1). Sampling is seeded per (seed, step, rank) (:func:`rollout_seed`), so a resumed run draws the
-same samples as an uninterrupted one.
+grad_norm, pass@k (unbiased over the G samples; a sample is solved when its reward is > 0, as in
+``llm.evaluate``), and the held-out expert SFT loss (decoupling probe T1). Sampling is seeded per
+(seed, step, rank) (:func:`rollout_seed`), so a resumed run draws the same samples as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,24 +27,22 @@ import copy
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from llm import dist
-from llm.checkpoint import resume_checkpoint, save_checkpoint
 from llm.config import GRPOConfig, resolve
 from llm.data import collate
-from llm.log import RunLogger, due
+from llm.log import due
 from llm.objectives import entropy_fn, logp_fn
 from llm.rewards import Rewards
 from llm.rollout import Rollout, generate
 from llm.scoring import heldout_sft_loss, hidden_states, score
 from llm.train import (
     Normaliser,
+    StepLoop,
     batch_indices,
     make_optimizer,
     optimizer_step,
     setup_run,
-    truncate_log,
 )
 from toybench.advantages import group_advantages
 from toybench.losses import clipped_surrogate_loss, kl_penalty, reduce
@@ -254,21 +253,10 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
     per_rank = cfg.prompts_per_step // di.world
 
     opt, sched = make_optimizer(model, cfg.lr, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
-    ckpt_root, start, last_ckpt = out / "checkpoint", 0, ""
-    log_path = out / "metrics.jsonl"
-    if cfg.resume and (ck := resume_checkpoint(ckpt_root, model, opt, sched)) is not None:
-        start, last_ckpt = ck.state["step"], str(ck.path)
-        truncate_log(log_path, start)
-    log = RunLogger(out, cfg.report_to, enabled=di.main, append=start > 0)
+    loop = StepLoop(cfg, di, out, model, opt, sched, tok)
+    log = loop.log
     record: dict = {}
-    bar = tqdm(
-        range(start, cfg.steps),
-        desc="grpo",
-        **({} if di.main else {"disable": True}),
-        initial=start,
-        total=cfg.steps,
-    )
-    for step in bar:
+    for step in loop.steps("grpo"):
         idx = batch_indices(len(prompts), step, cfg.prompts_per_step, cfg.seed + 1)
         local = [prompts[i] for i in idx[di.rank * per_rank : (di.rank + 1) * per_rank]]
         torch.manual_seed(rollout_seed(cfg.seed, step, di.rank))
@@ -284,6 +272,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
                 batch_size=cfg.generation_batch_size,
                 top_p=cfg.top_p,
                 top_k=cfg.top_k,
+                min_new_tokens=cfg.min_new_tokens,
             )
         texts = [[r.text for r in g] for g in groups]
         rewards = group_rewards(local, groups, reward_fn)  # (n, G)
@@ -304,20 +293,18 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
             opt,
             sched,
             step,
-            last_ckpt,
+            loop.last_ckpt,
         )
         dist.all_reduce_sum(lengths)
         n_seq = cfg.prompts_per_step * cfg.num_generations
-        c = all_rewards.sum(1).cpu().numpy()
+        c = (all_rewards > 0).sum(1).cpu().numpy()  # solved = reward > 0, as in llm.evaluate
         record = {"step": step + 1} | {
             f"grpo/{k}": v
             for k, v in (
                 reward_stats(all_rewards.cpu())
                 | upd
                 | {
-                    f"pass@{cfg.pass_k}": float(
-                        np.mean(pass_at_k(cfg.num_generations, c.astype(int), cfg.pass_k))
-                    ),
+                    f"pass@{cfg.pass_k}": float(np.mean(pass_at_k(cfg.num_generations, c, cfg.pass_k))),
                     "completions/mean_length": float(lengths[0]) / n_seq,
                     "completions/clipped_ratio": float(lengths[1]) / n_seq,
                     "learning_rate": sched.get_last_lr()[0],
@@ -329,31 +316,9 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
                 record["heldout/sft_loss"] = heldout_sft_loss(
                     model, tok, held, cfg.chunk_size, enable_thinking=cfg.enable_thinking
                 )
-        log.write(record)
-        bar.set_postfix(reward=f"{record['grpo/reward']:.3f}")
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            if di.main:
-                last_ckpt = str(
-                    save_checkpoint(
-                        ckpt_root,
-                        step + 1,
-                        model,
-                        opt,
-                        sched,
-                        {"data_pos": (step + 1) * cfg.prompts_per_step},
-                        keep=cfg.save_total_limit,
-                        tokenizer=tok,
-                    )
-                )
-            dist.barrier()
-        if cfg.stop_after >= 0 and step + 1 >= cfg.stop_after:
-            log.close()
+        if loop.end_step(step, record, (step + 1) * cfg.prompts_per_step, "grpo/reward"):
             return {"stopped_at": step + 1, **record}
-    log.close()
-    if di.main:
-        model.save_pretrained(out / "final", safe_serialization=True)
-        tok.save_pretrained(out / "final")
-    dist.barrier()
+    loop.finish()
     return record
 
 

@@ -9,8 +9,9 @@ Design choices
   bf16 autocast on GPU (:func:`precision`); pure bf16 weights only with ``dtype="bf16-pure"`` (a
   warning: AdamW steps below ~1/256 of a weight are rounded away, so at lr 1e-6..2e-5 most weights
   never move). ``trust_remote_code`` is off unless asked.
-- The tiny preset is built and pretrained in :mod:`llm.tiny`; :func:`model_path` returns its
-  cached directory, which :func:`load_model` then reads like any other.
+- The tiny preset is built and pretrained in :mod:`llm.tiny`; :func:`llm.tiny.model_path` returns
+  its cached directory, which :func:`load_model` then reads like any other (imports run one way:
+  ``llm.tiny`` uses this module, never the reverse).
 """
 
 from __future__ import annotations
@@ -131,15 +132,6 @@ def chat_text(tok, messages: list[dict], add_generation_prompt: bool, enable_thi
     )
 
 
-def model_path(model: str, tiny: bool, cache_dir: str | Path, pretrain_steps: int = 200) -> str:
-    """The directory/hub id a run loads: the cached tiny model (``llm.tiny``) if ``tiny``, else ``model``."""
-    if not tiny:
-        return model
-    from llm.tiny import TinySpec, build_tiny
-
-    return str(build_tiny(cache_dir, TinySpec(pretrain_steps=pretrain_steps)))
-
-
 __all__ = [
     "Precision",
     "chat_text",
@@ -147,6 +139,5 @@ __all__ = [
     "default_dtype",
     "load_model",
     "load_tokenizer",
-    "model_path",
     "resolve_device",
 ]

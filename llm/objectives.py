@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from llm.fused import N_AUX, fused_token_loss
 from toybench import losses, metrics
 from toybench.methods import Method
 
@@ -42,4 +43,18 @@ def entropy_fn(temperature: float = 1.0) -> TokenFn:
     return lambda z: metrics.entropy(z, temperature=temperature)
 
 
-__all__ = ["entropy_fn", "logp_fn", "sft_token_fn"]
+def fused_unsupported(method: str | Method) -> str | None:
+    """Why ``--loss-impl fused`` cannot run ``method`` (its kernels implement only some constants:
+    no entropy-SFT ``top_k``/``rho``, CurioSFT's default temperature constants), or None when it can.
+    Asked of :func:`llm.fused.fused_token_loss` itself on a 1-token input."""
+    m = Method.parse(method)
+    z, w, y = torch.zeros(1, 1, 1), torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.long)
+    try:
+        with torch.no_grad():
+            fused_token_loss(m, z, w, targets=y, aux=[(z, w)] * N_AUX.get(m.kind, 0))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+__all__ = ["entropy_fn", "fused_unsupported", "logp_fn", "sft_token_fn"]

@@ -19,8 +19,8 @@ from llm.checkpoint import prepare_out
 from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig, resolve, save_config
 from llm.evaluate import run_eval
 from llm.grpo import run_grpo
-from llm.loading import model_path
 from llm.sft import run_sft
+from llm.tiny import model_path
 from toybench.analysis import markdown_table
 from toybench.methods import Method
 

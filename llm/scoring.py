@@ -5,16 +5,25 @@
 (:func:`llm.chunked.chunked_per_token`), so the ``[B, T, V]`` logits never exist in full. The
 temperature is TRL's: GRPO samples at ``T`` and scores (old, current and reference log-probs, and
 the entropy) under the same ``logits / T``, so the trained policy is the sampling policy.
+
+:func:`sft_per_token` is the SFT loss of a method spec by one of :data:`LOSS_IMPLS` (``--loss-impl``):
+``chunked`` (``score`` with ``toybench.losses`` unchanged: every method spec), ``fused``
+(:func:`llm.fused.fused_token_loss`: one vocabulary sweep per chunk, analytic gradients; the specs
+its kernels implement, see :func:`llm.objectives.fused_unsupported`) or ``naive`` (full
+``[B, T, V]`` logits, for small vocabularies and checks).
 """
 
 from __future__ import annotations
 
 import torch
 
-from llm.chunked import chunked_per_token, final_hidden, output_weight
+from llm.chunked import chunked_per_token, final_hidden, full_per_token, output_weight
+from llm.config import LOSS_IMPLS
 from llm.data import Example, collate, sft_ids
-from llm.objectives import logp_fn
+from llm.fused import fused_token_loss
+from llm.objectives import logp_fn, sft_token_fn
 from toybench.losses import reduce
+from toybench.methods import Method
 
 
 def hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -47,10 +56,7 @@ def score(
     ``hidden`` to reuse a forward.
     """
     h = hidden_states(model, batch) if hidden is None else hidden  # (B, T-1, D)
-    aux = []
-    for m in aux_models:
-        with torch.no_grad():
-            aux.append((hidden_states(m, batch), output_weight(m)))
+    aux = aux_pairs(aux_models, batch)
     token_args = {"targets": batch["targets"]} if with_targets else {}
     return chunked_per_token(
         tempered(fn, temperature),
@@ -61,6 +67,43 @@ def score(
         mask=batch["loss_mask"],
         chunk_size=chunk_size,
     )
+
+
+def aux_pairs(aux_models, batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(hidden [B, T-1, D_a], output weight)`` of each frozen model on ``batch``, without gradient."""
+    with torch.no_grad():
+        return [(hidden_states(m, batch), output_weight(m)) for m in aux_models]
+
+
+def sft_per_token(
+    model,
+    batch: dict[str, torch.Tensor],
+    method: str | Method,
+    aux_models=(),
+    chunk_size: int = 1024,
+    impl: str = "chunked",
+) -> torch.Tensor:
+    """Per-token SFT loss of ``method`` over ``batch``, ``[B, T-1]`` (0 off the mask), by ``impl``.
+
+    The three implementations give the same values and gradients up to float rounding (tested for
+    sft, gift, curio, entropy_sft); ``aux_models`` are GIFT's frozen base / CurioSFT's teacher.
+    """
+    if impl == "chunked":
+        return score(model, batch, sft_token_fn(method), aux_models=aux_models, chunk_size=chunk_size)
+    if impl not in LOSS_IMPLS:
+        raise ValueError(f"impl must be one of {LOSS_IMPLS}, got {impl!r}")
+    h, w, aux, mask = (
+        hidden_states(model, batch),
+        output_weight(model),
+        aux_pairs(aux_models, batch),
+        batch["loss_mask"],
+    )
+    if impl == "fused":
+        return fused_token_loss(
+            method, h, w, targets=batch["targets"], aux=aux, mask=mask, chunk_size=chunk_size
+        )
+    per_token = full_per_token(sft_token_fn(method), h, w, aux=aux, token_args={"targets": batch["targets"]})
+    return per_token * mask
 
 
 @torch.no_grad()
@@ -81,4 +124,12 @@ def heldout_sft_loss(
     return tot / max(cnt, 1.0)
 
 
-__all__ = ["heldout_sft_loss", "hidden_states", "score", "tempered"]
+__all__ = [
+    "LOSS_IMPLS",
+    "aux_pairs",
+    "heldout_sft_loss",
+    "hidden_states",
+    "score",
+    "sft_per_token",
+    "tempered",
+]

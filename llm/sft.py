@@ -2,8 +2,9 @@
 
 Loop (one optimizer step):
   global batch of ``batch_size`` examples (a seeded permutation per epoch; position = step) ->
-  this rank's slice -> ``grad_accum`` micro-batches -> per-token loss of the method through
-  :func:`llm.chunked.chunked_per_token` -> :func:`llm.train.global_reduce` -> backward ->
+  this rank's slice -> ``grad_accum`` micro-batches -> per-token loss of the method by
+  ``--loss-impl`` (:func:`llm.scoring.sft_per_token`: chunked, fused or naive) ->
+  :func:`llm.train.global_reduce` -> backward ->
   gradients summed over ranks -> clip -> non-finite guard -> AdamW + cosine schedule.
 
 The method is a ``toybench.methods`` spec (``gift@5``, ``curio,ema_every=5``, ``pear_block``...); its
@@ -23,26 +24,24 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from llm import dist
-from llm.checkpoint import resume_checkpoint, save_checkpoint
 from llm.config import SFTConfig, resolve
 from llm.data import Example, collate, sft_seqs
 from llm.loading import load_model
 from llm.log import RunLogger
-from llm.objectives import logp_fn, sft_token_fn
+from llm.objectives import logp_fn
 from llm.rewards import Rewards
 from llm.rollout import generate
-from llm.scoring import heldout_sft_loss, score
+from llm.scoring import heldout_sft_loss, score, sft_per_token
 from llm.train import (
     Normaliser,
+    StepLoop,
     batch_indices,
     global_reduce,
     make_optimizer,
     optimizer_step,
     setup_run,
-    truncate_log,
 )
 from toybench.methods import Method
 
@@ -96,17 +95,12 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     state = method.init_state(model)  # frozen base / EMA teacher, as the method declares
     # behaviour log-probs of the model before its first step (= the base) unless behavior_model says
     behavior = behavior_logprobs(cfg, seqs, tok, model, device, out) if method.needs_behavior_logp else None
-    fn = sft_token_fn(method)
     aux = [state.base if method.aux == "base" else state.teacher] if method.aux else []
 
     opt, sched = make_optimizer(model, cfg.lr, cfg.steps, cfg.warmup, cfg.min_lr_ratio, cfg.weight_decay)
-    ckpt_root, start, last_ckpt = out / "checkpoint", 0, ""
     extra = {"teacher": state.teacher} if method.needs_teacher else {}
-    log_path = out / "metrics.jsonl"
-    if cfg.resume and (ck := resume_checkpoint(ckpt_root, model, opt, sched, extra)) is not None:
-        start, last_ckpt = ck.state["step"], str(ck.path)
-        truncate_log(log_path, start)
-    log = RunLogger(out, cfg.report_to, enabled=di.main, append=start > 0)
+    loop = StepLoop(cfg, di, out, model, opt, sched, tok, extra)
+    log = loop.log
     if di.world > 1 and cfg.batch_size % (cfg.grad_accum * di.world):
         need = cfg.grad_accum * di.world
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum * world = {need}")
@@ -114,14 +108,7 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     micro = per_rank // cfg.grad_accum
     model.train()
     record: dict = {}
-    bar = tqdm(
-        range(start, cfg.steps),
-        desc=f"sft[{method}]",
-        **({} if di.main else {"disable": True}),
-        initial=start,
-        total=cfg.steps,
-    )
-    for step in bar:
+    for step in loop.steps(f"sft[{method}]"):
         idx = batch_indices(len(seqs), step, cfg.batch_size, cfg.seed)[
             di.rank * per_rank : (di.rank + 1) * per_rank
         ]
@@ -139,7 +126,7 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
         loss_sum = torch.zeros((), device=device)
         for b in batches:
             with prec.autocast():
-                per_token = score(model, b, fn, aux_models=aux, chunk_size=cfg.chunk_size)  # (B, T-1)
+                per_token = sft_per_token(model, b, method, aux, cfg.chunk_size, cfg.loss_impl)  # (B, T-1)
                 w = method.weights(-per_token.detach(), b.get("behavior_logp"), b["loss_mask"])  # PEAR
                 if w is not None:
                     per_token = w * per_token
@@ -147,7 +134,7 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
             loss.backward()
             loss_sum += loss.detach()
         dist.all_reduce_sum(loss_sum)
-        gnorm = optimizer_step(model, opt, sched, loss_sum, cfg.clip, step, last_ckpt)
+        gnorm = optimizer_step(model, opt, sched, loss_sum, cfg.clip, step, loop.last_ckpt)
         if method.ema_due(step + 1):
             method.ema_update(state.teacher, model)
         record = {
@@ -160,32 +147,9 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             with prec.autocast():
                 record |= probe(cfg, model, tok, held, log, step + 1)
-        log.write(record)
-        bar.set_postfix(loss=f"{record['sft/loss']:.3f}")
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            if di.main:
-                last_ckpt = str(
-                    save_checkpoint(
-                        ckpt_root,
-                        step + 1,
-                        model,
-                        opt,
-                        sched,
-                        {"data_pos": (step + 1) * cfg.batch_size},
-                        extra,
-                        keep=cfg.save_total_limit,
-                        tokenizer=tok,
-                    )
-                )
-            dist.barrier()
-        if cfg.stop_after >= 0 and step + 1 >= cfg.stop_after:
-            log.close()
+        if loop.end_step(step, record, (step + 1) * cfg.batch_size, "sft/loss"):
             return {"stopped_at": step + 1, **record}
-    log.close()
-    if di.main:
-        model.save_pretrained(out / "final", safe_serialization=True)
-        tok.save_pretrained(out / "final")
-    dist.barrier()
+    loop.finish()
     return record
 
 

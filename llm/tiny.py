@@ -169,4 +169,11 @@ def build_tiny(cache_dir: str | Path, spec: TinySpec | None = None, verbose: boo
     return path
 
 
-__all__ = ["SPECIALS", "TINY_CHAT_TEMPLATE", "TinySpec", "build_tiny", "build_tiny_tokenizer"]
+def model_path(model: str, tiny: bool, cache_dir: str | Path, pretrain_steps: int = 200) -> str:
+    """The directory/hub id a run loads: the cached tiny model (``llm.tiny``) if ``tiny``, else ``model``."""
+    if not tiny:
+        return model
+    return str(build_tiny(cache_dir, TinySpec(pretrain_steps=pretrain_steps)))
+
+
+__all__ = ["SPECIALS", "TINY_CHAT_TEMPLATE", "TinySpec", "build_tiny", "build_tiny_tokenizer", "model_path"]

@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from llm import dist
-from llm.checkpoint import prepare_out
+from llm.checkpoint import prepare_out, resume_checkpoint, save_checkpoint
 from llm.config import save_config
 from llm.data import load_data
-from llm.loading import Precision, load_model, load_tokenizer, model_path, precision, resolve_device
+from llm.loading import Precision, load_model, load_tokenizer, precision, resolve_device
+from llm.log import RunLogger
+from llm.tiny import model_path
 from toybench.losses import reduce
 
 REDUCTIONS = ("token_mean", "seq_mean", "constant", "sum")
@@ -152,6 +154,65 @@ def truncate_log(path: str | Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
+class StepLoop:
+    """The loop scaffolding SFT and GRPO share: ``--resume`` from the newest intact checkpoint (the
+    metrics log cut back to it), the loggers, the progress bar, step checkpoints (rank 0 writes,
+    every rank waits), ``--stop-after`` and the final HF model in ``<out>/final``.
+
+    ``extra``: models checkpointed beside the policy (CurioSFT's teacher)."""
+
+    def __init__(self, cfg, di: dist.DistInfo, out: Path, model, opt, sched, tok, extra=None) -> None:
+        self.cfg, self.di, self.out, self.tok = cfg, di, out, tok
+        self.model, self.opt, self.sched = model, opt, sched
+        self.extra, self.root, self.start, self.last_ckpt = extra or {}, out / "checkpoint", 0, ""
+        if cfg.resume and (ck := resume_checkpoint(self.root, model, opt, sched, self.extra)) is not None:
+            self.start, self.last_ckpt = ck.state["step"], str(ck.path)
+            truncate_log(out / "metrics.jsonl", self.start)
+        self.log = RunLogger(out, cfg.report_to, enabled=di.main, append=self.start > 0)
+
+    def steps(self, desc: str):
+        """The remaining steps, with a progress bar on rank 0."""
+        from tqdm import tqdm
+
+        n, main = self.cfg.steps, self.di.main
+        self.bar = tqdm(range(self.start, n), desc=desc, disable=not main, initial=self.start, total=n)
+        return self.bar
+
+    def end_step(self, step: int, record: dict, data_pos: int, show: str) -> bool:
+        """After step ``step`` (0-based): log ``record`` (``record[show]`` on the bar), checkpoint
+        when due (``data_pos``: examples consumed); True when ``--stop-after`` stops here."""
+        cfg = self.cfg
+        self.log.write(record)
+        self.bar.set_postfix({show.split("/")[-1]: f"{record[show]:.3f}"})
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            if self.di.main:
+                path = save_checkpoint(
+                    self.root,
+                    step + 1,
+                    self.model,
+                    self.opt,
+                    self.sched,
+                    {"data_pos": data_pos},
+                    self.extra,
+                    keep=cfg.save_total_limit,
+                    tokenizer=self.tok,
+                )
+                self.last_ckpt = str(path)
+            dist.barrier()
+        if cfg.stop_after >= 0 and step + 1 >= cfg.stop_after:
+            self.log.close()
+            return True
+        return False
+
+    def finish(self) -> None:
+        """Close the loggers and write ``<out>/final`` (rank 0; every rank waits)."""
+        self.log.close()
+        if self.di.main:
+            self.model.save_pretrained(self.out / "final", safe_serialization=True)
+            self.tok.save_pretrained(self.out / "final")
+        dist.barrier()
+
+
 def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
     """Example indices of global batch ``step``: consecutive slices of per-epoch seeded permutations."""
     out, pos = [], step * batch_size
@@ -207,6 +268,7 @@ __all__ = [
     "setup_run",
     "REDUCTIONS",
     "MetricsLog",
+    "StepLoop",
     "NonFiniteLossError",
     "Normaliser",
     "global_reduce",

@@ -3,7 +3,8 @@
 GRPO: each prompt's group is sampled from the model with a seed of its own (the prompt's tokens and
 the step), so the samples do not depend on how the prompts are laid out over ranks; ranks then
 differ from one process only in what DDP must get right (global advantages, normalisers, gradient
-sum). Rewards: the response length mod 3 (spread on the untrained tiny model).
+sum). Rewards: the sum of the response token ids mod 3 (varies within groups); 10-token budget, so
+some completions end with an EOS and are trained on under mask_truncated_completions.
 """
 
 import sys
@@ -49,7 +50,7 @@ def main(model: str, out: str, mode: str) -> None:
             prompts_per_step=2,
             num_generations=3,
             pass_k=2,
-            max_completion_length=6,
+            max_completion_length=10,
             temperature=1.5,
             kl_coef=0.3,
             lr=1e-3,

@@ -117,7 +117,7 @@ def test_extract_final_number(text, want):
     ],
 )
 def test_hostile_outputs_are_parsed_not_run(hostile):
-    assert number_reward(hostile, "7") in (0.0, 1.0)
+    assert number_reward(hostile, "7") == 0.0  # none of them ends in the number 7
     ex = arith_splits(0, 2, 2)["eval"][0]
     assert ex.reward(hostile) == 0.0
     assert number_reward("so #### 7", "7") == 1.0

@@ -182,6 +182,22 @@ def test_fused_float32_close_to_unfused():
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["sft", "gift@3", "curio", "entropy_sft@0.2", "dft"])
+def test_fused_bfloat16_several_chunks_close_to_float32(method):
+    """bf16 hidden / weight over several chunks: float32 accumulation, gradients in the input dtype."""
+    h, w, hb, wb, y, mask = _inputs(6)
+    out = []
+    for dt in (torch.float32, torch.bfloat16):
+        hh, ww = h.detach().to(dt).requires_grad_(True), w.detach().to(dt).requires_grad_(True)
+        aux = [(hb.to(dt), wb.to(dt))] if method.startswith(("gift", "curio")) else []
+        got = fused_token_loss(method, hh, ww, targets=y, aux=aux, mask=mask, chunk_size=4, block_rows=3)
+        reduce(got, mask, "token_mean").backward()
+        assert hh.grad.dtype == dt and ww.grad.dtype == dt
+        out.append((got.float(), hh.grad.float(), ww.grad.float()))
+    for a, b in zip(*out):
+        torch.testing.assert_close(b, a, rtol=0.05, atol=0.05 * float(a.abs().max()))
+
+
 def test_fused_bad_inputs():
     h, w, hb, wb, y, mask = _inputs()
     with pytest.raises(ValueError, match="method"):

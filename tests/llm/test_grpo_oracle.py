@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import types
 from collections import defaultdict
@@ -22,9 +23,8 @@ import pytest
 import torch
 
 import llm.grpo as grpo_mod
-from llm.config import GRPOConfig
-from llm.grpo import grpo_per_token, grpo_reduce, rollout_batch, run_grpo, sequence_advantages
-from llm.loading import load_model, load_tokenizer
+from llm.grpo import grpo_per_token, grpo_reduce, rollout_batch, sequence_advantages
+from llm.loading import load_model
 from llm.rollout import Rollout
 from llm.train import Normaliser
 
@@ -253,28 +253,11 @@ def _capture(monkeypatch):
     return calls, gens
 
 
-def _grpo(tiny_dir, tmp_path, name, **kw):
-    cfg = dict(
-        model=str(tiny_dir),
-        device="cpu",
-        out=str(tmp_path / name),
-        n_train=4,
-        n_heldout=2,
-        steps=1,
-        prompts_per_step=2,
-        num_generations=3,
-        pass_k=2,
-        max_completion_length=6,
-        eval_every=100,
-        ckpt_every=100,
-        prompt_style="compact",
-        temperature=1.5,
-        kl_coef=0.3,
-        lr=1e-3,
-    )
-    model = load_model(str(tiny_dir), "cpu")
-    run_grpo(GRPOConfig(**(cfg | kw)), model=model, tok=load_tokenizer(str(tiny_dir)))
-    return model
+ORACLE = dict(n_train=4, kl_coef=0.3, lr=1e-3)  # the loop runs of this file, over conftest's defaults
+
+
+def _grpo(run_tiny, name, **kw):
+    return run_tiny("grpo", name, **(ORACLE | kw))[0]
 
 
 def _independent_grad(model_params, old_params, base, groups, cfg: dict):
@@ -330,10 +313,10 @@ def _independent_grad(model_params, old_params, base, groups, cfg: dict):
     ],
     ids=["grpo", "dr_grpo-masked", "dapo-2-iterations"],
 )
-def test_loop_gradient_equals_independent_computation(tiny_dir, tmp_path, monkeypatch, kw):
+def test_loop_gradient_equals_independent_computation(tiny_dir, run_tiny, monkeypatch, kw):
     monkeypatch.setattr(grpo_mod, "group_rewards", _text_reward)
     calls, gens = _capture(monkeypatch)
-    _grpo(tiny_dir, tmp_path, "g", **kw)
+    _grpo(run_tiny, "g", **kw)
     base = load_model(str(tiny_dir), "cpu")
     cfg = dict(temperature=1.5, kl_coef=0.3, max_completion_length=6, loss_type="dapo") | kw
     (groups,) = gens
@@ -350,12 +333,12 @@ def test_loop_gradient_equals_independent_computation(tiny_dir, tmp_path, monkey
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_micro_batched_step_equals_full_batch(tiny_dir, tmp_path, monkeypatch, loss_type):
+def test_micro_batched_step_equals_full_batch(tiny_dir, run_tiny, monkeypatch, loss_type):
     monkeypatch.setattr(grpo_mod, "group_rewards", _text_reward)
     calls, _ = _capture(monkeypatch)
     kw = dict(loss_type=loss_type, mask_truncated_completions=True, prompts_per_step=4, num_generations=2)
-    full = _grpo(tiny_dir, tmp_path, "full", micro_batch_size=64, **kw)
-    micro = _grpo(tiny_dir, tmp_path, "micro", micro_batch_size=3, **kw)
+    full = _grpo(run_tiny, "full", micro_batch_size=64, **kw)
+    micro = _grpo(run_tiny, "micro", micro_batch_size=3, **kw)
     (_, g_full), (_, g_micro) = calls
     for n in g_full:
         torch.testing.assert_close(g_micro[n], g_full[n], rtol=1e-5, atol=1e-7, msg=n)
@@ -368,14 +351,14 @@ def test_micro_batched_step_equals_full_batch(tiny_dir, tmp_path, monkeypatch, l
         torch.testing.assert_close(p_micro[n], p_full[n], rtol=1e-5, atol=1e-5, msg=n)
 
 
-def test_sampling_depends_on_the_step(tiny_dir, tmp_path, monkeypatch):
+def test_sampling_depends_on_the_step(run_tiny, monkeypatch):
     """Zero rewards and no KL: the model does not move, so only the seed can change the samples."""
     monkeypatch.setattr(
         grpo_mod, "group_rewards", lambda ex, groups, *_: torch.zeros(len(groups), len(groups[0]))
     )
     calls, gens = _capture(monkeypatch)
     # one prompt: the same batch at every step (a reordered batch would reshuffle the samples anyway)
-    _grpo(tiny_dir, tmp_path, "s", steps=2, n_train=1, prompts_per_step=1, num_generations=4, kl_coef=0.0)
+    _grpo(run_tiny, "s", steps=2, n_train=1, prompts_per_step=1, num_generations=4, kl_coef=0.0)
     assert all(torch.equal(calls[0][0][n], calls[1][0][n]) for n in calls[0][0])  # unchanged model
 
     def by_prompt(groups):
@@ -383,3 +366,16 @@ def test_sampling_depends_on_the_step(tiny_dir, tmp_path, monkeypatch):
 
     a, b = by_prompt(gens[0]), by_prompt(gens[1])
     assert a.keys() == b.keys() and a != b
+
+
+def test_min_new_tokens_reaches_generation(tmp_path, run_tiny):
+    """``--min-new-tokens`` masks the EOS ids: with it at the budget every completion is full length."""
+
+    def lengths(name, **kw):
+        _grpo(run_tiny, name, max_completion_length=10, **kw)
+        rec = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
+        return rec["grpo/completions/mean_length"], rec["grpo/completions/clipped_ratio"]
+
+    free = lengths("free")
+    assert free[0] < 10 and free[1] < 1  # precondition: some completion stops early without it
+    assert lengths("forced", min_new_tokens=10) == (10.0, 1.0)

@@ -18,7 +18,7 @@ from toybench.tabular.pipeline import (
     run_method,
     sequence_target,
 )
-from toybench.tabular.policies import TabularPolicy, make_policy, sequence_logits
+from toybench.tabular.policies import LogLinearPolicy, TabularPolicy, make_policy, sequence_logits
 
 TINY = PipelineConfig(sft_steps=3, rl_steps=3, rl_lr=2.0)
 
@@ -142,7 +142,7 @@ def test_record_steps_keeps_those_rows_and_the_escape_times(algo):
 
 def test_shared_parameters_move_rl_prompts_during_sft():
     sc = SharedBandit([0, 1], num_prompts=8, sft_prompts=4, V=6, d=3)
-    assert isinstance(make_policy(sc), type(make_policy(sc))) and sc.features is not None
+    assert isinstance(make_policy(sc), LogLinearPolicy)  # shared parameters, not a table
     df = run_method(sc, "sft", PipelineConfig(sft_steps=5, rl_steps=0))
     kl = df[(df.stage == "sft") & (df.step == 5)]["kl_base"]  # measured on the disjoint RL prompts
     assert (kl > 1e-3).all()
@@ -262,3 +262,198 @@ def test_prompt_and_path_logits_are_the_node_logits_there(make):
         torch.testing.assert_close(policy.prompt_logits(params, prompts), z[:, prompts])
     demo = _DemoRows.of(sc)
     torch.testing.assert_close(demo.policy_logits(policy, params), demo.logits(z))
+
+
+# ----------------------------------------------------------------------------- the frame, by hand
+def test_frame_layout_and_identity_columns():
+    sc = bandit()
+    for spec, name, kind, value in [
+        ("gift,beta=2", "gift,beta=2", "gift", 2.0),  # a string is kept as given
+        (Method.parse("gift,beta=2"), "gift@2", "gift", 2.0),  # a Method gives its canonical spelling
+        ("sft", "sft", "sft", np.nan),
+    ]:
+        df = run_method(sc, spec, TINY)
+        cols = ["method", "kind", "value", "seed", "stage", "step", "global_step"]
+        assert list(df.columns) == cols + metric_names(TINY) + ["pear_degenerate"]
+        R = TINY.sft_steps + 1 + TINY.rl_steps + 1
+        assert (df["method"] == name).all() and (df["kind"] == kind).all()
+        np.testing.assert_array_equal(df["value"], np.full(2 * R, value))
+        assert df["seed"].tolist() == [0, 1] * R
+        assert df["stage"].tolist() == ["sft"] * 2 * (TINY.sft_steps + 1) + ["rl"] * 2 * (TINY.rl_steps + 1)
+        steps = list(range(TINY.sft_steps + 1)) + list(range(TINY.rl_steps + 1))
+        assert df["step"].tolist() == [s for s in steps for _ in range(2)]
+        assert df["global_step"].tolist() == [g for g in range(R) for _ in range(2)]
+        assert not df["pear_degenerate"].any()  # expert data are deterministic, but sft reads no rho
+
+
+def test_pear_degenerate_column_sits_after_the_metrics_and_before_eval_columns():
+    sc = SharedBandit([0, 1], num_prompts=8, sft_prompts=4, V=6, d=3, eval_prompts=3)
+    df = run_method(sc, "pear_token", TINY)
+    names = metric_names(TINY)
+    i = list(df.columns).index("pear_degenerate")
+    assert list(df.columns)[i - len(names) : i] == names
+    assert list(df.columns)[i + 1 :] == [f"eval_{k}" for k in names]
+    assert df["pear_degenerate"].tolist() == sc.behavior_deterministic[df["seed"]].tolist()
+
+
+def test_eval_columns_are_the_eval_prompts_metrics_not_the_rl_ones():
+    from toybench.tabular.pipeline import eval_constants, evaluate
+
+    sc = SharedBandit([0, 1], num_prompts=8, sft_prompts=4, V=6, d=3, eval_prompts=3)
+    df = run_method(sc, "sft", TINY)
+    z0 = make_policy(sc).node_logits(make_policy(sc).init())
+    want = evaluate(sc, z0, TINY, eval_constants(sc, "eval"))
+    row = df[df.global_step == 0]
+    for k in ("J", "sft_loss", "entropy", "kl_base"):
+        np.testing.assert_allclose(row[f"eval_{k}"], want[k].double().numpy(), rtol=1e-6, atol=1e-7)
+    assert np.abs(row["eval_J"].to_numpy() - row["J"].to_numpy()).max() > 1e-3
+
+
+def test_evaluate_metrics_by_hand():
+    from toybench.tabular.pipeline import evaluate
+
+    sc = tree()
+    sc.base_logits = sc.base_logits.double()
+    sc.reward, sc.heldout = sc.reward.double(), sc.heldout.double()
+    g = torch.Generator().manual_seed(2)
+    z = sc.base_logits + torch.randn(sc.base_logits.shape, generator=g, dtype=torch.float64)
+    cfg = PipelineConfig(coverage_threshold=0.02)
+    m = evaluate(sc, z, cfg, per_prompt=True)
+    rl = sc.rl_prompts.numpy()
+    H, L = sc.geometry.H, sc.geometry.num_leaves
+    P = mdp.leaf_probs(mdp.policy(z[:, rl].numpy()))  # (S, P_rl, L)
+    Pb = mdp.leaf_probs(mdp.policy(sc.base_logits[:, rl].numpy()))
+    R, D = sc.reward[:, rl].numpy(), sc.heldout.numpy()
+    wrong = R == 0
+    J = (P * R).sum(-1)
+    fork = mdp.policy(z[:, rl].numpy())[:, :, 0]  # first-token distribution
+    want = {
+        "sft_loss": -(D * np.log(P)).sum(-1) / H,
+        "J": J,
+        "entropy": -(P * np.log(P)).sum(-1) / H,
+        "entropy_fork": -(fork * np.log(fork)).sum(-1),
+        "coverage": ((P > 0.02) & (R > 0)).sum(-1),
+        "wrong_mass": (P * wrong).sum(-1),
+        "implausible_mass": (P * (wrong & (Pb < 1 / L))).sum(-1),
+        "kl_base": (P * np.log(P / Pb)).sum(-1),
+        "pass@4": 1 - (1 - J) ** 4,
+    }
+    assert sc.heldout.shape[1] == len(rl) and len(rl) != L  # a wrong summed axis changes the shape
+    for k, v in want.items():
+        np.testing.assert_allclose(m[k].numpy(), v, rtol=1e-9, atol=1e-12, err_msg=k)
+    assert 0 < want["implausible_mass"].min() and want["wrong_mass"].max() < 1
+
+
+def test_escape_times_follow_the_rl_trajectory():
+    sc = MultiAnswerBandit([0, 1], num_prompts=1, V=8, num_correct=2)  # one prompt: J per prompt = J
+    cfg = PipelineConfig(sft_steps=3, rl_steps=6, rl_lr=2.0)
+    df = run_method(sc, "sft", cfg, escape_threshold=0.85)
+    esc = df.attrs["escape"]
+    rl = df[df.stage == "rl"]
+    assert list(esc["method"]) == ["sft", "sft"] and (esc["budget"] == 6).all()
+    for s in (0, 1):
+        J = rl[rl.seed == s]["J"].to_numpy()
+        e = esc[esc.seed == s].iloc[0]
+        assert e["initial"] == pytest.approx(J[0], rel=1e-6)
+        hit = np.flatnonzero(J >= 0.85)
+        assert e["reached"] == (hit.size > 0)
+        assert e["steps"] == hit[0] if hit.size else np.isnan(e["steps"])
+    assert esc["reached"].any() and (esc["initial"] < 0.85).all()  # the case has an escape to time
+    assert "escape" not in run_method(sc, "sft", cfg).attrs
+
+
+def test_exact_pg_rl_step_is_gradient_ascent_on_each_prompts_J():
+    # tabular: one step z <- z + lr * dJ_x/dz_x per prompt (theory.mdp), independent of the prompt count
+    sc = tree(seeds=(0,))
+    cfg = PipelineConfig(sft_steps=0, rl_steps=1, rl_lr=1.5)
+    df = run_method(sc, "none", cfg)
+    z0 = sc.base_logits[0].double().numpy()  # (P, N, V)
+    R = sc.reward[0].double().numpy()
+    z1 = z0 + 1.5 * mdp.policy_gradient(z0, R)
+    J1 = mdp.expected_return(mdp.policy(z1), R)  # (P,)
+    rl = df[df.stage == "rl"]
+    assert rl[rl.step == 1]["J"].item() == pytest.approx(J1[sc.rl_prompts.numpy()].mean(), rel=1e-5)
+
+
+def test_exact_pg_loss_value_tabular_sums_prompts_shared_averages_them():
+    for sc in (tree(seeds=(0,)), SharedBandit([0], num_prompts=8, sft_prompts=4, V=6, d=3)):
+        pol = make_policy(sc)
+        params = pol.init().double()
+        sc.reward = sc.reward.double()
+        if sc.features is not None:
+            sc.features = sc.features.double()
+        rl = sc.rl_prompts.numpy()
+        z = pol.node_logits(params)[:, rl].detach().numpy()
+        P = mdp.leaf_probs(mdp.policy(z))
+        R = sc.reward[:, rl].numpy()
+        J = (P * R).sum(-1, keepdims=True)
+        per_prompt = (P * -(R - J) * np.log(P)).sum(-1)  # sg[P] * policy_gradient_loss(log P, R - J)
+        want = per_prompt.sum() if sc.features is None else per_prompt.mean()
+        got = exact_pg_loss(sc, pol, params, None, PipelineConfig()).item()
+        assert got == pytest.approx(want, rel=1e-10)
+
+
+def test_sft_loss_value_sums_tokens_and_averages_demos():
+    from toybench.tabular.pipeline import _sft_loss
+
+    for sc in (tree(seeds=(0, 1)), SharedBandit([0, 1], num_prompts=8, sft_prompts=4, V=6, d=3)):
+        pol = make_policy(sc)
+        params = pol.init()
+        loss = _sft_loss(sc, pol, params, None, Method.parse("sft"), None).item()
+        z = pol.node_logits(params)[:, sc.sft_prompts].double().numpy()  # (S, P_sft, N, V)
+        logp_leaf = np.log(mdp.leaf_probs(mdp.policy(z)))  # (S, P_sft, L)
+        demo = np.take_along_axis(logp_leaf, sc.demo_leaves.numpy(), 2)  # (S, P_sft, n)
+        per_prompt = -demo.mean(-1)  # sequence NLL = sum over tokens; mean over a prompt's demos
+        want = per_prompt.sum() if sc.features is None else per_prompt.mean(1).sum()
+        assert loss == pytest.approx(want, rel=1e-5)
+
+
+def test_grpo_is_seeded_by_grpo_seed():
+    cfg = PipelineConfig(sft_steps=0, rl_steps=3, rl_algorithm="grpo", num_generations=4, rl_lr=2.0)
+    a, b = run_method(bandit(), "none", cfg), run_method(bandit(), "none", cfg)
+    np.testing.assert_array_equal(_metrics(a), _metrics(b))
+    c = run_method(bandit(), "none", PipelineConfig(**{**cfg.__dict__, "grpo_seed": 1}))
+    assert np.abs(_metrics(a) - _metrics(c)).max() > 1e-4
+    assert len(a) == 2 * (0 + 1 + 3 + 1) and a[a.stage == "rl"]["step"].max() == 3
+    # step 0 of RL is the start: J there equals J at the end of SFT (no update before recording)
+    rl0, sft_end = a[(a.stage == "rl") & (a.step == 0)], a[(a.stage == "sft") & (a.step == 0)]
+    np.testing.assert_array_equal(rl0["J"].to_numpy(), sft_end["J"].to_numpy())
+    assert np.abs(a[(a.stage == "rl") & (a.step == 1)]["J"].to_numpy() - rl0["J"].to_numpy()).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(sft_steps=-1), r"^cfg\.sft_steps"),
+        (dict(sft_lr=0.0), r"^cfg\.sft_lr"),
+        (dict(rl_lr=-1.0), r"^cfg\.rl_lr"),
+        (dict(num_iterations=0), r"^cfg\.num_iterations"),
+        (dict(loss_type="mean"), r"^cfg\.loss_type"),
+        (dict(pass_k=()), r"^cfg\.pass_k must be non-empty positive ints, got \(\)"),
+        (dict(pass_k=(0, 4)), r"^cfg\.pass_k must be non-empty positive ints"),
+    ],
+)
+def test_pipeline_config_errors_carry_the_prefix(kw, match):
+    with pytest.raises(ValueError, match=match):
+        PipelineConfig(**kw).validate(prefix="cfg.")
+
+
+def test_pipeline_config_smallest_valid_values():
+    PipelineConfig(num_generations=2, num_iterations=1, sft_steps=0, rl_steps=0, pass_k=(1,)).validate()
+    with pytest.raises(ValueError, match=r"^sft_steps"):
+        PipelineConfig(sft_steps=-1).validate()  # no prefix by default
+
+
+def test_escape_frame_by_hand():
+    from toybench.tabular.pipeline import escape_frame
+
+    # J [R=3, S=2, P=2]: (seed 0, prompt 0) reaches the threshold EXACTLY at step 1 (>= counts);
+    # (0, 1) never; (1, 0) at step 2; (1, 1) already at step 0
+    J = torch.tensor(
+        [[[0.1, 0.2], [0.3, 0.9]], [[0.5, 0.2], [0.4, 0.9]], [[0.6, 0.3], [0.7, 0.9]]], dtype=torch.float64
+    )
+    e = escape_frame(J, 0.5, "m")
+    assert e["seed"].tolist() == [0, 0, 1, 1] and e["prompt"].tolist() == [0, 1, 0, 1]
+    np.testing.assert_array_equal(e["steps"], [1.0, np.nan, 2.0, 0.0])
+    assert e["reached"].tolist() == [True, False, True, True]
+    assert e["initial"].tolist() == [0.1, 0.2, 0.3, 0.9] and (e["budget"] == 2).all()

@@ -90,7 +90,7 @@ class PipelineConfig:
     epsilon_high: float = 0.28
     """Clip range above 1 of the GRPO ratio (TRL's name; DAPO clip-higher)."""
     adv_scale: str = "group"
-    """Advantage scale for GRPO: group | batch | none."""
+    """Advantage scale for GRPO: group | batch (the std of one seed's P_rl x G rewards) | none."""
     loss_type: str = "grpo"
     """GRPO loss normaliser (TRL's names): grpo (per-sequence mean, then mean) | bnpo | dapo (token
     mean) | dr_grpo (sum / (sequences x horizon)) | sum."""
@@ -329,8 +329,9 @@ def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None):
         p = g.leaf_logp(policy.prompt_logits(params, rl)).exp()  # (S, P_rl, L)
         leaves = torch.multinomial(p.reshape(S * P_rl, -1), G, replacement=True, generator=gen)
         leaves = leaves.reshape(S, P_rl, G)
-        rewards = torch.gather(_on(sc.reward, rl), 2, leaves).reshape(S * P_rl, G)
-        adv = group_advantages(rewards, scale=cfg.adv_scale).reshape(-1)  # (S*P_rl*G,)
+        rewards = torch.gather(_on(sc.reward, rl), 2, leaves)  # (S, P_rl, G)
+        # per seed: "batch" scales by the std of the seed's own P_rl * G rewards, never across seeds
+        adv = torch.cat([group_advantages(r, scale=cfg.adv_scale) for r in rewards]).reshape(-1)
         zref = policy.prompt_logits(ref_params, rl)
         ref_logits, targets = sequence_logits(zref, leaves, g)
         ref_logp = losses.logprobs(ref_logits, targets)
