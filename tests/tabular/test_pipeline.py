@@ -8,8 +8,17 @@ import torch
 from theory import mdp
 from toybench.methods import Method
 from toybench.tabular import MultiAnswerBandit, ReasoningTree, SharedBandit
-from toybench.tabular.pipeline import PipelineConfig, exact_pg_loss, metric_names, run_method
-from toybench.tabular.policies import LogLinearPolicy, TabularPolicy, make_policy
+from toybench.tabular.pipeline import (
+    PipelineConfig,
+    _collapses,
+    _DemoRows,
+    _sft_loss,
+    exact_pg_loss,
+    metric_names,
+    run_method,
+    sequence_target,
+)
+from toybench.tabular.policies import LogLinearPolicy, TabularPolicy, make_policy, sequence_logits
 
 TINY = PipelineConfig(sft_steps=3, rl_steps=3, rl_lr=2.0)
 
@@ -182,6 +191,77 @@ def test_unknown_method():
     with pytest.raises(ValueError, match="method"):
         Method.parse("gift@hot")
     assert isinstance(run_method(bandit(), Method.parse("dft"), TINY), pd.DataFrame)
+
+
+def _reference_sft_loss(sc, policy, params, teacher, spec):
+    """The SFT loss over EVERY demonstration row (sum over tokens, mean over a prompt's demos)."""
+    S, P_sft, n = sc.demo_leaves.shape
+    seq = lambda z: sequence_logits(z[:, sc.sft_prompts], sc.demo_leaves, sc.geometry)  # noqa: E731
+    logits, targets = seq(policy.node_logits(params))
+    target = sequence_target(sc, spec["beta"]) if spec.needs_sequence_target else None
+    per_token = spec.loss(
+        logits,
+        targets,
+        torch.ones_like(targets, dtype=logits.dtype),
+        base_logits=seq(sc.base_logits)[0],
+        teacher_logits=seq(policy.node_logits(teacher))[0] if spec.needs_teacher else None,
+        behavior_logp=sc.demo_behavior_logp.reshape(-1, sc.geometry.H),
+        sequence_target=target,
+    )
+    loss = per_token.sum() / n
+    return loss if isinstance(policy, TabularPolicy) else loss / P_sft
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tree((0, 1, 2), demos_per_prompt=6),
+        lambda: tree((0, 1, 2), demos_per_prompt=6, data_source="behavior", wrong_demo_frac=0.3),
+        lambda: SharedBandit([0, 1], num_prompts=8, sft_prompts=4, V=6, d=3, demos_per_prompt=6),
+    ],
+)
+@pytest.mark.parametrize(
+    "method", ["sft", "dft", "gift@2", "gift_seq@2", "curio", "pear_token", "entropy_sft@0.3,rho=0.5"]
+)
+def test_sft_loss_over_distinct_demos_equals_the_loss_over_every_demo(make, method):
+    sc, spec = make(), Method.parse(method)
+    policy = make_policy(sc)
+    params = policy.init() + 0.3 * torch.randn(
+        policy.init().shape, generator=torch.Generator().manual_seed(0)
+    )
+    teacher = policy.init()
+    demo = _DemoRows.of(sc, _collapses(spec))
+    B = sc.demo_leaves.numel()
+    # expert demos repeat: the distinct rows are fewer (unless the loss couples rows, rho < 1)
+    assert (len(demo.rows) < B) if _collapses(spec) else (len(demo.rows) == B)
+    assert demo.weight.sum() == B
+    seq_target = sequence_target(sc, spec["beta"])[demo.rows] if spec.needs_sequence_target else None
+    grads = []
+    for fn in (
+        lambda p: _sft_loss(sc, policy, p, teacher, spec, demo.logits(sc.base_logits), seq_target, demo),
+        lambda p: _reference_sft_loss(sc, policy, p, teacher, spec),
+    ):
+        p = params.clone().requires_grad_(True)
+        loss = fn(p)
+        grads.append((loss.detach(), torch.autograd.grad(loss, p)[0]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make", [tree, lambda s: SharedBandit(list(s), num_prompts=8, sft_prompts=4, V=6, d=3)]
+)
+def test_prompt_and_path_logits_are_the_node_logits_there(make):
+    sc = make((0, 1))
+    policy = make_policy(sc)
+    params = policy.init() + 0.5 * torch.randn(
+        policy.init().shape, generator=torch.Generator().manual_seed(1)
+    )
+    z = policy.node_logits(params)
+    for prompts in (sc.rl_prompts, torch.arange(z.shape[1]), torch.tensor([2, 0])):
+        torch.testing.assert_close(policy.prompt_logits(params, prompts), z[:, prompts])
+    demo = _DemoRows.of(sc)
+    torch.testing.assert_close(demo.policy_logits(policy, params), demo.logits(z))
 
 
 # ----------------------------------------------------------------------------- the frame, by hand

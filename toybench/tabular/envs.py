@@ -109,11 +109,11 @@ class TreeGeometry:
         V = self.V
         node_logp = torch.log_softmax(node_logits.transpose(-1, -2), -2).transpose(-1, -2)  # (..., N, V)
         lead = node_logp.shape[:-2]
-        pre = node_logp[..., 0, :]  # (..., V): prefixes of length 1
-        off = 1
+        # one split, not H slices: in backward it is one cat, not H zero-filled copies to add up
+        depth = torch.split(node_logp, [V**t for t in range(self.H)], dim=-2)  # (..., V^t, V) each
+        pre = depth[0][..., 0, :]  # (..., V): prefixes of length 1
         for t in range(1, self.H):
-            pre = (pre.unsqueeze(-1) + node_logp[..., off : off + V**t, :]).reshape(*lead, V ** (t + 1))
-            off += V**t
+            pre = (pre.unsqueeze(-1) + depth[t]).reshape(*lead, V ** (t + 1))
         return pre
 
     def occupancy(self, q: torch.Tensor) -> torch.Tensor:

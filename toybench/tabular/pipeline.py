@@ -8,11 +8,13 @@ Design choices
   per-seed loop). Every seed has the same number of rows and tokens, so each seed's reduction
   is a fixed fraction of the batch reduction (``_seedwise``).
 * Exact where the setting allows it: SFT uses the finite demonstration set (all of it, every
-  step); exact PG is the theorem dynamics' objective (``dynamics.leaf_pg_surrogate``): it
-  enumerates all leaves and weights each row by sg[pi(leaf)], so its gradient is exactly
-  -grad J; the exact KL term (``dynamics.leaf_kl``) weights the k1 estimator by pi(leaf) WITH
-  gradient, which makes its gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt
-  from a seeded generator and uses ``group_advantages`` + ``clipped_surrogate_loss``.
+  step), as a count-weighted sum over its distinct (seed, prompt, demonstration) rows
+  (``_DemoRows``: the same loss and gradient, up to float rounding, with fewer rows); exact PG
+  is the theorem dynamics' objective (``dynamics.leaf_pg_surrogate``): it enumerates all leaves
+  and weights each row by sg[pi(leaf)], so its gradient is exactly -grad J; the exact KL term
+  (``dynamics.leaf_kl``) weights the k1 estimator by pi(leaf) WITH gradient, which makes its
+  gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt from a seeded generator
+  and uses ``group_advantages`` + ``clipped_surrogate_loss``.
 * Per-prompt (tabular) parameters get each prompt's own mean gradient; shared (log-linear)
   parameters get the mean over prompts.
 * Metrics are exact (enumeration) at every step on the RL prompts: SFT loss on held-out
@@ -41,6 +43,7 @@ from toybench.methods import Method, loss_type_reduction
 from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
 from toybench.tabular.envs import Scenario
 from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logits
+from toybench.tabular.policies import take_prompts as _on
 
 __all__ = [
     "PipelineConfig",
@@ -178,7 +181,7 @@ def evaluate(
     const's prompts [S, P', L] when the caller already has them.
     """
     g, c = sc.geometry, const or eval_constants(sc)
-    z = node_logits[:, c["prompts"]]  # (S, P', N, V)
+    z = _on(node_logits, c["prompts"])  # (S, P', N, V)
     logp = g.leaf_logp(z) if logp is None else logp  # (S, P_rl, L)
     p = logp.exp()
     J = (p * c["reward"]).sum(-1)  # (S, P_rl)
@@ -224,25 +227,76 @@ def sequence_target(sc: Scenario, beta: float) -> torch.Tensor:
     return out.reshape(-1, g.H, g.V)
 
 
-def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=None):
-    S, P_sft, n = sc.demo_leaves.shape
-    z = policy.node_logits(params)[:, sc.sft_prompts]  # (S, P_sft, N, V)
-    logits, targets = sequence_logits(z, sc.demo_leaves, sc.geometry)  # (B, H, V), (B, H)
-    teacher_logits = None
-    if method.needs_teacher:
-        zt = policy.node_logits(teacher)[:, sc.sft_prompts]
-        teacher_logits = sequence_logits(zt, sc.demo_leaves, sc.geometry)[0]
+@dataclass
+class _DemoRows:
+    """The distinct (seed, SFT prompt, demonstration) rows of the SFT batch, each with its count.
+
+    Every method's per-token loss on a demonstration depends only on (seed, prompt, leaf), so the
+    SFT loss (sum over a prompt's n demos / n) is the count-weighted sum over the DISTINCT rows:
+    the same objective and gradient with fewer rows (with expert data every demo of a prompt is
+    the same leaf, n times fewer). ``collapse=False`` keeps every row (count 1), for a loss that
+    couples rows of the batch (``entropy_sft`` with ``rho < 1`` takes an entropy quantile over it).
+    """
+
+    seed: torch.Tensor  # (U,) seed index
+    prompt: torch.Tensor  # (U,) prompt index into the policy's prompts (an element of sft_prompts)
+    nodes: torch.Tensor  # (U, H) internal nodes along the demo's path
+    targets: torch.Tensor  # (U, H) the demo's tokens
+    rows: torch.Tensor  # (U,) a row of ``sequence_logits(.., sc.demo_leaves, ..)`` with this demo
+    weight: torch.Tensor  # (U,) how many rows of that batch hold this demo
+
+    @classmethod
+    def of(cls, sc: Scenario, collapse: bool = True) -> _DemoRows:
+        g = sc.geometry
+        S, P_sft, n = sc.demo_leaves.shape
+        sp = torch.arange(S * P_sft).repeat_interleave(n)  # (B,) flat (seed, prompt) of every row
+        key = sp * g.num_leaves + sc.demo_leaves.reshape(-1) if collapse else torch.arange(S * P_sft * n)
+        uniq, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+        rows = torch.full((len(uniq),), len(key)).scatter_reduce_(0, inverse, torch.arange(len(key)), "amin")
+        leaves = sc.demo_leaves.reshape(-1)[rows]
+        return cls(
+            seed=sp[rows] // P_sft,
+            prompt=sc.sft_prompts[sp[rows] % P_sft],
+            nodes=g.path_nodes[leaves],
+            targets=g.path_tokens[leaves],
+            rows=rows,
+            weight=counts.to(sc.base_logits.dtype),
+        )
+
+    def logits(self, node_logits: torch.Tensor) -> torch.Tensor:
+        """The node logits [S, P, N, V] along every row's path: [U, H, V] (``sequence_logits``' rows)."""
+        return node_logits[self.seed[:, None], self.prompt[:, None], self.nodes]
+
+    def policy_logits(self, policy: Policy, params: torch.Tensor) -> torch.Tensor:
+        """``self.logits(policy.node_logits(params))``, computed on the rows' paths only."""
+        return policy.path_logits(params, self.seed, self.prompt, self.nodes)
+
+
+def _collapses(method: Method) -> bool:
+    """Whether ``method``'s per-token loss is row by row (``_DemoRows``): all but entropy_sft with rho < 1."""
+    return not (method.kind == "entropy_sft" and method["rho"] < 1)
+
+
+def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=None, demo=None):
+    """Sum over tokens, mean over a prompt's demos (shared parameters also average over prompts).
+
+    ``demo``: the batch's ``_DemoRows`` (None: every row); ``base_seq`` / ``seq_target`` are on its
+    rows, in its order."""
+    n, P_sft = sc.demo_leaves.shape[2], len(sc.sft_prompts)
+    demo = demo or _DemoRows.of(sc, _collapses(method))
+    logits = demo.policy_logits(policy, params)  # (U, H, V)
+    teacher_logits = demo.policy_logits(policy, teacher) if method.needs_teacher else None
     per_token = method.loss(
         logits,
-        targets,
-        torch.ones_like(targets, dtype=logits.dtype),
+        demo.targets,
+        torch.ones_like(demo.targets, dtype=logits.dtype),
         base_logits=base_seq,
         teacher_logits=teacher_logits,
-        behavior_logp=sc.demo_behavior_logp.reshape(-1, sc.geometry.H),
+        behavior_logp=sc.demo_behavior_logp.reshape(-1, sc.geometry.H)[demo.rows],
         sequence_target=seq_target,
-    )  # (B, H)
-    # Sum over tokens, mean over a prompt's demos; shared parameters also average over prompts.
-    loss = losses.reduce(per_token, torch.ones_like(per_token), "constant", constant=n)
+    )  # (U, H)
+    weighted = per_token * demo.weight[:, None]
+    loss = losses.reduce(weighted, torch.ones_like(weighted), "constant", constant=n)
     return loss if isinstance(policy, TabularPolicy) else loss / P_sft
 
 
@@ -254,8 +308,8 @@ def exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=None):
     """
     g, rl = sc.geometry, sc.rl_prompts
     if logp is None:
-        logp = g.leaf_logp(policy.node_logits(params)[:, rl])  # (S, P_rl, L)
-    loss = leaf_pg_surrogate(logp, sc.reward[:, rl]).sum()
+        logp = g.leaf_logp(policy.prompt_logits(params, rl))  # (S, P_rl, L)
+    loss = leaf_pg_surrogate(logp, _on(sc.reward, rl)).sum()
     if cfg.kl_coef > 0:  # exact KL(pi || ref): k1 weighted by pi(leaf) WITH gradient
         loss = loss + cfg.kl_coef * leaf_kl(logp, ref_logp).sum()
     return loss if isinstance(policy, TabularPolicy) else loss / len(rl)
@@ -272,20 +326,20 @@ def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None):
     g, rl = sc.geometry, sc.rl_prompts
     S, P_rl, G = sc.num_seeds, len(rl), cfg.num_generations
     with torch.no_grad():
-        p = g.leaf_logp(policy.node_logits(params)[:, rl]).exp()  # (S, P_rl, L)
+        p = g.leaf_logp(policy.prompt_logits(params, rl)).exp()  # (S, P_rl, L)
         leaves = torch.multinomial(p.reshape(S * P_rl, -1), G, replacement=True, generator=gen)
         leaves = leaves.reshape(S, P_rl, G)
-        rewards = torch.gather(sc.reward[:, rl], 2, leaves)  # (S, P_rl, G)
+        rewards = torch.gather(_on(sc.reward, rl), 2, leaves)  # (S, P_rl, G)
         # per seed: "batch" scales by the std of the seed's own P_rl * G rewards, never across seeds
         adv = torch.cat([group_advantages(r, scale=cfg.adv_scale) for r in rewards]).reshape(-1)
-        zref = policy.node_logits(ref_params)[:, rl]
+        zref = policy.prompt_logits(ref_params, rl)
         ref_logits, targets = sequence_logits(zref, leaves, g)
         ref_logp = losses.logprobs(ref_logits, targets)
         old_logp = None
     scale = 1.0 if isinstance(policy, TabularPolicy) else 1.0 / P_rl
     for _ in range(cfg.num_iterations):
         params = params.detach().requires_grad_(True)
-        logits, _ = sequence_logits(policy.node_logits(params)[:, rl], leaves, g)  # (S*P_rl*G, H, V)
+        logits, _ = sequence_logits(policy.prompt_logits(params, rl), leaves, g)  # (S*P_rl*G, H, V)
         logp = losses.logprobs(logits, targets)  # (B, H)
         if old_logp is None:
             old_logp = logp.detach()
@@ -340,8 +394,9 @@ def run_method(
     params = policy.init()
     sft_lr, rl_lr = _step_size(sft_lrs, cfg.sft_lr, params), _step_size(rl_lrs, cfg.rl_lr, params)
     teacher = spec.init_state(params).teacher
-    base_seq = sequence_logits(sc.base_logits[:, sc.sft_prompts], sc.demo_leaves, sc.geometry)[0]
-    seq_target = sequence_target(sc, spec["beta"]) if spec.needs_sequence_target else None
+    demo = _DemoRows.of(sc, _collapses(spec))  # the distinct demonstrations and their counts
+    base_seq = demo.logits(sc.base_logits)
+    seq_target = sequence_target(sc, spec["beta"])[demo.rows] if spec.needs_sequence_target else None
     records: list[tuple[str, int, dict]] = []
     const = eval_constants(sc)
     const_eval = eval_constants(sc, "eval") if sc.eval_prompts is not None else None
@@ -351,12 +406,15 @@ def run_method(
     def wanted(stage, step):
         return record_steps is None or step in record_steps.get(stage, ())
 
-    def record(stage, step, z, logp=None):
+    def record(stage, step, params, logp=None):
+        """Metrics at a recorded step (all prompts' logits only then); J per prompt at every RL step."""
         if not wanted(stage, step):
             if stage == "rl":  # escape times: J per prompt at every RL step
-                lp = sc.geometry.leaf_logp(z[:, const["prompts"]]) if logp is None else logp
-                J_rl.append((lp.exp() * const["reward"]).sum(-1))
+                if logp is None:
+                    logp = sc.geometry.leaf_logp(policy.prompt_logits(params, const["prompts"]))
+                J_rl.append((logp.exp() * const["reward"]).sum(-1))
             return
+        z = policy.node_logits(params)
         m = evaluate(sc, z, cfg, const, per_prompt=True, logp=logp)
         if stage == "rl":
             J_rl.append(m["J"])
@@ -366,37 +424,36 @@ def run_method(
         records.append((stage, step, row))
 
     if wanted("sft", 0):
-        record("sft", 0, policy.node_logits(params))
+        record("sft", 0, params)
     for step in range(1, cfg.sft_steps + 1):
         if spec.kind != "none":
             params = params.detach().requires_grad_(True)
-            loss = _sft_loss(sc, policy, params, teacher, spec, base_seq, seq_target)
+            loss = _sft_loss(sc, policy, params, teacher, spec, base_seq, seq_target, demo)
             (grad,) = torch.autograd.grad(loss, params)
             params = params.detach() - sft_lr * grad
             if spec.ema_due(step):
                 teacher = spec.ema_update(teacher, params)
         if wanted("sft", step):
-            record("sft", step, policy.node_logits(params))
+            record("sft", step, params)
 
     ref_params = params.detach().clone()
     with torch.no_grad():
-        ref_logp = sc.geometry.leaf_logp(policy.node_logits(ref_params)[:, sc.rl_prompts])
+        ref_logp = sc.geometry.leaf_logp(policy.prompt_logits(ref_params, sc.rl_prompts))
     gen = torch.Generator().manual_seed(cfg.grpo_seed)
     if cfg.rl_algorithm == "exact_pg":  # one forward pass serves both the record and the gradient
         for step in range(cfg.rl_steps + 1):
             params = params.detach().requires_grad_(step < cfg.rl_steps)
-            z = policy.node_logits(params)
-            logp = sc.geometry.leaf_logp(z[:, sc.rl_prompts])  # (S, P_rl, L)
-            record("rl", step, z.detach(), logp.detach())
+            logp = sc.geometry.leaf_logp(policy.prompt_logits(params, sc.rl_prompts))  # (S, P_rl, L)
+            record("rl", step, params.detach(), logp.detach())
             if step < cfg.rl_steps:
                 loss = exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=logp)
                 (grad,) = torch.autograd.grad(loss, params)
                 params = params.detach() - rl_lr * grad
     else:
-        record("rl", 0, policy.node_logits(params))
+        record("rl", 0, params)
         for step in range(1, cfg.rl_steps + 1):
             params = _grpo_update(sc, policy, params, ref_params, cfg, gen, rl_lrs)
-            record("rl", step, policy.node_logits(params))
+            record("rl", step, params)
     if not records:
         raise ValueError(f"record_steps {record_steps} selects no step of this run")
     df = _to_frame(records, name, spec, S, list(records[0][2]), cfg.sft_steps)

@@ -22,7 +22,7 @@ import torch
 
 from toybench.tabular.envs import Scenario, TreeGeometry
 
-__all__ = ["Policy", "TabularPolicy", "LogLinearPolicy", "make_policy", "sequence_logits"]
+__all__ = ["Policy", "TabularPolicy", "LogLinearPolicy", "make_policy", "sequence_logits", "take_prompts"]
 
 
 @dataclass
@@ -36,6 +36,16 @@ class Policy:
 
     def node_logits(self, params: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def prompt_logits(self, params: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """``node_logits(params)[:, prompts]``: [S, P', N, V] (no copy when ``prompts`` is every prompt)."""
+        return take_prompts(self.node_logits(params), prompts)
+
+    def path_logits(
+        self, params: torch.Tensor, seed: torch.Tensor, prompt: torch.Tensor, nodes: torch.Tensor
+    ) -> torch.Tensor:
+        """``node_logits(params)[seed, prompt, nodes]``: seed, prompt [U], nodes [U, H] -> [U, H, V]."""
+        return self.node_logits(params)[seed[:, None], prompt[:, None], nodes]
 
 
 class TabularPolicy(Policy):
@@ -60,6 +70,31 @@ class LogLinearPolicy(Policy):
 
     def node_logits(self, params: torch.Tensor) -> torch.Tensor:
         return torch.einsum("spnvd,sd->spnv", self.scenario.features, params)  # (S, P, N, V)
+
+    def _gathered(self, key: tuple, index) -> torch.Tensor:
+        """``scenario.features[index]``, gathered once per policy (cached under ``key``)."""
+        cache = self.__dict__.setdefault("_features", {})
+        if key not in cache:
+            cache[key] = self.scenario.features[index]
+        return cache[key]
+
+    def prompt_logits(self, params: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """The logits of ``prompts`` only: theta . phi on their features."""
+        phi = self._gathered(("prompts", *prompts.tolist()), (slice(None), prompts))  # (S, P', N, V, d)
+        return torch.einsum("spnvd,sd->spnv", phi, params)
+
+    def path_logits(self, params, seed, prompt, nodes):
+        """The logits along the rows' paths only: theta[seed] . phi[seed, prompt, nodes]."""
+        key = ("paths", *(t.numpy().tobytes() for t in (seed, prompt, nodes)))
+        phi = self._gathered(key, (seed[:, None], prompt[:, None], nodes))  # (U, H, V, d)
+        return torch.einsum("uhvd,ud->uhv", phi, params[seed])
+
+
+def take_prompts(x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    """``x[:, prompts]``, without the copy (and its scatter in backward) when ``prompts`` is every prompt."""
+    if len(prompts) == x.shape[1] and torch.equal(prompts, torch.arange(x.shape[1])):
+        return x
+    return x[:, prompts]
 
 
 def make_policy(scenario: Scenario) -> Policy:
