@@ -31,8 +31,8 @@ def ours(
 
     lengths: list[int] = []
 
-    def forced(*args, **kw):  # the loop's generate call with the length floor added
-        groups = gen(*args, **kw, min_new_tokens=max_new)
+    def forced(*args, **kw):  # the loop's generate call, its completion lengths recorded
+        groups = gen(*args, **kw)
         lengths.extend(len(r.response_ids) for g in groups for r in g)
         return groups
 
@@ -48,6 +48,7 @@ def ours(
         num_generations=group,
         pass_k=1,
         max_completion_length=max_new,
+        min_new_tokens=max_new,  # forced length: EOS cannot shorten our side
         eval_every=10**6,
         ckpt_every=10**6,
         prompt_style="compact",
