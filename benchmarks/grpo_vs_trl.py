@@ -49,6 +49,7 @@ def ours(
         pass_k=1,
         max_completion_length=max_new,
         min_new_tokens=max_new,  # forced length: EOS cannot shorten our side
+        overwrite=True,  # --repeats rerun into the same scratch directories
         eval_every=10**6,
         ckpt_every=10**6,
         prompt_style="compact",
