@@ -286,15 +286,23 @@ def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=
     demo = demo or _DemoRows.of(sc, _collapses(method))
     logits = demo.policy_logits(policy, params)  # (U, H, V)
     teacher_logits = demo.policy_logits(policy, teacher) if method.needs_teacher else None
-    per_token = method.loss(
-        logits,
-        demo.targets,
-        torch.ones_like(demo.targets, dtype=logits.dtype),
+    inputs = dict(
+        logits=logits,
+        targets=demo.targets,
+        mask=torch.ones_like(demo.targets, dtype=logits.dtype),
         base_logits=base_seq,
         teacher_logits=teacher_logits,
         behavior_logp=sc.demo_behavior_logp.reshape(-1, sc.geometry.H)[demo.rows],
         sequence_target=seq_target,
-    )  # (U, H)
+    )
+    if _collapses(method):
+        per_token = method.loss(**inputs)  # (U, H)
+    else:  # the loss couples rows (an entropy quantile): take it per seed, as that seed's own run would
+        parts = [demo.seed == s for s in range(sc.num_seeds)]
+        per_token = torch.zeros_like(demo.targets, dtype=logits.dtype)
+        for rows in parts:
+            sub = {k: None if v is None else v[rows] for k, v in inputs.items()}
+            per_token[rows] = method.loss(**sub)
     weighted = per_token * demo.weight[:, None]
     loss = losses.reduce(weighted, torch.ones_like(weighted), "constant", constant=n)
     return loss if isinstance(policy, TabularPolicy) else loss / P_sft
