@@ -1,6 +1,7 @@
 """Exact error messages (they are part of the contract: the argument first, then what it must be
 and what it got) and edge cases of ``toybench.losses`` found by mutation testing: dtypes, defaults
-from DESIGN.md, boundary values that are allowed, the rho < 1 entropy bonus, PEAR partial blocks."""
+documented defaults (README, "The loss contract"), boundary values that are allowed, the rho < 1
+entropy bonus, PEAR partial blocks."""
 
 import inspect
 import math
@@ -219,7 +220,7 @@ def test_clipped_mask_with_nonzero_old_logp_and_zero_or_small_advantages():
 
 
 def test_defaults_used_when_omitted_equal_design_values():
-    """Calls WITHOUT the keywords equal calls with DESIGN.md's values (the signature test above
+    """Calls WITHOUT the keywords equal calls with the documented default values (the signature test above
     reads the declared defaults; this one checks the defaults actually used)."""
     rng = np.random.default_rng(1)
     scale = torch.tensor([0.05, 0.3, 1.0, 3.0, 8.0, 20.0], dtype=F64)[None, :, None]

@@ -1,6 +1,6 @@
 """A loss-contract kit: check your own per-token loss the way the project checks its own.
 
-The contract (``shared/DESIGN.md``, "The loss contract"): a loss is a pure function
+The contract (README, "The loss contract"): a loss is a pure function
 ``fn(logits [B, T, V], targets [B, T], **aux) -> per-token [B, T]``, reduced by
 :func:`toybench.losses.reduce`. :func:`check_loss_contract` runs ``fn`` on hypothesis-generated
 instances (float64, extreme logits of +-1e4, all-masked rows) and raises ``AssertionError``
