@@ -1,5 +1,5 @@
 """Exact error messages (they are part of the contract: the argument first, then what it must be
-and what it got) and edge cases of ``toybench.losses`` found by mutation testing: dtypes, defaults
+and what it got) and edge cases of ``toybench.losses`` found by mutation testing: dtypes, the
 documented defaults (README, "The loss contract"), boundary values that are allowed, the rho < 1
 entropy bonus, PEAR partial blocks."""
 
