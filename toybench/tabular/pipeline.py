@@ -298,9 +298,8 @@ def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=
     if _collapses(method):
         per_token = method.loss(**inputs)  # (U, H)
     else:  # the loss couples rows (an entropy quantile): take it per seed, as that seed's own run would
-        parts = [demo.seed == s for s in range(sc.num_seeds)]
         per_token = torch.zeros_like(demo.targets, dtype=logits.dtype)
-        for rows in parts:
+        for rows in (demo.seed == s for s in range(sc.num_seeds)):
             sub = {k: None if v is None else v[rows] for k, v in inputs.items()}
             per_token[rows] = method.loss(**sub)
     weighted = per_token * demo.weight[:, None]
