@@ -16,7 +16,7 @@ from toybench.tabular.envs import (
     demo_data,
     eval_generator,
     mean_mass_shift,
-    sample_heldout,
+    shared_scenario,
     shift_to_mass,
     stack_seeds,
 )
@@ -57,23 +57,31 @@ class MultiAnswerBandit(Scenario):
         geom = TreeGeometry(V, 1)
         prompts = torch.arange(num_prompts)
         cfg.update(sft_prompts=prompts, rl_prompts=prompts)
-        per_seed = []
-        for seed in seeds:
-            gen = torch.Generator().manual_seed(int(seed))
-            P = num_prompts
+        P = num_prompts
+        gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        draws = []  # every seed's random draws, in its own generator's order; the rest is batched
+        for gen in gens:
             good = torch.rand(P, V, generator=gen).argsort(-1) < num_correct  # (P, V)
-            z = shift_to_mass(base_scale * torch.randn(P, V, generator=gen), good, base_correct_mass)
-            zb = z + behavior_shift * torch.randn(P, V, generator=gen)
+            noise, noise_b = torch.randn(P, V, generator=gen), torch.randn(P, V, generator=gen)
             y_star = torch.multinomial(good.float(), 1, generator=gen)[:, 0]
-            w = torch.where(good, -torch.inf, z).argmax(-1)
-            d = dict(reward=good.float(), base_logits=z[:, None], behavior_logits=zb[:, None])
-            eye = torch.eye(V)
-            d["demo_leaves"], d["demo_behavior_logp"], d["heldout"] = demo_data(
-                geom, d["reward"], d["base_logits"], d["behavior_logits"], eye[y_star], eye[w], cfg, gen
-            )
-            per_seed.append(d)
-        self.__dict__.update(
-            vars(stack_seeds("bandit", geom, per_seed, prompts, prompts, data_source=data_source))
+            draws.append(dict(good=good, noise=noise, noise_b=noise_b, y_star=y_star))
+        r = stack_seeds(draws)  # (S, P, ...)
+        good = r["good"]
+        z = shift_to_mass(base_scale * r["noise"], good, base_correct_mass)  # (S, P, V)
+        zb = z + behavior_shift * r["noise_b"]
+        w = torch.where(good, -torch.inf, z).argmax(-1)
+        eye = torch.eye(V)
+        reward, zb = good.float(), zb[:, :, None]
+        super().__init__(
+            "bandit",
+            geom,
+            reward,
+            z[:, :, None],
+            zb,
+            *demo_data(geom, reward, zb, eye[r["y_star"]], eye[w], cfg, gens),
+            prompts,
+            prompts,
+            data_source=data_source,
         )
 
 
@@ -131,9 +139,11 @@ class SharedBandit(Scenario):
             return dict(reward=good.float(), base_logits=z[:, None], behavior_logits=zb[:, None]), y_star, w
 
         cfg.update(sft_prompts=sft_idx, rl_prompts=rl_idx)
-        per_seed = []
-        for seed in seeds:
-            gen = torch.Generator().manual_seed(int(seed))
+        gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        ges = [eval_generator(seed) for seed in seeds] if eval_prompts else []
+        eye = torch.eye(V)
+        per_seed, per_seed_eval = [], []
+        for gen, ge in zip(gens, ges or [None] * len(gens)):
             P = num_prompts
             phi = torch.randn(P, V, d, generator=gen) / d**0.5  # (P, V, d)
             u = torch.randn(d, generator=gen)
@@ -144,27 +154,14 @@ class SharedBandit(Scenario):
                 good = (phi @ u).argsort(-1).argsort(-1) >= V - num_correct
                 theta0 = theta0 + mean_mass_shift(phi @ theta0, phi @ u, good, base_correct_mass) * u
             d_, y_star, w = answers(phi, u, v, theta0, torch.randn(P, V, generator=gen))
-            eye = torch.eye(V)
-            d_["demo_leaves"], d_["demo_behavior_logp"], d_["heldout"] = demo_data(
-                geom, d_["reward"], d_["base_logits"], d_["behavior_logits"], eye[y_star], eye[w], cfg, gen
-            )
-            d_.update(features=phi, theta0=theta0)
+            d_.update(features=phi[:, None], theta0=theta0, good=eye[y_star], bad=eye[w])
+            per_seed.append(d_)
             if eval_prompts:  # second generator: the training prompts' tensors are unchanged
-                ge = eval_generator(seed)
                 phi_e = torch.randn(eval_prompts, V, d, generator=ge) / d**0.5
                 e, ye, we = answers(phi_e, u, v, theta0, torch.randn(eval_prompts, V, generator=ge))
-                d_["eval_heldout"] = sample_heldout(
-                    geom, e["reward"], e["behavior_logits"], eye[ye], eye[we], cfg, ge
-                )
-                for k in ("reward", "base_logits", "behavior_logits"):
-                    d_[k] = torch.cat([d_[k], e[k]])
-                d_["features"] = torch.cat([phi, phi_e])
-            d_["features"] = d_["features"][:, None]
-            per_seed.append(d_)
-        self.__dict__.update(
-            vars(
-                stack_seeds(
-                    "bandit_shared", geom, per_seed, sft_idx, rl_idx, eval_idx, data_source=data_source
-                )
+                per_seed_eval.append(dict(e, features=phi_e[:, None], good=eye[ye], bad=eye[we]))
+        super().__init__(
+            **shared_scenario(
+                "bandit_shared", geom, cfg, per_seed, per_seed_eval, gens, ges, eval_idx, data_source
             )
         )

@@ -60,6 +60,7 @@ __all__ = [
     "demo_data",
     "sample_heldout",
     "stack_seeds",
+    "shared_scenario",
     "data_config",
     "shift_to_mass",
     "mean_mass_shift",
@@ -107,6 +108,8 @@ class TreeGeometry:
         log P(prefix a) = log P(prefix) + log pi(a | prefix) is one broadcast add per depth.
         """
         V = self.V
+        if self.H == 1:  # a bandit: one node, the leaves are its V tokens (a long axis: no transpose)
+            return torch.log_softmax(node_logits, -1)[..., 0, :]
         node_logp = torch.log_softmax(node_logits.transpose(-1, -2), -2).transpose(-1, -2)  # (..., N, V)
         lead = node_logp.shape[:-2]
         # one split, not H slices: in backward it is one cat, not H zero-filled copies to add up
@@ -121,20 +124,25 @@ class TreeGeometry:
         V, H, L = self.V, self.H, self.num_leaves
         return torch.cat([q.reshape(*q.shape[:-1], V**t, L // V**t).sum(-1) for t in range(H)], -1)
 
-    def token_logp_from_leaf_dist(self, q: torch.Tensor) -> torch.Tensor:
+    def token_logp_from_leaf_dist(self, q: torch.Tensor, leaves: torch.Tensor | None = None) -> torch.Tensor:
         """Per-token conditional log-probs of a leaf distribution q [..., L] -> [..., L, H].
 
         log q(a_t | a_<t) = log m_{t+1} - log m_t with m_t the mass of the length-t prefix
         (leaves sharing a prefix are contiguous in lexicographic order). Zero-mass prefixes
-        get a large negative value instead of -inf.
+        get a large negative value instead of -inf. ``leaves`` [..., n] (None: every leaf)
+        returns those leaves' rows only, [..., n, H], without the [..., L, H] table.
         """
         V, H, L = self.V, self.H, self.num_leaves
-        masses = []
-        for t in range(H + 1):
-            m = q.reshape(*q.shape[:-1], V**t, L // V**t).sum(-1)  # (..., V^t)
-            masses.append(m.repeat_interleave(L // V**t, dim=-1))  # (..., L)
-        logm = torch.log(torch.stack(masses, -1).clamp_min(1e-30))  # (..., L, H+1)
-        return logm[..., 1:] - logm[..., :-1]
+        lead = q.shape[:-1]
+        # log of every prefix mass, at the prefix level (V^t values per depth, not L)
+        logm = [torch.log(q.reshape(*lead, V**t, L // V**t).sum(-1).clamp_min(1e-30)) for t in range(H + 1)]
+        if leaves is None:
+            leaves = torch.arange(L).expand(*lead, L)
+        out = []
+        for t in range(H):  # the leaf's prefixes of length t+1 and t
+            long, short = leaves // V ** (H - t - 1), leaves // V ** (H - t)
+            out.append(torch.gather(logm[t + 1], -1, long) - torch.gather(logm[t], -1, short))
+        return torch.stack(out, -1)  # (..., n, H)
 
     def gibbs_logp(self, node_logits: torch.Tensor, R: torch.Tensor, beta: float) -> torch.Tensor:
         """Exact sequence-level Gibbs target q(y) ∝ pi(y) exp(beta R(y)) as node conditionals.
@@ -203,62 +211,79 @@ class Scenario:
         return self.reward.amax(-1)
 
 
-def _teacher(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gen):
-    """(q_good, q_bad, teacher [P, L], sample(rows, m)): the data distributions of one seed's prompts."""
-    f, P = cfg["wrong_demo_frac"], reward.shape[0]
+def _data_dists(geom, reward, behavior_logits, expert_good, expert_bad, cfg):
+    """(q_good, q_bad) [..., P, L]: the distributions of a correct demo and of a mistake (no randomness)."""
     if cfg["data_source"] == "expert":
-        q_good, q_bad = expert_good, expert_bad
-    else:  # samples of pi_beta, filtered by a verifier that lets failures through at rate f
-        pb = geom.leaf_token_logp(behavior_logits).sum(-1).exp()  # (P, L)
-        q_good = pb * (reward > 0) + 1e-12
-        q_bad = pb * (reward == 0) + 1e-12
-        q_good, q_bad = q_good / q_good.sum(-1, keepdim=True), q_bad / q_bad.sum(-1, keepdim=True)
-    if cfg["error_unit"] == "prompt":
-        confused = (torch.rand(P, generator=gen) < f).float()[:, None]  # (P, 1)
-        teacher = (1 - confused) * q_good + confused * q_bad  # (P, L)
+        return expert_good, expert_bad
+    # samples of pi_beta, filtered by a verifier that lets failures through at rate f
+    pb = geom.leaf_token_logp(behavior_logits).sum(-1).exp()  # (..., P, L)
+    q_good = pb * (reward > 0) + 1e-12
+    q_bad = pb * (reward == 0) + 1e-12
+    return q_good / q_good.sum(-1, keepdim=True), q_bad / q_bad.sum(-1, keepdim=True)
+
+
+def _teachers(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gens):
+    """(teacher [S, P, L], sample(rows, m) -> [S, P', m]): the data distributions of S seeds' prompts.
+
+    Tensors have a leading seed axis; ``gens`` holds one generator per seed, and each draw of seed s
+    comes from ``gens[s]`` in the order a single-seed build makes it, so a seed's data do not depend
+    on the other seeds (the per-seed loops below are over random draws only).
+    """
+    f = cfg["wrong_demo_frac"]
+    q_good, q_bad = _data_dists(geom, reward, behavior_logits, expert_good, expert_bad, cfg)
+    if cfg["error_unit"] == "prompt":  # the teacher is wrong on the "confused" prompts
+        P = reward.shape[-2]
+        confused = torch.stack([(torch.rand(P, generator=g) < f).float() for g in gens])[..., None]
+        teacher = (1 - confused) * q_good + confused * q_bad  # (S, P, L)
         q_good = q_bad = teacher
     else:
-        teacher = (1 - f) * q_good + f * q_bad  # (P, L): the data distribution
+        teacher = (1 - f) * q_good + f * q_bad  # (S, P, L): the data distribution
 
     def sample(rows, m):
-        good = torch.multinomial(q_good[rows], m, replacement=True, generator=gen)  # (P', m)
-        bad = torch.multinomial(q_bad[rows], m, replacement=True, generator=gen)
-        return torch.where(torch.rand(len(rows), m, generator=gen) < f, bad, good)
+        out = []
+        for qg, qb, g in zip(q_good[:, rows], q_bad[:, rows], gens):
+            good = torch.multinomial(qg, m, replacement=True, generator=g)  # (P', m)
+            bad = torch.multinomial(qb, m, replacement=True, generator=g)
+            out.append(torch.where(torch.rand(len(rows), m, generator=g) < f, bad, good))
+        return torch.stack(out)  # (S, P', m)
 
     return teacher, sample
 
 
 def _leaf_dist(leaves: torch.Tensor, L: int) -> torch.Tensor:
-    """Empirical distribution of sampled leaves [P, m] -> [P, L]."""
-    counts = torch.zeros(leaves.shape[0], L).scatter_add_(1, leaves, torch.ones(leaves.shape))
-    return counts / counts.sum(-1, keepdim=True)
+    """Empirical distribution of sampled leaves [..., m] -> [..., L]."""
+    flat = leaves.reshape(-1, leaves.shape[-1])
+    counts = torch.zeros(flat.shape[0], L).scatter_add_(1, flat, torch.ones(flat.shape))
+    return (counts / counts.sum(-1, keepdim=True)).reshape(*leaves.shape[:-1], L)
 
 
-def demo_data(geom, reward, base_logits, behavior_logits, expert_good, expert_bad, cfg, gen):
-    """Demos, their generating policy's token log-probs and the held-out distribution for one seed.
+def demo_data(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gens):
+    """Demos, their generating policy's token log-probs and the held-out distribution, for S seeds.
 
-    With ``error_unit="demo"`` each demo is independently the teacher's mistake w.p. f; with
-    ``"prompt"`` the teacher is wrong on a fraction f of prompts (on all their demos, held-out
-    ones included), a systematically imperfect teacher. The log-probs are those of the policy
-    that drew the demo: pi_beta (``behavior_logits``) with ``data_source="behavior"``, the
+    Inputs have a leading seed axis ``[S, P, ...]``, ``gens`` one generator per seed (``_teachers``);
+    returns ``demo_leaves [S, P_sft, n]``, ``demo_behavior_logp [S, P_sft, n, H]`` and ``heldout
+    [S, P_rl, L]``. With ``error_unit="demo"`` each demo is independently the teacher's mistake
+    w.p. f; with ``"prompt"`` the teacher is wrong on a fraction f of prompts (on all their demos,
+    held-out ones included), a systematically imperfect teacher. The log-probs are those of the
+    policy that drew the demo: pi_beta (``behavior_logits``) with ``data_source="behavior"``, the
     expert's distribution otherwise (module docstring).
     """
-    teacher, sample = _teacher(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gen)
+    teacher, sample = _teachers(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gens)
     sft, rl = cfg["sft_prompts"], cfg["rl_prompts"]
-    demos = sample(sft, cfg["demos_per_prompt"])  # (P_sft, n)
+    demos = sample(sft, cfg["demos_per_prompt"])  # (S, P_sft, n)
     if cfg["data_source"] == "behavior":  # recorded when drawn: log pi_beta(y_t | y_<t)
-        logp_tok = geom.leaf_token_logp(behavior_logits[sft])  # (P_sft, L, H)
-    else:
-        logp_tok = geom.token_logp_from_leaf_dist(teacher[sft])  # (P_sft, L, H)
-    beh = torch.gather(logp_tok, 1, demos[..., None].expand(-1, -1, geom.H))  # (P_sft, n, H)
-    held = sample(rl, cfg["heldout_demos"])  # (P_rl, m)
+        logp_tok = geom.leaf_token_logp(behavior_logits[:, sft])  # (S, P_sft, L, H)
+        beh = torch.gather(logp_tok, 2, demos[..., None].expand(-1, -1, -1, geom.H))  # (S, P_sft, n, H)
+    else:  # the teacher's conditionals at the demos' prefixes
+        beh = geom.token_logp_from_leaf_dist(teacher[:, sft], demos)  # (S, P_sft, n, H)
+    held = sample(rl, cfg["heldout_demos"])  # (S, P_rl, m)
     return demos, beh, _leaf_dist(held, geom.num_leaves)
 
 
-def sample_heldout(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gen):
-    """Held-out data distribution [P, L] on every prompt given (the eval prompts), from ``gen``."""
-    _, sample = _teacher(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gen)
-    return _leaf_dist(sample(torch.arange(reward.shape[0]), cfg["heldout_demos"]), geom.num_leaves)
+def sample_heldout(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gens):
+    """Held-out data distribution [S, P, L] on every prompt given (the eval prompts), from ``gens``."""
+    _, sample = _teachers(geom, reward, behavior_logits, expert_good, expert_bad, cfg, gens)
+    return _leaf_dist(sample(torch.arange(reward.shape[-2]), cfg["heldout_demos"]), geom.num_leaves)
 
 
 def eval_generator(seed: int) -> torch.Generator:
@@ -266,17 +291,42 @@ def eval_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) + 1_000_003)
 
 
-def stack_seeds(name, geom, per_seed, sft_prompts, rl_prompts, eval_prompts=None, data_source="expert"):
-    """One ``Scenario`` from per-seed dicts of tensors (optional: features, theta0, eval_heldout)."""
-    keys = ["reward", "base_logits", "behavior_logits", "demo_leaves", "demo_behavior_logp", "heldout"]
-    opt = ("features", "theta0", "eval_heldout")
-    extra = {k: torch.stack([d[k] for d in per_seed]) for k in opt if k in per_seed[0]}
-    return Scenario(
-        name,
-        geom,
-        *[torch.stack([d[k] for d in per_seed]) for k in keys],
-        sft_prompts,
-        rl_prompts,
+def stack_seeds(per_seed: list[dict]) -> dict[str, torch.Tensor]:
+    """Per-seed dicts of tensors -> one dict of tensors with a leading seed axis."""
+    return {k: torch.stack([d[k] for d in per_seed]) for k in per_seed[0]}
+
+
+def shared_scenario(name, geom, cfg, per_seed, per_seed_eval, gens, ges, eval_prompts, data_source):
+    """The ``Scenario`` fields of a shared-parameter (log-linear) setting, from per-seed dicts.
+
+    ``per_seed``: the training prompts' ``reward``, ``base_logits``, ``behavior_logits``, ``features``,
+    ``theta0`` and the expert's ``good`` / ``bad`` leaf distributions; ``per_seed_eval`` (empty without
+    eval prompts): the same per-prompt tensors on the eval prompts, drawn from ``ges``. The data are
+    drawn batched (``demo_data``, ``sample_heldout``) and the eval prompts follow the training prompts.
+    """
+    t = stack_seeds(per_seed)  # (S, P, ...): the training prompts
+    data = demo_data(geom, t["reward"], t["behavior_logits"], t["good"], t["bad"], cfg, gens)
+    extra = {}
+    if per_seed_eval:
+        e = stack_seeds(per_seed_eval)
+        extra["eval_heldout"] = sample_heldout(
+            geom, e["reward"], e["behavior_logits"], e["good"], e["bad"], cfg, ges
+        )
+        for k in ("reward", "base_logits", "behavior_logits", "features"):
+            t[k] = torch.cat([t[k], e[k]], 1)
+    return dict(
+        name=name,
+        geometry=geom,
+        reward=t["reward"],
+        base_logits=t["base_logits"],
+        behavior_logits=t["behavior_logits"],
+        demo_leaves=data[0],
+        demo_behavior_logp=data[1],
+        heldout=data[2],
+        sft_prompts=cfg["sft_prompts"],
+        rl_prompts=cfg["rl_prompts"],
+        features=t["features"],
+        theta0=t["theta0"],
         eval_prompts=eval_prompts,
         data_source=data_source,
         **extra,

@@ -52,7 +52,13 @@ class TabularPolicy(Policy):
     """Per-prompt, per-node logits; ``params`` has the shape of ``base_logits`` [S, P, N, V]."""
 
     def init(self) -> torch.Tensor:
-        return self.scenario.base_logits.clone()
+        """A copy of ``base_logits`` stored node-axis-innermost (a transposed view, same values).
+
+        ``TreeGeometry``'s log-softmax runs over the node axis of the transposed logits; with this
+        layout that transpose is contiguous (no copy) and its gradient comes back in the same layout,
+        so the SGD step is a plain elementwise op. Values and results are bit-identical to a clone.
+        """
+        return self.scenario.base_logits.transpose(-1, -2).contiguous().transpose(-1, -2)
 
     def node_logits(self, params: torch.Tensor) -> torch.Tensor:
         return params  # (S, P, N, V)

@@ -17,7 +17,7 @@ from toybench.tabular.envs import (
     demo_data,
     eval_generator,
     mean_mass_shift,
-    sample_heldout,
+    shared_scenario,
     shift_to_mass,
     stack_seeds,
 )
@@ -106,34 +106,56 @@ class ReasoningTree(Scenario):
         geom = TreeGeometry(V, H)
         prompts = torch.arange(num_prompts)
         cfg.update(sft_prompts=prompts, rl_prompts=prompts)
-        P = num_prompts
-        per_seed = []
-        for seed in seeds:
-            gen = torch.Generator().manual_seed(int(seed))
+        P, N = num_prompts, geom.num_nodes
+        gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        draws = []  # every seed's random draws, in its own generator's order; the rest is batched
+        for gen in gens:
             works = torch.rand(P, V, generator=gen).argsort(-1) < num_good  # (P, V) strategies
             path = torch.randint(0, V, (P, V, H - 2), generator=gen)  # execution path per strategy
             answer = torch.randint(0, V, (P,), generator=gen)
             wrong_answer = (answer + torch.randint(1, V, (P,), generator=gen)) % V
-            st = _structure(geom, works, path, answer, wrong_answer)
-            z = torch.randn(P, geom.num_nodes, V, generator=gen)  # off-path nodes: N(0, 1)
-            z[:, 0] = fork_scale * torch.randn(P, V, generator=gen)
-            # raise the right token at on-path nodes of every strategy
-            z = z + exec_margin * st["exec"] + answer_margin * st["answer"]
-            if base_correct_mass is not None:
-                z[:, 0] = shift_to_mass(z[:, 0], works, base_correct_mass)
-            zb = z + behavior_shift * torch.randn(P, geom.num_nodes, V, generator=gen)
-            ids = torch.arange(V)
-            s_exp = torch.where(works, ids, V).amin(-1)  # the expert's strategy: first working one
-            s_bad = torch.where(works, V, ids).amin(-1)  # its mistake: first failing one
-            expert_good, expert_bad = _expert(geom, st, s_exp, s_bad, wrong_answer)
-            reward = st["reward"]
-            d = dict(reward=reward, base_logits=z, behavior_logits=zb)
-            d["demo_leaves"], d["demo_behavior_logp"], d["heldout"] = demo_data(
-                geom, reward, z, zb, expert_good, expert_bad, cfg, gen
+            noise = torch.randn(P, N, V, generator=gen)  # off-path nodes: N(0, 1)
+            fork = torch.randn(P, V, generator=gen)
+            noise_b = torch.randn(P, N, V, generator=gen)  # pi_beta's logit noise
+            draws.append(
+                dict(
+                    works=works,
+                    path=path,
+                    answer=answer,
+                    wrong=wrong_answer,
+                    noise=noise,
+                    fork=fork,
+                    noise_b=noise_b,
+                )
             )
-            per_seed.append(d)
-        self.__dict__.update(
-            vars(stack_seeds("tree", geom, per_seed, prompts, prompts, data_source=data_source))
+        r = {k: v.flatten(0, 1) for k, v in stack_seeds(draws).items()}  # (S*P, ...): prompts of all seeds
+        works, wrong_answer = r["works"], r["wrong"]
+        st = _structure(geom, works, r["path"], r["answer"], wrong_answer)
+        z = r["noise"].clone()
+        z[:, 0] = fork_scale * r["fork"]
+        # raise the right token at on-path nodes of every strategy
+        z = z + exec_margin * st["exec"] + answer_margin * st["answer"]
+        if base_correct_mass is not None:
+            z[:, 0] = shift_to_mass(z[:, 0], works, base_correct_mass)
+        zb = z + behavior_shift * r["noise_b"]
+        ids = torch.arange(V)
+        s_exp = torch.where(works, ids, V).amin(-1)  # the expert's strategy: first working one
+        s_bad = torch.where(works, V, ids).amin(-1)  # its mistake: first failing one
+        expert_good, expert_bad = _expert(geom, st, s_exp, s_bad, wrong_answer)
+        S = len(gens)
+        reward, z, zb, expert_good, expert_bad = (
+            x.reshape(S, P, *x.shape[1:]) for x in (st["reward"], z, zb, expert_good, expert_bad)
+        )
+        super().__init__(
+            "tree",
+            geom,
+            reward,
+            z,
+            zb,
+            *demo_data(geom, reward, zb, expert_good, expert_bad, cfg, gens),
+            prompts,
+            prompts,
+            data_source=data_source,
         )
 
 
@@ -211,9 +233,10 @@ class SharedTree(Scenario):
                 bad,
             )
 
-        per_seed = []
-        for seed in seeds:
-            gen = torch.Generator().manual_seed(int(seed))
+        gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        ges = [eval_generator(seed) for seed in seeds] if eval_prompts else []
+        per_seed, per_seed_eval = [], []
+        for gen, ge in zip(gens, ges or [None] * len(gens)):
             u = torch.randn(k, generator=gen)
             u = u / u.norm() * k**0.5
             v = torch.randn(k, generator=gen)
@@ -232,24 +255,14 @@ class SharedTree(Scenario):
                 )
             noise = torch.randn(num_prompts, N, V, generator=gen)
             d, good, bad = instance(phi, works, wrong, st, theta0, v, noise)
-            d["demo_leaves"], d["demo_behavior_logp"], d["heldout"] = demo_data(
-                geom, d["reward"], d["base_logits"], d["behavior_logits"], good, bad, cfg, gen
-            )
-            if eval_prompts:
-                ge = eval_generator(seed)
+            per_seed.append(dict(d, features=phi, theta0=theta0, good=good, bad=bad))
+            if eval_prompts:  # second generator: the training prompts' tensors are unchanged
                 phi_e, works_e, wrong_e, st_e = draw(eval_prompts, u, ge)
                 noise_e = torch.randn(eval_prompts, N, V, generator=ge)
                 e, good_e, bad_e = instance(phi_e, works_e, wrong_e, st_e, theta0, v, noise_e)
-                d["eval_heldout"] = sample_heldout(
-                    geom, e["reward"], e["behavior_logits"], good_e, bad_e, cfg, ge
-                )
-                for key in ("reward", "base_logits", "behavior_logits"):
-                    d[key] = torch.cat([d[key], e[key]])
-                phi = torch.cat([phi, phi_e])
-            d.update(features=phi, theta0=theta0)
-            per_seed.append(d)
-        self.__dict__.update(
-            vars(
-                stack_seeds("tree_shared", geom, per_seed, sft_idx, rl_idx, eval_idx, data_source=data_source)
+                per_seed_eval.append(dict(e, features=phi_e, good=good_e, bad=bad_e))
+        super().__init__(
+            **shared_scenario(
+                "tree_shared", geom, cfg, per_seed, per_seed_eval, gens, ges, eval_idx, data_source
             )
         )
