@@ -22,7 +22,7 @@ from typing import Annotated
 
 import tyro
 
-from toybench.config import deferred_validation
+from toybench.config import deferred_validation, reuse_freed_memory
 
 SUBCOMMANDS = {
     # name: (module, config class, runner, one-line help)
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cmd, rest = argv[0], argv[1:]
     os.environ.setdefault("MPLBACKEND", "Agg")  # files only; notebooks keep their inline backend
+    reuse_freed_memory()  # the vectorised runs' large per-step tensors: no page faults per step
     if cmd not in SUBCOMMANDS:
         print(f"toybench: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
         return 2
