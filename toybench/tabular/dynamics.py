@@ -123,7 +123,9 @@ def leaf_pg_surrogate(leaf_logp: Tensor, R: Tensor) -> Tensor:
     """The exact PG surrogate from leaf log-probs; its gradient is -dJ (the one exact-PG objective).
 
     ``sum_y sg[P(y)] * policy_gradient_loss(log P(y), R(y) - J)`` with P = exp(leaf_logp) and
-    J = sum_y P(y) R(y).  Each leaf is one row with its sequence log-prob (T = 1): -A log P(y) =
+    J = sum_y P(y) R(y), computed as ``policy_gradient_loss(log P(y), sg[P(y)] (R(y) - J))`` (the
+    loss is linear in the advantage; this costs one product fewer and its gradient is the same bit
+    for bit).  Each leaf is one row with its sequence log-prob (T = 1): -A log P(y) =
     -A sum_t log pi(y_t) has the same gradient as the per-token form and costs H times less.
     Used by ``pg_surrogate`` (theorem dynamics) and ``toybench.tabular.pipeline`` (comparisons).
 
@@ -132,11 +134,12 @@ def leaf_pg_surrogate(leaf_logp: Tensor, R: Tensor) -> Tensor:
     Returns:
         (...) per-instance surrogate (summed over leaves).
     """
-    P = leaf_logp.exp()  # (..., L)
+    P = leaf_logp.detach().exp()  # (..., L): sg[P]
     J = (P * R).sum(-1, keepdim=True)
+    # sg[P] folded into the advantage: -(P A) log P(y) has the gradient P (-A) bit for bit
+    weighted_adv = (P * (R - J)).reshape(-1)  # (B*L,)
     rows = leaf_logp.reshape(-1, 1)  # (B*L, 1)
-    per_row = policy_gradient_loss(rows, (R - J).reshape(-1)) * P.detach().reshape(-1, 1)  # (B*L, 1)
-    return per_row.reshape(leaf_logp.shape).sum(-1)
+    return policy_gradient_loss(rows, weighted_adv).reshape(leaf_logp.shape).sum(-1)
 
 
 def leaf_kl(leaf_logp: Tensor, ref_leaf_logp: Tensor) -> Tensor:
