@@ -15,7 +15,7 @@
 # demonstration goes where the model already finds answers plausible.
 #
 # This notebook looks at the mechanism of each loss, at where the mass goes on a multi-answer bandit
-# (`toybench.tabular.envs.MultiAnswerBandit` run through `toybench.tabular.pipeline`), and at what it does to the RL stage
+# (`toybench.tabular.MultiAnswerBandit` run through `toybench.tabular.pipeline`), and at what it does to the RL stage
 # (the entropy law T3 and the escape time T5).
 
 # %% [markdown]
