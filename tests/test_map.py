@@ -46,6 +46,18 @@ def test_holm_matches_the_definition():
     assert (analysis.holm([0.9, 0.8]) <= 1).all()
 
 
+def test_selection_treats_near_ties_as_ties():
+    """Validation means closer than SELECTION_TIE go to the lower config_id; larger gaps decide."""
+    for gap, winner in ((1e-7, 0), (-1e-7, 0), (1e-3, 1), (-1e-3, 0)):
+        val = pd.concat(
+            [
+                frame({"gift": 0.5}, split="val", config_id=0),
+                frame({"gift": 0.5 + gap}, split="val", config_id=1),
+            ]
+        )
+        assert analysis.select_configs(val)["config_id"].tolist() == [winner], gap
+
+
 def test_selection_reads_validation_only():
     val = pd.concat(
         [frame({"gift": 0.5}, split="val", config_id=0), frame({"gift": 0.7}, split="val", config_id=1)]

@@ -17,10 +17,16 @@ CELL = ["setting", "wrong_demo_frac", "base_correct_mass", "rl_steps"]
 OUTCOMES = ("reproduces", "does not reproduce", "inconclusive")
 
 
+#: validation means within this of a family's best count as tied (the lowest config_id wins), so that
+#: float32 rounding (about 1e-6 in J) cannot decide a near-tie between configurations
+SELECTION_TIE = 1e-4
+
+
 def select_configs(df: pd.DataFrame, metric: str = "J") -> pd.DataFrame:
     """Per cell and method family, the configuration with the best mean post-RL ``metric`` on the
-    VALIDATION seeds (test rows are dropped before anything is computed; ties go to the lower config_id;
-    a configuration with any non-finite validation value, a diverged run, scores -inf).
+    VALIDATION seeds (test rows are dropped before anything is computed). Means within
+    ``SELECTION_TIE`` of the best are tied and the lowest ``config_id`` among them wins; a
+    configuration with any non-finite validation value, a diverged run, scores -inf.
 
     Returns one row per cell x family: CELL, family, config_id, method, sft_lr, rl_lr, val_score.
     """
@@ -31,9 +37,11 @@ def select_configs(df: pd.DataFrame, metric: str = "J") -> pd.DataFrame:
     # a configuration with a non-finite validation run (diverged) is never selected over a finite one
     bad = val[metric].isna().groupby([val[k] for k in keys], sort=False).any()
     score.loc[bad[bad].index, "val_score"] = -np.inf
-    score = score.reset_index().sort_values([*CELL, "family", "val_score", "config_id"])
-    score["_rank"] = score.groupby([*CELL, "family"]).cumcount(ascending=False)
-    return score[score["_rank"] == 0].drop(columns="_rank").reset_index(drop=True)
+    score = score.reset_index()
+    best = score.groupby([*CELL, "family"])["val_score"].transform("max")
+    tied = score["val_score"] >= best - SELECTION_TIE  # -inf - tol is -inf: an all-diverged family ties
+    score = score[tied].sort_values([*CELL, "family", "config_id"])
+    return score.groupby([*CELL, "family"], sort=False).head(1).reset_index(drop=True)
 
 
 def selected_rows(df: pd.DataFrame, sel: pd.DataFrame, split: str = "test") -> pd.DataFrame:
