@@ -58,6 +58,9 @@ def _expert(geom: TreeGeometry, st, s_exp, s_bad, wrong_answer):
     return good, bad
 
 
+_DRAWS = ("works", "path", "answer", "wrong", "noise", "fork", "noise_b")  # one seed's random draws
+
+
 class ReasoningTree(Scenario):
     """Reasoning-tree token MDP: strategy token, H-2 execution tokens, answer token.
 
@@ -117,17 +120,7 @@ class ReasoningTree(Scenario):
             noise = torch.randn(P, N, V, generator=gen)  # off-path nodes: N(0, 1)
             fork = torch.randn(P, V, generator=gen)
             noise_b = torch.randn(P, N, V, generator=gen)  # pi_beta's logit noise
-            draws.append(
-                dict(
-                    works=works,
-                    path=path,
-                    answer=answer,
-                    wrong=wrong_answer,
-                    noise=noise,
-                    fork=fork,
-                    noise_b=noise_b,
-                )
-            )
+            draws.append(dict(zip(_DRAWS, (works, path, answer, wrong_answer, noise, fork, noise_b))))
         r = {k: v.flatten(0, 1) for k, v in stack_seeds(draws).items()}  # (S*P, ...): prompts of all seeds
         works, wrong_answer = r["works"], r["wrong"]
         st = _structure(geom, works, r["path"], r["answer"], wrong_answer)
