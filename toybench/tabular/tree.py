@@ -124,7 +124,7 @@ class ReasoningTree(Scenario):
         r = {k: v.flatten(0, 1) for k, v in stack_seeds(draws).items()}  # (S*P, ...): prompts of all seeds
         works, wrong_answer = r["works"], r["wrong"]
         st = _structure(geom, works, r["path"], r["answer"], wrong_answer)
-        z = r["noise"].clone()
+        z = r["noise"]  # the stacked draws: no one else holds them
         z[:, 0] = fork_scale * r["fork"]
         # raise the right token at on-path nodes of every strategy
         z = z + exec_margin * st["exec"] + answer_margin * st["answer"]
