@@ -124,19 +124,27 @@ def test_prob_family_matches_oracle(seed, alpha):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("eps", [(0.2, 0.28), (0.1, 0.1), (0.0, 0.5)])
+@pytest.mark.parametrize("eps", [0.28, 0.1, 0.5])
 def test_psft_matches_oracle_on_both_sides_of_the_clip(seed, eps):
     z, _, y = _instance(seed)
     rng = np.random.default_rng(100 + seed)
     py = _np_py(z, y)
-    r = np.exp(rng.uniform(-0.7, 0.7, size=py.shape))  # ratios inside and outside [1-eps, 1+eps]
+    r = np.exp(rng.permutation(np.linspace(-1.5, 1.5, py.size))).reshape(py.shape)  # in and out of the clip
     old = np.log(py / r)
-    lo, hi = eps
-    val, grad = _value_and_grad(lambda x: L.psft_loss(x, _t(y), _t(old), eps_low=lo, eps_high=hi), z)
-    np.testing.assert_allclose(val, -np.minimum(r, np.clip(r, 1 - lo, 1 + hi)), atol=ATOL)
-    live = r <= 1 + hi  # with advantage 1 only the upper clip stops the gradient
-    assert live.any() and (~live).any()
+    val, grad = _value_and_grad(lambda x: L.psft_loss(x, _t(y), _t(old), epsilon=eps), z)
+    np.testing.assert_allclose(val, -np.minimum(r, np.clip(r, 1 - eps, 1 + eps)), atol=ATOL)
+    live = r <= 1 + eps  # with advantage 1 only the upper clip stops the gradient
+    assert live.any() and (~live).any() and (r < 1 - eps).any()
     np.testing.assert_allclose(grad, _weighted_grad(z, y, np.where(live, r, 0.0)), atol=ATOL)
+
+
+@pytest.mark.parametrize("eps_low", [0.0, 0.2, 0.9])
+def test_psft_is_the_clipped_surrogate_at_advantage_one_whatever_the_lower_clip(eps_low):
+    z, _, y = _instance(9)
+    logp = L.logprobs(_t(z), _t(y))
+    old = logp.detach() + torch.tensor(np.random.default_rng(9).uniform(-1, 1, size=logp.shape))
+    want = L.clipped_surrogate_loss(logp, old, torch.ones(B), eps_low=eps_low, eps_high=0.28)
+    torch.testing.assert_close(L.psft_loss(_t(z), _t(y), old, epsilon=0.28), want, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -248,7 +256,7 @@ def test_psft_at_the_snapshot_has_the_sft_gradient(seed):
 def test_psft_far_above_the_clip_has_no_gradient():
     z, _, y = _instance(3)
     old = L.logprobs(_t(z), _t(y)).detach() - 1.0  # r = e > 1 + eps_high
-    val, grad = _value_and_grad(lambda x: L.psft_loss(x, _t(y), old, eps_high=0.28), z)
+    val, grad = _value_and_grad(lambda x: L.psft_loss(x, _t(y), old, epsilon=0.28), z)
     np.testing.assert_allclose(val, -1.28 * np.ones_like(val), atol=ATOL)
     assert np.abs(grad).max() == 0
 
@@ -310,8 +318,8 @@ def test_bad_arguments_raise_naming_them():
         L.prob_loss(z, y, alpha=-1.0)
     with pytest.raises(ValueError, match="alpha"):
         L.prob_loss(z, y, alpha=float("inf"))
-    with pytest.raises(ValueError, match="eps_low"):
-        L.psft_loss(z, y, L.logprobs(z, y), eps_low=1.0)
+    with pytest.raises(ValueError, match="epsilon"):
+        L.psft_loss(z, y, L.logprobs(z, y), epsilon=float("nan"))
     with pytest.raises(ValueError, match="old_logp"):
         L.psft_loss(z, y, L.logprobs(z, y)[:, :1])
     with pytest.raises(ValueError, match="kind"):

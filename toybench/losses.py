@@ -596,28 +596,31 @@ def psft_loss(
     logits: Tensor,
     targets: Tensor,
     old_logp: Tensor,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
+    epsilon: float = 0.28,
     mask: Tensor | None = None,
 ) -> Tensor:
     """Proximal SFT: PPO's clipped surrogate on the data tokens with advantage 1.
 
-    (docs/methods.md §1.10)  l_t = -min(r_t, clip(r_t, 1 - eps_low, 1 + eps_high)),
+    (docs/methods.md §1.10)  l_t = -min(r_t, clip(r_t, 1 - eps, 1 + eps)) = -min(r_t, 1 + eps),
     r_t = pi(y_t) / pi_old(y_t), pi_old a snapshot of the policy refreshed every few steps. With A = 1
-    only the upper clip acts: the gradient is r_t (pi - e_y) while r_t <= 1 + eps_high and 0 above.
-    At pi_old = pi (one step per snapshot) the gradient is SFT's.
+    the lower clip never binds (below 1 - eps the unclipped r_t is the smaller term), so only the upper
+    clip is a constant: the gradient is r_t (pi - e_y) while r_t <= 1 + eps and 0 above. At
+    pi_old = pi (one step per snapshot) the gradient is SFT's.
 
     Args:
         logits: ``[B, T, V]``; targets: ``[B, T]``;
         old_logp: ``[B, T]`` log pi_old(y_t) from the snapshot (detached);
-        eps_low: in [0, 1); eps_high: >= 0 (the authors' script: 0.2 and 0.28);
+        epsilon: the upper clip, >= 0 (the authors' script: clip_ratio_high = 0.28);
         mask: optional ``[B, T]`` (as in :func:`sft_loss`).
     Returns:
         ``[B, T]``.
     """
     logp = logprobs(logits, targets, mask)
     _check_same(old_logp, logp, "old_logp", "targets")
-    return clipped_surrogate_loss(logp, old_logp, torch.ones_like(logp), eps_low, eps_high)
+    if not epsilon >= 0:  # inf allowed (no clip: importance-weighted SFT), NaN not
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    # eps_low = 0: the lower side of the clip is inactive at A = 1 whatever its width (tested)
+    return clipped_surrogate_loss(logp, old_logp, torch.ones_like(logp), eps_low=0.0, eps_high=epsilon)
 
 
 def prift_weights(
