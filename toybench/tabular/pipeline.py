@@ -6,7 +6,8 @@ Design choices
   axis first; the loss is the SUM over seeds of each seed's loss, so one autograd call gives
   every seed its own gradient and plain SGD keeps the seeds independent (tested against a
   per-seed loop). Every seed has the same number of rows and tokens, so each seed's reduction
-  is a fixed fraction of the batch reduction (``_seedwise``).
+  is a fixed fraction of the batch reduction (``toybench.objectives.normalise`` with the seeds as
+  groups).
 * Exact where the setting allows it: SFT uses the finite demonstration set (all of it, every
   step), as a count-weighted sum over its distinct (seed, prompt, demonstration) rows
   (``_DemoRows``: the same loss and gradient, up to float rounding, with fewer rows); exact PG
@@ -39,7 +40,15 @@ import torch
 from toybench import losses, metrics
 from toybench.advantages import group_advantages
 from toybench.config import require
-from toybench.methods import Method, loss_type_reduction
+from toybench.methods import Method
+from toybench.objectives import (
+    Counts,
+    SFTInputs,
+    grpo_per_token,
+    loss_type_reduction,
+    normalise,
+    sft_per_token,
+)
 from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
 from toybench.tabular.envs import Scenario
 from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logits
@@ -201,16 +210,6 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- stages
-def _seedwise(per_token: torch.Tensor, mode: str, S: int, rows_per_seed: int) -> torch.Tensor:
-    """Sum over seeds of each seed's ``losses.reduce`` (equal row/token counts per seed)."""
-    mask = torch.ones_like(per_token)
-    if mode in ("token_mean", "seq_mean"):
-        return S * losses.reduce(per_token, mask, mode)
-    if mode == "constant":
-        return losses.reduce(per_token, mask, "constant", constant=rows_per_seed * per_token.shape[1])
-    return losses.reduce(per_token, mask, "sum")
-
-
 @torch.no_grad()
 def sequence_target(sc: Scenario, beta: float) -> torch.Tensor:
     """log q(. | y_<t) at every demo's prefixes, q(y) ∝ pi_base(y) exp(beta 1[y = demo]): [B, H, V].
@@ -272,18 +271,13 @@ class _DemoRows:
         return policy.path_logits(params, self.seed, self.prompt, self.nodes)
 
 
-def _collapses(method: Method) -> bool:
-    """Whether ``method``'s per-token loss is row by row (``_DemoRows``): all but entropy_sft with rho < 1."""
-    return not (method.kind == "entropy_sft" and method["rho"] < 1)
-
-
 def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=None, demo=None):
     """Sum over tokens, mean over a prompt's demos (shared parameters also average over prompts).
 
     ``demo``: the batch's ``_DemoRows`` (None: every row); ``base_seq`` / ``seq_target`` are on its
     rows, in its order."""
     n, P_sft = sc.demo_leaves.shape[2], len(sc.sft_prompts)
-    demo = demo or _DemoRows.of(sc, _collapses(method))
+    demo = demo or _DemoRows.of(sc, not method.couples_rows)
     logits = demo.policy_logits(policy, params)  # (U, H, V)
     teacher_logits = demo.policy_logits(policy, teacher) if method.needs_teacher else None
     inputs = dict(
@@ -295,13 +289,13 @@ def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=
         behavior_logp=sc.demo_behavior_logp.reshape(-1, sc.geometry.H)[demo.rows],
         sequence_target=seq_target,
     )
-    if _collapses(method):
-        per_token = method.loss(**inputs)  # (U, H)
+    if not method.couples_rows:
+        per_token = sft_per_token(method, SFTInputs(**inputs))  # (U, H)
     else:  # the loss couples rows (an entropy quantile): take it per seed, as that seed's own run would
         per_token = torch.zeros_like(demo.targets, dtype=logits.dtype)
         for rows in (demo.seed == s for s in range(sc.num_seeds)):
             sub = {k: None if v is None else v[rows] for k, v in inputs.items()}
-            per_token[rows] = method.loss(**sub)
+            per_token[rows] = sft_per_token(method, SFTInputs(**sub))
     weighted = per_token * demo.weight[:, None]
     loss = losses.reduce(weighted, torch.ones_like(weighted), "constant", constant=n)
     return loss if isinstance(policy, TabularPolicy) else loss / P_sft
@@ -350,12 +344,19 @@ def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None):
         logp = losses.logprobs(logits, targets)  # (B, H)
         if old_logp is None:
             old_logp = logp.detach()
-        per_token = losses.clipped_surrogate_loss(logp, old_logp, adv, cfg.epsilon, cfg.epsilon_high)
-        if cfg.kl_coef > 0:
-            per_token = per_token + cfg.kl_coef * losses.kl_penalty(logp, ref_logp, kind="k3")
-        # Per prompt (tabular) or per seed (shared): a seed's batch is its P_rl * G sequences;
-        # dr_grpo's max_completion_length is the horizon H.
-        loss = _seedwise(per_token, loss_type_reduction(cfg.loss_type), S, P_rl * G) * (P_rl * scale)
+        per_token = grpo_per_token(
+            logp,
+            old_logp,
+            ref_logp,
+            adv,
+            epsilon=cfg.epsilon,
+            epsilon_high=cfg.epsilon_high,
+            kl_coef=cfg.kl_coef,
+        )
+        # Per prompt (tabular) or per seed (shared): a seed's batch is its P_rl * G sequences, the
+        # seeds are independent groups; dr_grpo's max_completion_length is the horizon H.
+        mask = torch.ones_like(per_token)
+        loss = normalise(per_token, mask, cfg.loss_type, Counts.of(mask, g.H, groups=S)) * (P_rl * scale)
         (grad,) = torch.autograd.grad(loss, params)
         params = params.detach() - _step_size(lr, cfg.rl_lr, params) * grad
     return params.detach()
@@ -401,7 +402,7 @@ def run_method(
     params = policy.init()
     sft_lr, rl_lr = _step_size(sft_lrs, cfg.sft_lr, params), _step_size(rl_lrs, cfg.rl_lr, params)
     teacher = spec.init_state(params).teacher
-    demo = _DemoRows.of(sc, _collapses(spec))  # the distinct demonstrations and their counts
+    demo = _DemoRows.of(sc, not spec.couples_rows)  # the distinct demonstrations and their counts
     base_seq = demo.logits(sc.base_logits)
     seq_target = sequence_target(sc, spec["beta"])[demo.rows] if spec.needs_sequence_target else None
     records: list[tuple[str, int, dict]] = []
