@@ -251,21 +251,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
             loop.last_ckpt,
         )
         dist.all_reduce_sum(lengths)
-        n_seq = cfg.prompts_per_step * cfg.num_generations
-        c = (all_rewards > 0).sum(1).cpu().numpy()  # solved = reward > 0, as in llm.evaluate
-        record = {"step": step + 1} | {
-            f"grpo/{k}": v
-            for k, v in (
-                reward_stats(all_rewards.cpu())
-                | upd
-                | {
-                    f"pass@{cfg.pass_k}": float(np.mean(pass_at_k(cfg.num_generations, c, cfg.pass_k))),
-                    "completions/mean_length": float(lengths[0]) / n_seq,
-                    "completions/clipped_ratio": float(lengths[1]) / n_seq,
-                    "learning_rate": sched.get_last_lr()[0],
-                }
-            ).items()
-        }
+        record = _step_record(cfg, step, all_rewards, upd, lengths, sched.get_last_lr()[0])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or step == 0:
             with prec.autocast():
                 record["heldout/sft_loss"] = heldout_sft_loss(
@@ -275,6 +261,23 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
             return {"stopped_at": step + 1, **record}
     loop.finish()
     return record
+
+
+def _step_record(cfg: GRPOConfig, step: int, all_rewards, upd: dict, lengths, lr: float) -> dict:
+    """The logged ``grpo/*`` metrics of one step (global rewards ``[N, G]``, summed lengths ``[2]``)."""
+    n_seq = cfg.prompts_per_step * cfg.num_generations
+    c = (all_rewards > 0).sum(1).cpu().numpy()  # solved = reward > 0, as in llm.evaluate
+    metrics = (
+        reward_stats(all_rewards.cpu())
+        | upd
+        | {
+            f"pass@{cfg.pass_k}": float(np.mean(pass_at_k(cfg.num_generations, c, cfg.pass_k))),
+            "completions/mean_length": float(lengths[0]) / n_seq,
+            "completions/clipped_ratio": float(lengths[1]) / n_seq,
+            "learning_rate": lr,
+        }
+    )
+    return {"step": step + 1} | {f"grpo/{k}": v for k, v in metrics.items()}
 
 
 class _NoSched:

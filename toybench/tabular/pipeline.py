@@ -398,40 +398,60 @@ def run_method(
     name = method if isinstance(method, str) else str(method)
     spec = Method.parse(method)
     policy = policy or make_policy(sc)
-    S = sc.num_seeds
     params = policy.init()
-    sft_lr, rl_lr = _step_size(sft_lrs, cfg.sft_lr, params), _step_size(rl_lrs, cfg.rl_lr, params)
+    rec = _Recorder(sc, policy, cfg, record_steps)
+    params = _sft_stage(sc, policy, params, spec, cfg, _step_size(sft_lrs, cfg.sft_lr, params), rec)
+    _rl_stage(sc, policy, params, cfg, rl_lrs, rec)
+    if not rec.records:
+        raise ValueError(f"record_steps {record_steps} selects no step of this run")
+    df = _to_frame(rec.records, name, spec, sc.num_seeds, list(rec.records[0][2]), cfg.sft_steps)
+    degenerate = sc.behavior_deterministic.numpy() & spec.needs_behavior_logp
+    df.insert(df.columns.get_loc(metric_names(cfg)[-1]) + 1, "pear_degenerate", degenerate[df["seed"]])
+    if escape_threshold is not None:
+        df.attrs["escape"] = escape_frame(torch.stack(rec.J_rl), escape_threshold, name)
+    return df
+
+
+class _Recorder:
+    """The metrics of a run at its recorded steps (``record_steps``; None: every step), and the
+    per-prompt J at every RL step (the escape-time analysis, T5)."""
+
+    def __init__(self, sc: Scenario, policy: Policy, cfg: PipelineConfig, record_steps):
+        self.sc, self.policy, self.cfg, self.record_steps = sc, policy, cfg, record_steps
+        self.const = eval_constants(sc)
+        self.const_eval = eval_constants(sc, "eval") if sc.eval_prompts is not None else None
+        self.records: list[tuple[str, int, dict]] = []
+        self.J_rl: list[torch.Tensor] = []
+
+    def wanted(self, stage: str, step: int) -> bool:
+        return self.record_steps is None or step in self.record_steps.get(stage, ())
+
+    def __call__(self, stage: str, step: int, params: torch.Tensor, logp: torch.Tensor | None = None):
+        """Metrics at a recorded step (all prompts' logits only then); J per prompt at every RL step."""
+        sc, policy, const = self.sc, self.policy, self.const
+        if not self.wanted(stage, step):
+            if stage == "rl":  # escape times: J per prompt at every RL step
+                if logp is None:
+                    logp = sc.geometry.leaf_logp(policy.prompt_logits(params, const["prompts"]))
+                self.J_rl.append((logp.exp() * const["reward"]).sum(-1))
+            return
+        z = policy.node_logits(params)
+        m = evaluate(sc, z, self.cfg, const, per_prompt=True, logp=logp)
+        if stage == "rl":
+            self.J_rl.append(m["J"])
+        row = {k: v.mean(1) for k, v in m.items()}
+        if self.const_eval is not None:
+            row.update({f"eval_{k}": v for k, v in evaluate(sc, z, self.cfg, self.const_eval).items()})
+        self.records.append((stage, step, row))
+
+
+def _sft_stage(sc, policy, params, spec: Method, cfg: PipelineConfig, sft_lr, record: _Recorder):
+    """``cfg.sft_steps`` SGD steps of ``spec``'s SFT loss (none for ``none``); returns the parameters."""
     teacher = spec.init_state(params).teacher
     demo = _DemoRows.of(sc, not spec.couples_rows)  # the distinct demonstrations and their counts
     base_seq = demo.logits(sc.base_logits)
     seq_target = sequence_target(sc, spec["beta"])[demo.rows] if spec.needs_sequence_target else None
-    records: list[tuple[str, int, dict]] = []
-    const = eval_constants(sc)
-    const_eval = eval_constants(sc, "eval") if sc.eval_prompts is not None else None
-
-    J_rl: list[torch.Tensor] = []  # per-prompt J along RL, for the escape-time analysis (T5)
-
-    def wanted(stage, step):
-        return record_steps is None or step in record_steps.get(stage, ())
-
-    def record(stage, step, params, logp=None):
-        """Metrics at a recorded step (all prompts' logits only then); J per prompt at every RL step."""
-        if not wanted(stage, step):
-            if stage == "rl":  # escape times: J per prompt at every RL step
-                if logp is None:
-                    logp = sc.geometry.leaf_logp(policy.prompt_logits(params, const["prompts"]))
-                J_rl.append((logp.exp() * const["reward"]).sum(-1))
-            return
-        z = policy.node_logits(params)
-        m = evaluate(sc, z, cfg, const, per_prompt=True, logp=logp)
-        if stage == "rl":
-            J_rl.append(m["J"])
-        row = {k: v.mean(1) for k, v in m.items()}
-        if const_eval is not None:
-            row.update({f"eval_{k}": v for k, v in evaluate(sc, z, cfg, const_eval).items()})
-        records.append((stage, step, row))
-
-    if wanted("sft", 0):
+    if record.wanted("sft", 0):
         record("sft", 0, params)
     for step in range(1, cfg.sft_steps + 1):
         if spec.kind != "none":
@@ -441,9 +461,14 @@ def run_method(
             params = params.detach() - sft_lr * grad
             if spec.ema_due(step):
                 teacher = spec.ema_update(teacher, params)
-        if wanted("sft", step):
+        if record.wanted("sft", step):
             record("sft", step, params)
+    return params
 
+
+def _rl_stage(sc, policy, params, cfg: PipelineConfig, rl_lrs, record: _Recorder) -> torch.Tensor:
+    """``cfg.rl_steps`` steps of exact PG or GRPO from ``params`` (the KL reference); the parameters."""
+    rl_lr = _step_size(rl_lrs, cfg.rl_lr, params)
     ref_params = params.detach().clone()
     with torch.no_grad():
         ref_logp = sc.geometry.leaf_logp(policy.prompt_logits(ref_params, sc.rl_prompts))
@@ -462,14 +487,7 @@ def run_method(
         for step in range(1, cfg.rl_steps + 1):
             params = _grpo_update(sc, policy, params, ref_params, cfg, gen, rl_lrs)
             record("rl", step, params)
-    if not records:
-        raise ValueError(f"record_steps {record_steps} selects no step of this run")
-    df = _to_frame(records, name, spec, S, list(records[0][2]), cfg.sft_steps)
-    degenerate = sc.behavior_deterministic.numpy() & spec.needs_behavior_logp
-    df.insert(df.columns.get_loc(metric_names(cfg)[-1]) + 1, "pear_degenerate", degenerate[df["seed"]])
-    if escape_threshold is not None:
-        df.attrs["escape"] = escape_frame(torch.stack(J_rl), escape_threshold, name)
-    return df
+    return params
 
 
 def escape_frame(J: torch.Tensor, threshold: float, method: str) -> pd.DataFrame:
