@@ -92,7 +92,10 @@ def normalise(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, count
       bnpo, dapo / token_mean:         sum_i S_i / max(counts.tokens, 1)
       dr_grpo / constant:              sum_i S_i / (N * counts.length)
       sum:                             sum_i S_i
-    The shares of all pieces (micro-batches, ranks) add up to the loss of the whole batch.
+    The shares of all pieces (micro-batches, ranks) add up to the loss of the whole batch. (TRL's
+    ``bnpo`` and ``grpo`` normalise per micro-batch and divide by the accumulation steps; with equal
+    micro-batches ``grpo`` is the same, and ``bnpo`` equals ``dapo`` here whatever the split.) Masked
+    positions never leak, even when they hold inf or NaN.
     """
     mode = LOSS_TYPES.get(loss_type, loss_type)
     if mode not in losses.REDUCE_MODES:
