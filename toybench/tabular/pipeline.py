@@ -15,7 +15,8 @@ Design choices
   and weights each row by sg[pi(leaf)], so its gradient is exactly -grad J; the exact KL term
   (``dynamics.leaf_kl``) weights the k1 estimator by pi(leaf) WITH gradient, which makes its
   gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt from a seeded generator
-  and uses ``group_advantages`` + ``clipped_surrogate_loss``.
+  and uses ``group_advantages`` + ``toybench.objectives.grpo_per_token`` (clipped surrogate, k3 KL)
+  normalised by ``toybench.objectives.normalise`` with the seeds as independent groups.
 * Per-prompt (tabular) parameters get each prompt's own mean gradient; shared (log-linear)
   parameters get the mean over prompts.
 * Metrics are exact (enumeration) at every step on the RL prompts: SFT loss on held-out
@@ -23,7 +24,7 @@ Design choices
   implausible answers, KL to base. Where the scenario has held-out eval prompts (shared
   parameters: ``SharedBandit``, ``SharedTree``) the same metrics on them are the ``eval_*`` columns; settings
   with per-prompt parameters cannot measure generalisation and have no such columns. Every loss
-  comes from ``toybench.losses`` via ``toybench.methods``.
+  comes from ``toybench.losses`` via ``toybench.objectives`` and ``toybench.methods``.
 * ``gift_seq@beta``: the exact per-position conditionals of the sequence-level Gibbs target
   q(y) ∝ pi_base(y) exp(beta 1[y = demo]) are enumerated on the prefix tree once per run
   (``sequence_target``, ``TreeGeometry.gibbs_logp``) and the SFT loss is the cross-entropy to them.

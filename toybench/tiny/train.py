@@ -247,8 +247,9 @@ def run_grpo(
     """GRPO of ``model`` in place on ``puzzles`` (prompts ``[M, P]``), one update per sampled batch.
 
     Per step: ``rl_prompts`` puzzles x ``num_generations`` samples at ``temperature``; rewards from
-    the verifier; ``group_advantages``; ``clipped_surrogate_loss`` with ``epsilon``/``epsilon_high``
-    (+ ``kl_coef`` x k3 ``kl_penalty`` to the RL start) reduced as ``loss_type`` says. Records the
+    the verifier; ``group_advantages``; ``toybench.objectives.grpo_per_token`` with
+    ``epsilon``/``epsilon_high`` (+ ``kl_coef`` x k3 KL to the RL start) normalised as ``loss_type``
+    says over each seed's own batch (``toybench.objectives.normalise``). Records the
     mean reward and the loss every step and ``on_eval(step)`` every ``rl_eval_every`` steps.
     Seeds as in :func:`run_sft`: each copy of a stack picks its prompts and samples with its own
     generator.
