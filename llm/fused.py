@@ -169,7 +169,7 @@ def _curio_teacher(o: _Opts, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # so it is switched off there (entropy >= 0 > -1) and applied here.
     with _one_thread(t.device):
         tau = losses.entropy_guided_temperature(zk[None], top_k=k, floor=-1.0)[0]
-    # H_full >= -log max pi >= log sum_topk e^(z - max): the floor (H_full <= 0.03) can only bite
+    # H_full >= -log max pi >= log sum_topk e^(z - max): the floor (H_full <= floor) can only bite
     # where that bound is <= floor; the exact full-vocabulary entropy is computed for those rows only.
     bound = torch.logsumexp(zk - zk[:, :1], dim=-1)
     near = (bound <= floor + 1e-4).nonzero().squeeze(1)
