@@ -106,7 +106,8 @@ def main() -> int:
     from llm.loading import precision
     from llm.rollout import Rollout
     from llm.scoring import sft_token_loss
-    from llm.train import Normaliser, global_reduce, make_optimizer, prepare_model
+    from llm.train import Normaliser, make_optimizer, prepare_model
+    from toybench.objectives import Counts, normalise
 
     torch.manual_seed(0)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,7 +136,9 @@ def main() -> int:
             model.train()
             with prec.autocast():
                 per_token = sft_token_loss(model, batch, method, aux, a.chunk, impl)
-                loss = global_reduce(per_token, batch["loss_mask"], "token_mean", norm)
+                loss = normalise(
+                    per_token, batch["loss_mask"], "token_mean", Counts(norm.seqs, norm.tokens, norm.t_max)
+                )
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -4,7 +4,8 @@ Loop (one optimizer step):
   global batch of ``batch_size`` examples (a seeded permutation per epoch; position = step) ->
   this rank's slice -> ``grad_accum`` micro-batches -> per-token loss of the method by
   ``--loss-impl`` (:func:`llm.scoring.sft_token_loss`: chunked, fused or naive), weighted as the method
-  says by ``toybench.objectives.sft_per_token`` (PEAR) -> :func:`llm.train.global_reduce` -> backward ->
+  says by ``toybench.objectives.sft_per_token`` (PEAR) -> ``toybench.objectives.normalise`` over the
+  global batch (``--reduction``; counts of all micro-batches and ranks) -> backward ->
   gradients summed over ranks -> clip -> non-finite guard -> AdamW + cosine schedule.
 
 The method is a ``toybench.methods`` spec (``gift@5``, ``curio,ema_every=5``, ``pear_block``...); its
@@ -39,13 +40,12 @@ from llm.train import (
     Normaliser,
     StepLoop,
     batch_indices,
-    global_reduce,
     make_optimizer,
     optimizer_step,
     setup_run,
 )
 from toybench.methods import Method
-from toybench.objectives import SFTInputs, sft_per_token
+from toybench.objectives import Counts, SFTInputs, normalise, sft_per_token
 
 
 def _hash(obj) -> str:
@@ -116,6 +116,8 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
                 b["behavior_logp"] = blp
             batches.append(b)
         norm = Normaliser.of([b["loss_mask"] for b in batches])
+        # seq_mean over the sequences with a counted token; constant: the global padded length
+        counts = Counts(norm.seqs, norm.tokens, norm.t_max)
         loss_sum = torch.zeros((), device=device)
         for b in batches:
             with prec.autocast():
@@ -124,7 +126,7 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
                     b["loss_mask"], behavior_logp=b.get("behavior_logp"), token_loss=token_loss
                 )
                 per_token = sft_per_token(method, inputs)
-                loss = global_reduce(per_token, b["loss_mask"], cfg.reduction, norm)
+                loss = normalise(per_token, b["loss_mask"], cfg.reduction, counts)
             loss.backward()
             loss_sum += loss.detach()
         dist.all_reduce_sum(loss_sum)

@@ -4,8 +4,8 @@ reduction, the optimizer step with the non-finite guard, and the metrics log.
 
 Global reduction: a step may be split over micro-batches (gradient accumulation) and ranks. Each
 piece calls ``toybench.objectives.normalise`` (the one normaliser of every scale) with counts over
-the WHOLE global batch (:class:`Normaliser`), and the gradients are summed, so 1 x 4 == 4 x 1 ==
-2 ranks x 2 (up to float rounding):
+the WHOLE global batch (:class:`Normaliser`; ``llm.sft`` and ``llm.grpo`` pick theirs), and the
+gradients are summed, so 1 x 4 == 4 x 1 == 2 ranks x 2 (up to float rounding):
   token_mean -> reduce(., "constant", constant = global counted tokens)
   seq_mean   -> reduce(., "seq_mean") * local non-empty sequences / global non-empty sequences
   constant   -> reduce(., "constant", constant = global sequences * T) with T = the global padded
@@ -31,7 +31,6 @@ from llm.data import load_data
 from llm.loading import Precision, load_model, load_tokenizer, precision, resolve_device
 from llm.log import RunLogger
 from llm.tiny import model_path
-from toybench.objectives import Counts, normalise
 
 REDUCTIONS = ("token_mean", "seq_mean", "constant", "sum")
 
@@ -90,13 +89,6 @@ class Normaliser:
         dist.all_reduce_sum(x)
         dist.all_reduce_max(t)
         return Normaliser(float(x[0]), float(x[1]), float(t[0]), float(x[2]))
-
-
-def global_reduce(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: Normaliser) -> torch.Tensor:
-    """This micro-batch's share of the global-batch SFT reduction ``mode`` (see module docstring):
-    ``toybench.objectives.normalise`` over the sequences with a counted token and, for
-    ``constant``, the global padded length."""
-    return normalise(per_token, mask, mode, Counts(norm.seqs, norm.tokens, norm.t_max))
 
 
 def optimizer_step(
@@ -260,7 +252,6 @@ __all__ = [
     "StepLoop",
     "NonFiniteLossError",
     "Normaliser",
-    "global_reduce",
     "make_optimizer",
     "optimizer_step",
     "prepare_model",
