@@ -195,3 +195,47 @@ def test_tiny_psft_with_a_snapshot_per_step_is_sft(tiny):
         out[spec] = _params(model)
     torch.testing.assert_close(out["psft,refresh=1"], out["sft"], rtol=0, atol=1e-6)
     assert (out["psft,refresh=3,epsilon=0.01"] - out["sft"]).abs().max() > 1e-5
+
+
+# ----------------------------------------------------------------------------- the report
+def test_report_runs_the_baselines_as_families_with_the_same_k():
+    from toybench.report import ReportConfig, resolve, run_map
+    from toybench.report.config import BASELINE_FAMILIES, DEFAULT_FAMILIES
+
+    assert ReportConfig().methods == DEFAULT_FAMILIES  # not in the default run
+    cfg = resolve(
+        ReportConfig(
+            skip_theorems=True,
+            seeds=2,
+            val_seeds=1,
+            lr_grid=(0.5, 2.0),
+            knob_lrs=(1.0,),
+            settings=("tree",),
+            methods=("none", "sft", *BASELINE_FAMILIES),
+            wrong_demo_fracs=(0.0,),
+            base_correct_masses=(0.2,),
+            rl_budgets=(2,),
+            pipeline=PipelineConfig(sft_steps=3),
+            tree_prompts=3,
+            tree_V=3,
+            tree_H=3,
+        )
+    )
+    df, _ = run_map(cfg)
+    k = df.groupby("family")["config_id"].nunique()
+    assert set(k.index) == {"none", "sft", *BASELINE_FAMILIES} and (k == 2).all()
+    want = {"asft", "asft@1", "sft_kl", "sft_kl@1", "prob@0.5", "prob@2", "psft@0.1", "psft", "prift@prob"}
+    assert want | {"prift@mass", "chord_phi"} <= set(df["method"])
+    assert set(df[df.family == "chord_phi"]["sft_lr"]) == {0.5, 2.0}  # no knob: the K learning rates
+    assert np.isfinite(df[df.stage == "rl"]["J"]).all()
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [(dict(prift_weights=("prob", "median")), "prift_weights"), (dict(asft_lams=(-1.0, 1.0)), "asft_lams")],
+)
+def test_report_rejects_bad_baseline_knobs_naming_them(kw, field):
+    from toybench.report import ReportConfig, resolve
+
+    with pytest.raises(ValueError, match=field):
+        resolve(ReportConfig(quick=True, **kw))

@@ -17,7 +17,14 @@ from toybench.tiny.config import TinyConfig, quick_config
 SETTINGS = ("bandit", "bandit_shared", "tree", "tree_offpolicy", "tree_shared")
 #: settings with parameters shared across prompts: RL on training prompts, metrics on held-out prompts
 HELD_OUT_SETTINGS = ("bandit_shared", "tree_shared")
-FAMILIES = ("none", "sft", "dft", "curio", "entropy_sft", "gift", "gift_seq", "pear")
+#: the families of the default run
+DEFAULT_FAMILIES = ("none", "sft", "dft", "curio", "entropy_sft", "gift", "gift_seq", "pear")
+#: the baselines of docs/methods.md §1.8-1.12, run with --methods (not in the default run)
+BASELINE_FAMILIES = ("asft", "sft_kl", "prob", "psft", "prift", "chord_phi")
+#: every family --methods accepts
+FAMILIES = (*DEFAULT_FAMILIES, *BASELINE_FAMILIES)
+#: families without a knob: their K configurations are the K learning rates of ``lr_grid``
+NO_KNOB = ("none", "sft", "dft", "chord_phi")
 #: families that need a token MDP (run in the tree settings only)
 TOKEN_FAMILIES = ("gift_seq", "pear")
 
@@ -54,9 +61,10 @@ class ReportConfig:
     ``pipeline.grpo_seed``, ``theorems.seed``, ``tiny.task_seed`` and ``tiny.pretrain_seed``."""
     settings: tuple[str, ...] = SETTINGS
     """Settings to run (subset of bandit, bandit_shared, tree, tree_offpolicy, tree_shared)."""
-    methods: tuple[str, ...] = FAMILIES
+    methods: tuple[str, ...] = DEFAULT_FAMILIES
     """Method families to run (none, sft, dft, curio, entropy_sft, gift, gift_seq, pear; gift_seq and pear
-    only in the trees)."""
+    only in the trees). Also accepted, not in the default run: asft, sft_kl, prob, psft, prift, chord_phi
+    (docs/methods.md §1.8-1.12)."""
     wrong_demo_fracs: tuple[float, ...] = (0.0, 0.2, 0.4)
     """Map axis: fraction of prompts whose demonstrations are the teacher's mistake."""
     base_correct_masses: tuple[float, ...] = (0.005, 0.1)
@@ -74,6 +82,14 @@ class ReportConfig:
     """Entropy-SFT's knob: the entropy coefficient."""
     curio_alphas: tuple[float, ...] = (0.5, 1.0)
     """CurioSFT's knob: alpha."""
+    asft_lams: tuple[float, ...] = (0.1, 1.0)
+    """ASFT's and SFT+KL's knob: the weight lam of KL(pi_base || pi)."""
+    prob_alphas: tuple[float, ...] = (0.5, 2.0)
+    """The probability family's knob: alpha (0 is SFT; 1 has DFT's gradient, so it is not on the grid)."""
+    psft_epsilons: tuple[float, ...] = (0.1, 0.28)
+    """PSFT's knob: the clip epsilon (its snapshot is refreshed every 8 SFT steps)."""
+    prift_weights: tuple[str, ...] = ("prob", "mass")
+    """PriFT's knob: the weight (the base's probability of the token, or its cumulative-mass mask)."""
     pear_levels: tuple[str, ...] = ("token", "block")
     """PEAR's knob: the level (blocks of 2 tokens: at the tree's horizon of 4 the default block of 4 is the
     sequence level); run in the token-MDP settings only."""
@@ -214,6 +230,9 @@ def _validate_fields(cfg: ReportConfig) -> None:
         gift_betas=(0.0, inf, False),
         entropy_coefs=(0.0, inf, True),
         curio_alphas=(0.0, inf, True),
+        asft_lams=(0.0, inf, True),
+        prob_alphas=(0.0, inf, True),
+        psft_epsilons=(0.0, inf, True),
     )
     for name, (lo, hi, closed) in grids.items():
         grid = getattr(cfg, name)
@@ -223,6 +242,9 @@ def _validate_fields(cfg: ReportConfig) -> None:
     for lvl in cfg.pear_levels:
         if lvl not in ("token", "block", "sequence"):
             raise ValueError(f"pear_levels: unknown level {lvl!r}; choose from token, block, sequence")
+    for w in cfg.prift_weights:
+        if w not in ("prob", "mass"):
+            raise ValueError(f"prift_weights: unknown weight {w!r}; choose from prob, mass")
 
 
 def _validate_grid(cfg: ReportConfig) -> None:
@@ -244,9 +266,9 @@ def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[Method,
     """family -> its K configurations (the parsed method, SFT lr, RL lr), the same K for every family.
 
     A configuration's learning rate is the step size of both stages (SFT and RL), so every family, ``none``
-    included, tunes the RL step size over the same range. ``none`` (no SFT), ``sft`` and ``dft`` (no knob)
-    get the K values of ``lr_grid``; the others cross ``knob_lrs`` with their knob. Families that need a
-    token MDP (gift_seq, pear) are skipped in the bandits.
+    included, tunes the RL step size over the same range. ``none`` (no SFT), ``sft``, ``dft`` and
+    ``chord_phi`` (no knob) get the K values of ``lr_grid``; the others cross ``knob_lrs`` with their
+    knob. Families that need a token MDP (gift_seq, pear) are skipped in the bandits.
     """
     knobs = {
         "gift": [f"gift@{b:g}" for b in cfg.gift_betas],
@@ -254,12 +276,17 @@ def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[Method,
         "entropy_sft": [f"entropy_sft@{c:g}" for c in cfg.entropy_coefs],
         "curio": [f"curio,alpha={a:g}" for a in cfg.curio_alphas],
         "pear": [f"pear_{lvl}" + (",block_size=2" if lvl == "block" else "") for lvl in cfg.pear_levels],
+        "asft": [f"asft@{x:g}" for x in cfg.asft_lams],
+        "sft_kl": [f"sft_kl@{x:g}" for x in cfg.asft_lams],
+        "prob": [f"prob@{x:g}" for x in cfg.prob_alphas],
+        "psft": [f"psft@{x:g}" for x in cfg.psft_epsilons],
+        "prift": [f"prift@{w}" for w in cfg.prift_weights],
     }
     out = {}
     for fam in cfg.methods:
         if fam in TOKEN_FAMILIES and not setting.startswith("tree"):
             continue
-        if fam in ("none", "sft", "dft"):
+        if fam in NO_KNOB:
             out[fam] = [(Method.parse(fam), lr, lr) for lr in cfg.lr_grid]
         else:
             out[fam] = [(m, lr, lr) for m in map(Method.parse, knobs[fam]) for lr in cfg.knob_lrs]

@@ -9,6 +9,7 @@ import pandas as pd
 
 from toybench import analysis, plots
 from toybench.analysis import MapAnalysis, analyse_map
+from toybench.report.config import NO_KNOB
 
 
 def _cell_label(r) -> str:
@@ -112,9 +113,7 @@ CLAIM_TEXT = {
 
 def lr_grids(cfg: dict) -> dict[str, tuple[float, ...]]:
     """family -> the learning-rate grid its configurations use (``toybench.report.config.tuning_grid``)."""
-    return {
-        f: tuple(cfg["lr_grid"] if f in ("none", "sft", "dft") else cfg["knob_lrs"]) for f in cfg["methods"]
-    }
+    return {f: tuple(cfg["lr_grid"] if f in NO_KNOB else cfg["knob_lrs"]) for f in cfg["methods"]}
 
 
 def _on(df: pd.DataFrame, setting: str) -> str:
