@@ -99,3 +99,22 @@ def test_an_intact_run_replots(finished, tmp_path, capsys):
     before = (run / "report.md").read_text()
     (run / "report.md").unlink()
     assert main(["plot", str(run)]) == 0 and (run / "report.md").read_text() == before
+
+
+@pytest.mark.parametrize("blob", [b"not a checkpoint", None], ids=["garbage", "wrong_keys"])
+def test_corrupt_tiny_base_cache_is_one_line(blob, tmp_path):
+    """`toybench report --scale transformer` reads the cached base model: a corrupt file is a
+    ValueError naming it (the CLI's one line), not an unpickling traceback."""
+    import torch
+
+    from toybench.tiny.config import TinyConfig, pretrain_key
+    from toybench.tiny.train import pretrain_base
+
+    cfg = TinyConfig()
+    path = tmp_path / f"base-{pretrain_key(cfg)}.pt"
+    if blob is None:
+        torch.save({"weights": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(blob)
+    with pytest.raises(ValueError, match=rf"^cannot read {path}: a corrupt cached base model .*delete it"):
+        pretrain_base(cfg, cache_dir=tmp_path, progress=False)
