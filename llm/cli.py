@@ -20,6 +20,7 @@ import tyro
 
 from llm.checkpoint import CheckpointError
 from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig, resolve
+from llm.rewards import RewardError
 from llm.train import NonFiniteLossError
 
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {cfg.out}/report.md, results.csv and figures")
         if res is not None and _main_rank():
             print(results_table(res, title))
-    except (NonFiniteLossError, CheckpointError) as e:
+    except (NonFiniteLossError, CheckpointError, RewardError) as e:  # RewardError: a reward failed mid-run
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

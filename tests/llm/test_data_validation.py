@@ -36,6 +36,11 @@ def one(completions, **kwargs):
 def half_none(completions, task, **kwargs):  # TRL multi-task: scores only its own task
     return [float(len(c) % 2) if t == "math" else None for c, t in zip(completions, task)]
 
+def picky(completions, **kwargs):  # passes the probe, fails on the first model output
+    if any(c not in ("", "The answer is 0.") for c in completions):
+        raise RuntimeError("cannot parse " + repr(completions[0][:5]))
+    return [0.0] * len(completions)
+
 def has_digit(completions, **kwargs):
     return [float(any(ch.isdigit() for ch in c)) for c in completions]
 """
@@ -201,3 +206,16 @@ def test_trl_pair_with_none_on_half_the_samples_trains_with_grpo(rewards_py, tin
     assert [r["step"] for r in recs] == [1, 2]
     assert all(math.isfinite(r["grpo/reward"]) and 0 <= r["grpo/reward"] <= 2 for r in recs)
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_a_reward_failing_mid_run_is_one_line_and_exit_2(rewards_py, tiny_dir, tmp_path, capsys):
+    """A function that passes the probe but raises on model output stops the run with one line."""
+    data = _write(tmp_path / "d.jsonl", [PROMPT_ONLY, PROMPT_ONLY])
+    argv = ["grpo", "--model", str(tiny_dir), "--device", "cpu", "--quick", "--data", data]
+    argv += ["--reward", f"{rewards_py}:picky", "--out", str(tmp_path / "g"), "--steps", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()  # progress bars of the model loading come first
+    assert "Traceback" not in err and [x for x in err.splitlines() if x.startswith("error:")] == [
+        err.splitlines()[-1]
+    ]
+    assert err.splitlines()[-1].startswith(f"error: reward '{rewards_py}:picky' raised RuntimeError")
