@@ -219,3 +219,13 @@ def test_a_reward_failing_mid_run_is_one_line_and_exit_2(rewards_py, tiny_dir, t
         err.splitlines()[-1]
     ]
     assert err.splitlines()[-1].startswith(f"error: reward '{rewards_py}:picky' raised RuntimeError")
+
+
+def test_a_utf8_bom_on_the_first_line_is_accepted(tmp_path):
+    """Editors on Windows write a BOM; it is not a JSON error (the line reads as if it had none)."""
+    from llm.data import read_jsonl
+
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n" + json.dumps(GOOD).encode() + b"\n")
+    assert [e.response for e in read_jsonl(p)] == ["1+2", "1+2"]
+    assert read_jsonl(p)[1].source == f"{p}:2"
