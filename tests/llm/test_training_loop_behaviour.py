@@ -1,4 +1,5 @@
-"""Training-loop behaviours of ``llm.train`` / ``llm.sft``, worked out by hand: the data order is
+"""Training-loop behaviours of ``llm.train`` / ``llm.sft`` (its normaliser:
+``toybench.objectives.normalise``), worked out by hand: the data order is
 reshuffled every epoch; the LR schedule steps after the optimizer (step 0 uses the first
 warm-up LR); the ``constant`` reduction divides by the GLOBAL padded length over micro-batches."""
 
@@ -6,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from llm.train import Normaliser, batch_indices, global_reduce, make_optimizer, optimizer_step
+from llm.train import Normaliser, batch_indices, make_optimizer, optimizer_step
+from toybench.objectives import Counts, normalise
 
 
 def test_every_epoch_is_a_permutation_and_the_order_changes_between_epochs():
@@ -46,9 +48,10 @@ def test_constant_reduction_divides_by_the_global_padded_length():
     value 1. Global: 4 sequences x T_max 5 = 20, so the shares are 6/20 and 10/20, total 0.8 (the
     value of one batch of the 4 sequences padded to 5). Local lengths would give 6/12 + 10/20 = 1."""
     masks = [torch.ones(2, 3), torch.ones(2, 5)]
-    norm = Normaliser.of(masks)
+    norm = Normaliser.of(masks)  # what llm.sft does: global counts, then each piece's share
     assert (norm.seqs, norm.t_max, norm.tokens) == (4.0, 5.0, 16.0)
-    total = sum(float(global_reduce(torch.ones_like(m), m, "constant", norm)) for m in masks)
+    counts = Counts(norm.seqs, norm.tokens, norm.t_max)
+    total = sum(float(normalise(torch.ones_like(m), m, "constant", counts)) for m in masks)
     assert abs(total - 0.8) < 1e-6  # float32 masks
 
 
