@@ -239,3 +239,10 @@ def test_report_rejects_bad_baseline_knobs_naming_them(kw, field):
 
     with pytest.raises(ValueError, match=field):
         resolve(ReportConfig(quick=True, **kw))
+
+
+def test_value_is_numeric_or_none_so_results_frames_stay_numeric():
+    assert Method.parse("prift@mass").value is None and Method.parse("pear_token@self").value is None
+    assert Method.parse("prob@0.5").value == 0.5 and Method.parse("psft").value == 0.28
+    df = run_method(_tree(), "prift@mass", PipelineConfig(sft_steps=1, rl_steps=1))
+    assert df["value"].isna().all() and df["value"].dtype.kind == "f"

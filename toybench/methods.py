@@ -519,8 +519,9 @@ class Method:
 
     @property
     def value(self) -> Any:
-        """The main (``@``) constant, or None for kinds without one (and for PEAR's behaviour source)."""
-        if not self.constants or self.pear_level is not None:
+        """The main (``@``) constant when it is a number, else None: kinds without one, and choices
+        (PEAR's behaviour source, PriFT's weight), so a results frame's ``value`` column stays numeric."""
+        if not self.constants or self.family.consts[0].kind == "choice":
             return None
         return self.constants[0][1]
 
