@@ -130,22 +130,6 @@ def optimizer_step(
     return gnorm_val
 
 
-class MetricsLog:
-    """Append-only JSONL of namespaced metrics (rank 0 writes)."""
-
-    def __init__(self, path: str | Path, enabled: bool = True, append: bool = False) -> None:
-        self.path, self.enabled = Path(path), enabled
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not append:
-                self.path.write_text("")
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
 def truncate_log(path: str | Path, step: int) -> None:
     """On resume: drop records after ``step`` (they will be re-done)."""
     path = Path(path)
@@ -267,7 +251,6 @@ __all__ = [
     "batch_indices",
     "setup_run",
     "REDUCTIONS",
-    "MetricsLog",
     "StepLoop",
     "NonFiniteLossError",
     "Normaliser",

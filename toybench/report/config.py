@@ -15,8 +15,6 @@ from toybench.theorems import TheoremsConfig
 from toybench.tiny.config import TinyConfig, quick_config
 
 SETTINGS = ("bandit", "bandit_shared", "tree", "tree_offpolicy", "tree_shared")
-#: settings with parameters shared across prompts: RL on training prompts, metrics on held-out prompts
-HELD_OUT_SETTINGS = ("bandit_shared", "tree_shared")
 FAMILIES = ("none", "sft", "dft", "curio", "entropy_sft", "gift", "gift_seq", "pear")
 #: families that need a token MDP (run in the tree settings only)
 TOKEN_FAMILIES = ("gift_seq", "pear")
@@ -60,8 +58,7 @@ class ReportConfig:
     wrong_demo_fracs: tuple[float, ...] = (0.0, 0.2, 0.4)
     """Map axis: fraction of prompts whose demonstrations are the teacher's mistake."""
     base_correct_masses: tuple[float, ...] = (0.005, 0.1)
-    """Map axis: pi_base's mass on correct answers (settings whose builder has no such knob run at their
-    native base, whose measured mass is what the results record)."""
+    """Map axis: pi_base's mass on correct answers (every setting's builder takes it)."""
     rl_budgets: tuple[int, ...] = (20, 80)
     """Map axis: RL steps (each budget is a prefix of the longest run, so budgets cost nothing extra)."""
     lr_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
