@@ -50,9 +50,9 @@ class Rule:
     want: str
 
 
-def at_least(lo: float) -> Rule:
-    """``value >= lo``."""
-    return Rule(lambda v: v >= lo, f">= {lo}")
+def at_least(lo: float, note: str = "") -> Rule:
+    """``value >= lo`` (``note`` is added to the message, e.g. ``"(0 = off)"``)."""
+    return Rule(lambda v: v >= lo, f">= {lo} {note}".rstrip())
 
 
 def within(lo: float, hi: float, want: str | None = None) -> Rule:
