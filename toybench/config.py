@@ -168,8 +168,8 @@ def fill_quick(cfg, preset: Mapping[str, Any], given: Collection[str] | None, pr
     """``cfg`` with the ``--quick`` preset filled into the fields the user did not set: those whose dotted
     flag name is not in ``given`` (from :func:`given_flags`), or, with ``given=None`` (the Python API, no
     command line), those still at their dataclass default. A preset value that is a mapping fills the
-    nested config of that field. Returns ``(cfg, dotted names filled)``; preset keys ``cfg`` lacks are
-    skipped.
+    nested config of that field. Returns ``(cfg, dotted names of the fields it changed)``; preset keys
+    ``cfg`` lacks, or whose value ``cfg`` already holds, are skipped.
 
     >>> from dataclasses import dataclass
     >>> @dataclass
@@ -187,6 +187,8 @@ def fill_quick(cfg, preset: Mapping[str, Any], given: Collection[str] | None, pr
         if isinstance(value, Mapping):
             changes[name], sub = fill_quick(getattr(cfg, name), value, given, f"{prefix}{name}.")
             filled += sub
+        elif getattr(cfg, name) == value:
+            continue  # nothing to fill (and nothing to record)
         elif (prefix + name) not in given if given is not None else _at_default(cfg, fields[name]):
             changes[name] = value
             filled.append(prefix + name)
