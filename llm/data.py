@@ -299,18 +299,15 @@ def prompt_ids(tok, ex: Example, enable_thinking: bool = False) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def sft_ids(
-    tok, ex: Example, enable_thinking: bool = False, max_length: int | None = None
-) -> tuple[list[int], list[int]]:
-    """``(ids, mask)`` of prompt + response + EOS; mask = 1 exactly on the response and EOS.
-
-    ``max_length``: keep the first ``max_length`` tokens (the caller counts truncations)."""
+def sft_ids(tok, ex: Example, enable_thinking: bool = False) -> tuple[list[int], list[int]]:
+    """``(ids, mask)`` of prompt + response + EOS; mask = 1 exactly on the response and EOS
+    (:func:`sft_seqs` truncates and counts)."""
     if ex.response is None:
         raise ValueError("example has no response to train on")
     p = prompt_ids(tok, ex, enable_thinking)
     r = tok(ex.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     ids, mask = p + r, [0] * len(p) + [1] * len(r)
-    return (ids, mask) if max_length is None else (ids[:max_length], mask[:max_length])
+    return ids, mask
 
 
 def sft_seqs(
