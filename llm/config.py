@@ -10,10 +10,11 @@ from the command line (:func:`toybench.config.fill_quick`, the rule of both CLIs
 
 Validation uses the rulebook of both CLIs (:mod:`toybench.config`): :data:`RULES` (field name ->
 :class:`Rule`) and the cross-field checks of :func:`validate`, which is pure (no disk, no torch, no
-kernels); :func:`check_world` then looks at the world once (device, files, reward specs, ``out``, the
-fused kernels). Both raise :class:`ConfigError` naming the flag (``--sft.lr must be > 0, got -1.0``);
-the CLI prints that one line and exits 2 before any model or data is loaded. :func:`resolve` runs the
-whole sequence once: a resolved config carries its fingerprint and is returned as it is.
+kernels; whether ``--loss-impl fused`` can run a method is a fact of its family); :func:`check_world`
+then looks at the world once (device, files, reward specs, ``out``). Both raise :class:`ConfigError`
+naming the flag (``--sft.lr must be > 0, got -1.0``); the CLI prints that one line and exits 2 before
+any model or data is loaded. :func:`resolve` runs the whole sequence once: a resolved config carries
+its fingerprint and is returned as it is.
 """
 
 from __future__ import annotations
@@ -400,6 +401,7 @@ def validate(cfg: RunConfig) -> None:
             Method.parse(m).token_level("llm")
         except ValueError as e:
             raise ConfigError(name, str(e)) from None
+    _check_loss_impl(cfg, [m for _, m in _specs(cfg)])
     grpo, prefix = (cfg.grpo, "grpo.") if isinstance(cfg, PipelineConfig) else (cfg, "")
     if isinstance(grpo, GRPOKnobs) and grpo.min_new_tokens > cfg.max_completion_length:
         raise ConfigError(
@@ -429,8 +431,8 @@ def _specs(cfg: RunConfig) -> list[tuple[str, str]]:
 
 def check_world(cfg: RunConfig) -> None:
     """The checks that look at the world, run once in set-up before any model or data is loaded: the
-    device, the data files, the reward specs (imported), an earlier run in ``out``, and whether the fused
-    kernels implement the methods (``--loss-impl fused``). Raises :class:`ConfigError`."""
+    device, the data files, the reward specs (imported) and an earlier run in ``out``. Raises
+    :class:`ConfigError`."""
     import torch
 
     try:
@@ -458,19 +460,21 @@ def check_world(cfg: RunConfig) -> None:
             f"{cfg.out!r} already holds a run ({prev}); pass --resume to continue it or --overwrite to "
             "replace it",
         )
-    _check_loss_impl(cfg, [m for _, m in _specs(cfg)])
 
 
 def _check_loss_impl(cfg: RunConfig, methods: list[str]) -> None:
-    """``--loss-impl fused`` only with methods its kernels implement (named in the error)."""
+    """``--loss-impl fused`` only with methods its kernels implement (named in the error); the method's
+    family says so (``Method.fused_options``), nothing is computed."""
     knobs, prefix = (cfg.sft, "sft.") if isinstance(cfg, PipelineConfig) else (cfg, "")
     if getattr(knobs, "loss_impl", "chunked") != "fused":
         return
-    from llm.objectives import fused_unsupported
-
     for m in methods:
-        if Method.parse(m).kind != "none" and (why := fused_unsupported(m)):
-            raise ConfigError(prefix + "loss_impl", f"fused cannot run {m!r}: {why}")
+        method = Method.parse(m)
+        try:
+            if method.kind != "none":
+                method.fused_options()
+        except ValueError as why:
+            raise ConfigError(prefix + "loss_impl", f"fused cannot run {m!r}: {why}") from None
 
 
 def _fingerprint(cfg: RunConfig) -> str:

@@ -106,13 +106,18 @@ def test_results_table():
 def test_validation_is_pure_and_the_world_is_checked_in_set_up(tmp_path):
     """``validate`` imports no kernel and opens no file; ``check_world`` then refuses what is missing."""
     code = f"""
+import dataclasses
 import sys
 from llm.config import SFTConfig, check_world, validate
 cfg = SFTConfig(tiny=True, data={str(tmp_path / "nope.jsonl")!r}, reward=("nosuchmodule:f",),
-                method="entropy_sft@0.1,top_k=5", loss_impl="fused", lr=1e-3, max_completion_length=8)
+                method="gift@5", loss_impl="fused", lr=1e-3, max_completion_length=8)
 opened = []
 sys.addaudithook(lambda event, args: opened.append(args[0]) if event == "open" else None)
 validate(cfg)
+try:
+    validate(dataclasses.replace(cfg, method="entropy_sft@0.1,top_k=5"))
+except ValueError as e:
+    print(e)
 print(sorted(m for m in ("llm.fused", "llm.objectives", "llm.rewards", "llm.checkpoint") if m in sys.modules))
 print(opened)
 try:
@@ -122,7 +127,8 @@ except ValueError as e:
 """
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    kernels, opened, world = lines.stdout.splitlines()
+    fused, kernels, opened, world = lines.stdout.splitlines()
+    assert fused.startswith("--loss-impl fused cannot run 'entropy_sft@0.1,top_k=5'")
     assert kernels == "[]" and opened == "[]"
     assert world.startswith("--data must be 'arith' or a JSONL file")
 
