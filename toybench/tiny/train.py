@@ -119,9 +119,16 @@ def pretrain_base(
     torch.manual_seed(cfg.pretrain_seed)
     model = GPT(cfg.model_config)
     if path.exists():
-        blob = torch.load(path, weights_only=True)
-        model.load_state_dict(blob["state_dict"])
-        return model, {"cached": True, "path": str(path), "final_loss": float(blob["final_loss"])}
+        try:
+            blob = torch.load(path, weights_only=True)
+            model.load_state_dict(blob["state_dict"])
+            final_loss = float(blob["final_loss"])
+        except Exception as e:  # noqa: BLE001 -- any unpickling/shape failure means a corrupt cache file
+            raise ValueError(
+                f"cannot read {path}: a corrupt cached base model ({type(e).__name__}); "
+                "delete it to pretrain again"
+            ) from None
+        return model, {"cached": True, "path": str(path), "final_loss": final_loss}
     texts = pretraining_corpus(cfg.pretrain_texts, seed=cfg.pretrain_seed, exclude=exclude, **cfg.task_knobs)
     data = text_pairs_data(texts, cfg.prompt_len, cfg.max_completion_length)
     opt = _optimizer(model, cfg.pretrain_lr)
