@@ -85,7 +85,24 @@ class RunConfig:
     and the tiny model gains nothing). bf16-pure keeps the weights themselves in bf16 (warns: updates
     below ~1/256 of a weight are rounded away)."""
     gradient_checkpointing: str = "auto"
-    """auto | on | off: recompute each decoder layer's activations in backward. auto: on on GPU."""
+    """auto | on | off: recompute each decoder layer's activations in backward. auto: on only when
+    the estimated activations of the largest micro-batch would not fit in the free GPU memory beside
+    the gradients and AdamW state (:func:`llm.train.checkpointing_needed`); off on CPU."""
+    use_liger_kernel: bool = False
+    """Patch the model with Liger-Kernel's Triton kernels (RMSNorm, SwiGLU, RoPE; TRL's name). Needs
+    a CUDA device and the ``gpu`` extra (``pip install 'sft-for-rl[gpu]'``). Same loss and gradient
+    up to float rounding (the SFT loss itself stays ``--loss-impl``'s)."""
+    torch_compile: bool = False
+    """``torch.compile`` each decoder layer (the loss and sampling stay eager). Pays on a GPU for
+    long runs (the first steps compile); same loss and gradient up to float rounding."""
+    save_optimizer: bool = False
+    """Keep the optimizer state (and the EMA teacher) in the checkpoint of the LAST step too, and
+    every earlier checkpoint full (the inverse of TRL's ``save_only_model``). Default: checkpoints
+    before the last step carry what resuming needs; at the end the run keeps lean weight-only
+    checkpoints in the base model's dtype and ``final/`` hard-linked to the last one."""
+    peak_tflops: float = 0.0
+    """Peak FLOP/s of the device (TFLOP/s) for the logged ``perf/mfu``; 0 = look the CUDA device up
+    in :data:`llm.log.PEAK_TFLOPS` (bf16 dense), no MFU on CPU."""
     max_length: int = 1024
     """SFT: prompt + completion tokens per example; longer examples are cut on the right (TRL's
     ``max_length``), counted and logged as ``sft/truncated``. 0 = no limit."""
@@ -262,6 +279,10 @@ class PipelineConfig(RunConfig):
     """Evaluation samples per prompt."""
     ks: tuple[int, ...] = (1, 4, 16)
     """Evaluation pass@k."""
+    seeds: int = 1
+    """Run every method at seeds ``seed, seed+1, ..., seed+seeds-1`` (each seed its own
+    ``<out>/seed-<s>/`` tree) and report means with 95% intervals paired by seed
+    (``summary.csv``, ``paired.csv``, ``report.md``). 1 = one run, laid out directly under ``out``."""
 
 
 QUICK = {
@@ -368,6 +389,8 @@ RULES: dict[str, Rule] = {
     },
     **{n: _ge(0) for n in ("warmup", "clip", "weight_decay", "epsilon", "epsilon_high", "kl_coef")},
     "n_heldout": _ge(0),
+    "peak_tflops": _ge(0),
+    "seeds": _ge(1),
     "min_new_tokens": _ge(0),
     "log_completions_every": _ge(0),
     "stop_after": _ge(-1),

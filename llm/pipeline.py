@@ -43,6 +43,10 @@ def _common(cfg: PipelineConfig) -> dict:
         "dtype",
         "gradient_checkpointing",
         "max_length",
+        "use_liger_kernel",
+        "torch_compile",
+        "save_optimizer",
+        "peak_tflops",
     )
     return {k: getattr(cfg, k) for k in keys}
 
