@@ -114,6 +114,11 @@ def prepare_out(cfg) -> None:
             shutil.rmtree(d)
     for d in out.glob("base"):
         shutil.rmtree(d)
+    for d in out.glob("seed-*"):  # ``pipeline --seeds N``: one pipeline tree per seed
+        if d.is_dir() and (d / "base" / "config.json").is_file():
+            shutil.rmtree(d)
+    for f in ("summary.csv", "paired.csv", "decoupling.csv", "report.md"):
+        (out / f).unlink(missing_ok=True)
 
 
 _STAGES = ("sft", "grpo", "eval_sft", "eval_grpo")

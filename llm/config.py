@@ -481,6 +481,7 @@ def _check_run(cfg: RunConfig) -> None:
         raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", f"is {cfg.device!r} but CUDA is not available")
+    _check_liger(cfg, dev)
     if cfg.data != "arith" and not Path(cfg.data).is_file():
         raise ConfigError("data", f"must be 'arith' or a JSONL file; {cfg.data!r} does not exist")
     if cfg.heldout_data and not Path(cfg.heldout_data).is_file():
@@ -511,6 +512,20 @@ def _check_run(cfg: RunConfig) -> None:
         )
     if cfg.resume and cfg.overwrite:
         raise ConfigError("overwrite", "and --resume contradict each other: give one")
+
+
+def _check_liger(cfg: RunConfig, dev) -> None:
+    """``--use-liger-kernel`` needs the package (the ``gpu`` extra) and a CUDA device (Triton kernels)."""
+    if not cfg.use_liger_kernel:
+        return
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("use_liger_kernel", "needs the liger-kernel package: pip install 'sft-for-rl[gpu]'")
+    if dev.type == "cpu" and (cfg.device != "auto" or not torch.cuda.is_available()):
+        raise ConfigError("use_liger_kernel", "needs a CUDA device (Liger-Kernel's kernels are Triton)")
 
 
 def _check_loss_impl(cfg: RunConfig, methods: list[str]) -> None:

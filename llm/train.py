@@ -300,14 +300,100 @@ def batch_indices(n: int, step: int, batch_size: int, seed: int) -> list[int]:
     return out
 
 
-def use_checkpointing(setting: str, device: torch.device) -> bool:
-    """``gradient_checkpointing``: auto = on on GPU (memory is the limit there), off on CPU."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+def use_checkpointing(setting: str, device: torch.device, need: int | None = None) -> bool:
+    """``gradient_checkpointing``: on | off as said; auto = off on CPU, and on a GPU on only when the
+    ``need`` bytes (:func:`training_bytes`; None = unknown) exceed 90% of the free GPU memory."""
+    if setting != "auto":
+        return setting == "on"
+    if device.type != "cuda":
+        return False
+    return need is None or need > 0.9 * torch.cuda.mem_get_info(device)[0]
 
 
-def prepare_model(model, prec: Precision, checkpointing: bool):
-    """Weights in ``prec.param_dtype`` (fp32 master copy unless bf16-pure); HF layer checkpointing."""
+def training_bytes(model, tokens: int, prec: Precision, chunk_size: int = 1024) -> int:
+    """Estimated GPU bytes a training step adds beside the weights, WITHOUT checkpointing: gradients
+    and AdamW's two moments (``3 x`` the trainable weights), the activations kept for backward of a
+    micro-batch of ``tokens`` tokens, and one vocabulary chunk of the loss (3 ``chunk_size x V`` fp32
+    buffers). Activations per token and layer: the residual stream and norm inputs in fp32 (``8 h``
+    bytes) plus ~``10 h + 4 i`` values in the compute dtype (attention q/k/v/out and projections'
+    inputs; the MLP's gate, up, activation and down input), ``h`` = hidden, ``i`` = MLP width; the
+    flash/SDPA attention keeps no ``T x T`` matrix. An estimate (within ~1.5x of the measured H200
+    figures of issue 20), used only to decide ``gradient_checkpointing=auto``."""
+    c = model.config
+    h, inter = c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size)
+    act = torch.tensor([], dtype=prec.autocast_dtype or prec.param_dtype).element_size()
+    per_token = c.num_hidden_layers * (8 * h + act * (10 * h + 4 * inter))
+    state = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return int(state + tokens * per_token + 3 * 4 * chunk_size * c.vocab_size)
+
+
+def micro_tokens(cfg, tok, data: dict, model, world: int = 1) -> int:
+    """The most tokens one training micro-batch can hold: SFT ``batch_size / (grad_accum x world)``
+    sequences of ``max_length`` (or the model's context) tokens; GRPO ``micro_batch_size``
+    sequences of the longest prompt (of the first 256) plus ``max_completion_length``."""
+    if hasattr(cfg, "micro_batch_size"):
+        from llm.data import prompt_ids
+
+        longest = max((len(prompt_ids(tok, e, cfg.enable_thinking)) for e in data["rl"][:256]), default=0)
+        return cfg.micro_batch_size * (longest + cfg.max_completion_length)
+    length = cfg.max_length or getattr(model.config, "max_position_embeddings", 4096)
+    return max(1, cfg.batch_size // (cfg.grad_accum * world)) * length
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder layers of a Hugging Face causal LM (``model.model.layers`` and its kin)."""
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), model)
+    layers = getattr(base, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"{type(model).__name__}: no decoder layers found to compile (base_model.layers)")
+    return layers
+
+
+def compile_layers(model) -> None:
+    """``torch.compile`` each decoder layer for the training forward/backward only: with gradients
+    off (generation, scoring, probes) the eager layer runs, so decoding (and its CUDA graphs) is
+    untouched. ``dynamic=True``: one graph for every sequence length."""
+    for layer in decoder_layers(model):
+        eager = layer.forward
+        compiled = torch.compile(eager, dynamic=True)
+
+        def forward(*a, _eager=eager, _compiled=compiled, **k):
+            return _compiled(*a, **k) if torch.is_grad_enabled() else _eager(*a, **k)
+
+        layer.forward = forward
+
+
+def apply_liger(model) -> None:
+    """Liger-Kernel's RMSNorm, SwiGLU and RoPE kernels patched into ``model`` (TRL's
+    ``use_liger_kernel``); the loss stays ours. Imported lazily: a missing package or an unsupported
+    architecture is one clear error."""
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError:
+        raise RuntimeError(
+            "--use-liger-kernel needs the liger-kernel package (pip install 'sft-for-rl[gpu]'; CUDA + Triton)"
+        ) from None
+    kind = getattr(model.config, "model_type", "")
+    if kind not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise ValueError(f"--use-liger-kernel: Liger-Kernel has no kernels for model type {kind!r}")
+    MODEL_TYPE_TO_APPLY_LIGER_FN[kind](
+        model=model,
+        rope=True,
+        swiglu=True,
+        rms_norm=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=False,
+    )
+
+
+def prepare_model(
+    model, prec: Precision, checkpointing: bool, liger: bool = False, torch_compile: bool = False
+):
+    """Weights in ``prec.param_dtype`` (fp32 master copy unless bf16-pure); HF layer checkpointing;
+    Liger kernels (:func:`apply_liger`) and compiled decoder layers (:func:`compile_layers`) on request."""
     model = model.to(prec.param_dtype)
+    if liger:
+        apply_liger(model)
     if checkpointing:
         model.config.use_cache = False
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
@@ -315,6 +401,8 @@ def prepare_model(model, prec: Precision, checkpointing: bool):
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if torch_compile:
+        compile_layers(model)
     return model
 
 
@@ -334,12 +422,23 @@ def setup_run(cfg, model=None, tok=None):
     path = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
     tok = tok or load_tokenizer(path, cfg.trust_remote_code)
     model = model or load_model(path, device, prec.param_dtype, trust_remote_code=cfg.trust_remote_code)
-    model = prepare_model(model, prec, use_checkpointing(cfg.gradient_checkpointing, device))
-    return device, di, out, tok, model, load_data(cfg), prec
+    data = load_data(cfg)
+    need = None
+    if cfg.gradient_checkpointing == "auto" and device.type == "cuda":
+        need = training_bytes(model, micro_tokens(cfg, tok, data, model, di.world), prec, cfg.chunk_size)
+    ckpt = use_checkpointing(cfg.gradient_checkpointing, device, need)
+    liger, comp = getattr(cfg, "use_liger_kernel", False), getattr(cfg, "torch_compile", False)
+    model = prepare_model(model, prec, ckpt, liger=liger, torch_compile=comp)
+    return device, di, out, tok, model, data, prec
 
 
 __all__ = [
+    "apply_liger",
     "batch_indices",
+    "compile_layers",
+    "decoder_layers",
+    "micro_tokens",
+    "training_bytes",
     "setup_run",
     "REDUCTIONS",
     "MetricsLog",
