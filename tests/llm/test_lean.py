@@ -194,7 +194,7 @@ def test_gradient_checkpointing_auto_decides_by_memory(tiny_dir):
     assert micro_tokens(cfg, None, {}, m, world=2) == 4 * 512
 
 
-@pytest.mark.slow  # inductor compiles for minutes on a loaded CPU; the gpu twin runs by default there
+@pytest.mark.slow  # inductor compiles for minutes on a shared CPU; a gpu twin below
 def test_compiled_decoder_layers_step_equals_eager(run_tiny):
     """--torch-compile: one SFT step gives the plain step's loss, gradient norm and parameters."""
     pytest.importorskip("torch._inductor")
@@ -265,3 +265,38 @@ def test_gpu_checkpointing_auto_is_off_when_it_fits_and_logs_memory(tiny_dir, tm
     torch.testing.assert_close(_params(m_on), _params(m_auto), rtol=0, atol=1e-5)
     (r,) = [json.loads(x) for x in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
     assert r["perf/peak_memory_gib"] > 0 and 0 < r["perf/mfu"] < 1
+
+
+def test_pipeline_seeds_reports_paired_intervals(tiny_dir, tmp_path):
+    """``pipeline --seeds 2``: both seeds run every method; results.csv has a seed column, summary.csv
+    the mean and 95% half-width of every metric (the toy map's ``summary``), paired.csv the
+    difference to the first method paired by seed, decoupling.csv T1/T2 per method and seed, and
+    report.md shows the intervals, the decoupling and time and disk per stage."""
+    import numpy as np
+    import pandas as pd
+
+    from llm.cli import main
+    from toybench.analysis.stats import ci95
+
+    out = tmp_path / "pipe"
+    args = ["pipeline", "--tiny", "--quick", "--seeds", "2", "--device", "cpu", "--out", str(out)]
+    args += ["--cache-dir", str(tiny_dir.parent), "--tiny-pretrain-steps", "40", "--methods", "sft", "gift@5"]
+    args += ["--sft.steps", "2", "--grpo.steps", "2", "--n-samples", "2", "--ks", "1", "2"]
+    assert main(args) == 0
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(set(df["seed"])) == [0, 1] and len(df) == 2 * 5  # base + 2 methods x 2 stages
+    summ = pd.read_csv(out / "summary.csv")
+    row = summ[(summ["method"] == "gift@5") & (summ["stage"] == "grpo")].iloc[0]
+    vals = df[(df["method"] == "gift@5") & (df["stage"] == "grpo")]["entropy"]
+    m, h = ci95(vals)
+    assert row["n"] == 2 and np.isclose(row["entropy"], m) and np.isclose(row["entropy_ci"], h)
+    pair = pd.read_csv(out / "paired.csv")
+    p = pair[(pair["stage"] == "grpo") & (pair["metric"] == "entropy")].iloc[0]
+    d = vals.to_numpy() - df[(df["method"] == "sft") & (df["stage"] == "grpo")]["entropy"].to_numpy()
+    assert p["method"] == "gift@5" and p["vs"] == "sft" and p["n"] == 2 and np.isclose(p["diff"], d.mean())
+    dec = pd.read_csv(out / "decoupling.csv")
+    assert len(dec) == 4 and {"grpo_heldout_sft_loss_change", "sft_heldout_reward_end"} <= set(dec)
+    report = (out / "report.md").read_text()
+    assert "over 2 seeds" in report and " ± " in report and "## Decoupling" in report
+    assert "## Time and disk per stage" in report and "## Paired by seed" in report
+    assert (out / "seed-1" / "gift@5" / "grpo" / "final" / "model.safetensors").is_file()
