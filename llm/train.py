@@ -1,6 +1,13 @@
 """Pieces shared by the SFT and GRPO loops: the run's start (``setup_run``: seed, device, process
-group, saved config, model, tokenizer, data), batch order, optimizer + cosine schedule, the global
-reduction, the optimizer step with the non-finite guard, and the metrics log.
+group, saved config, model, tokenizer, data, the training options), batch order, optimizer + cosine
+schedule, the global reduction, the optimizer step with the non-finite guard, and the step loop
+(:class:`StepLoop`: resume, logs with ``perf/*`` throughput, lean checkpoints, ``final/``).
+
+Training options (each equal to the plain step in loss and gradient up to float rounding; tested):
+``--gradient-checkpointing auto`` decides by :func:`training_bytes` of the largest micro-batch
+(:func:`micro_tokens`) against the free GPU memory; ``--torch-compile`` compiles each decoder layer
+for the training forward/backward only (:func:`compile_layers`); ``--use-liger-kernel`` patches in
+Liger-Kernel's RMSNorm, SwiGLU and RoPE (:func:`apply_liger`, CUDA, the ``gpu`` extra).
 
 Global reduction: a step may be split over micro-batches (gradient accumulation) and ranks. Each
 piece calls ``toybench.losses.reduce`` with normalisers counted over the WHOLE global batch, and the

@@ -192,6 +192,14 @@ def test_gradient_checkpointing_auto_decides_by_memory(tiny_dir):
     assert training_bytes(m, 100, precision("bf16-mixed", cpu)) < small  # bf16 activations
     cfg = SFTConfig(batch_size=16, grad_accum=2, max_length=512)
     assert micro_tokens(cfg, None, {}, m, world=2) == 4 * 512
+    from llm.config import GRPOConfig
+    from llm.data import load_data, prompt_ids
+
+    tok = load_tokenizer(str(tiny_dir))
+    g = GRPOConfig(micro_batch_size=3, max_completion_length=10, n_train=8, prompt_style="compact")
+    data = load_data(g)
+    longest = max(len(prompt_ids(tok, e)) for e in data["rl"])
+    assert micro_tokens(g, tok, data, m) == 3 * (longest + 10)
 
 
 @pytest.mark.slow  # inductor compiles for minutes on a shared CPU; a gpu twin below
