@@ -47,8 +47,9 @@ def peak_flops(device: torch.device, given_tflops: float = 0.0) -> float:
 class StepTimer:
     """Wall time and tokens of one training step, split into phases (see the module docstring).
 
-    ``start()`` at the top of a step, ``with timer.phase(name, tokens):`` around each phase (CUDA is
-    synchronised at the edges so the times are real), ``record()`` for the ``perf/*`` metrics."""
+    ``start()`` at the top of a step, ``with timer.phase(name, tokens):`` (or ``begin``/``end``)
+    around each phase (CUDA is synchronised at the edges so the times are real), ``record()`` for
+    the ``perf/*`` metrics."""
 
     def __init__(self, device: torch.device, n_params: int, peak: float = 0.0) -> None:
         self.device, self.n_params, self.peak = torch.device(device), n_params, peak
@@ -63,20 +64,29 @@ class StepTimer:
         self.t0 = time.perf_counter()
         self.time = dict.fromkeys(PHASES, 0.0)
         self.tokens = dict.fromkeys(PHASES, 0)
+        self._open: dict[str, float] = {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
+    def begin(self, name: str, tokens: int = 0) -> None:
+        """Phase ``name`` (one of :data:`PHASES`) starts here, processing ``tokens`` tokens."""
+        self._sync()
+        self._open[name] = time.perf_counter()
+        self.tokens[name] += int(tokens)
+
+    def end(self, name: str) -> None:
+        """Phase ``name`` ends here (its time adds up over the step)."""
+        self._sync()
+        self.time[name] += time.perf_counter() - self._open.pop(name)
+
     @contextlib.contextmanager
     def phase(self, name: str, tokens: int = 0):
-        """Time the block as phase ``name`` (one of :data:`PHASES`), processing ``tokens`` tokens."""
-        self._sync()
-        t = time.perf_counter()
+        """Time the block as phase ``name`` (:meth:`begin` ... :meth:`end`)."""
+        self.begin(name, tokens)
         try:
             yield
         finally:
-            self._sync()
-            self.time[name] += time.perf_counter() - t
-            self.tokens[name] += int(tokens)
+            self.end(name)
 
     def record(self) -> dict:
         """The ``perf/*`` metrics of the step so far."""
