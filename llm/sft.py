@@ -19,6 +19,7 @@ decoupling probe T2 runs the other way in GRPO).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from llm import dist
 from llm.config import SFTConfig, resolve
 from llm.data import Example, collate, sft_seqs
+from llm.liger import nll_method
 from llm.loading import load_model
 from llm.log import RunLogger
 from llm.objectives import logp_fn
@@ -90,6 +92,8 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     n_cut = counts["truncated"]
 
     method = Method.parse(cfg.method)
+    if cfg.use_liger_kernel and nll_method(method):  # Liger's fused linear cross-entropy (llm.liger)
+        cfg = dataclasses.replace(cfg, loss_impl="liger")
     if method.kind == "none":
         raise ValueError("method 'none' has no SFT stage (run grpo from the base model)")
     state = method.init_state(model)  # frozen base / EMA teacher, as the method declares

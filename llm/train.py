@@ -7,7 +7,8 @@ Training options (each equal to the plain step in loss and gradient up to float 
 ``--gradient-checkpointing auto`` decides by :func:`training_bytes` of the largest micro-batch
 (:func:`micro_tokens`) against the free GPU memory; ``--torch-compile`` compiles each decoder layer
 for the training forward/backward only (:func:`compile_layers`); ``--use-liger-kernel`` patches in
-Liger-Kernel's RMSNorm, SwiGLU and RoPE (:func:`apply_liger`, CUDA, the ``gpu`` extra).
+Liger-Kernel's kernels (:mod:`llm.liger`: RMSNorm, SwiGLU, RoPE; fused linear cross-entropy for
+the NLL methods; CUDA, the ``gpu`` extra).
 
 Global reduction: a step may be split over micro-batches (gradient accumulation) and ranks. Each
 piece calls ``toybench.losses.reduce`` with normalisers counted over the WHOLE global batch, and the
@@ -370,36 +371,16 @@ def compile_layers(model) -> None:
         layer.forward = forward
 
 
-def apply_liger(model) -> None:
-    """Liger-Kernel's RMSNorm, SwiGLU and RoPE kernels patched into ``model`` (TRL's
-    ``use_liger_kernel``); the loss stays ours. Imported lazily: a missing package or an unsupported
-    architecture is one clear error."""
-    try:
-        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-    except ImportError:
-        raise RuntimeError(
-            "--use-liger-kernel needs the liger-kernel package (pip install 'sft-for-rl[gpu]'; CUDA + Triton)"
-        ) from None
-    kind = getattr(model.config, "model_type", "")
-    if kind not in MODEL_TYPE_TO_APPLY_LIGER_FN:
-        raise ValueError(f"--use-liger-kernel: Liger-Kernel has no kernels for model type {kind!r}")
-    MODEL_TYPE_TO_APPLY_LIGER_FN[kind](
-        model=model,
-        rope=True,
-        swiglu=True,
-        rms_norm=True,
-        cross_entropy=False,
-        fused_linear_cross_entropy=False,
-    )
-
-
 def prepare_model(
     model, prec: Precision, checkpointing: bool, liger: bool = False, torch_compile: bool = False
 ):
     """Weights in ``prec.param_dtype`` (fp32 master copy unless bf16-pure); HF layer checkpointing;
-    Liger kernels (:func:`apply_liger`) and compiled decoder layers (:func:`compile_layers`) on request."""
+    on request Liger kernels (:func:`llm.liger.apply_liger`) and compiled decoder layers
+    (:func:`compile_layers`)."""
     model = model.to(prec.param_dtype)
     if liger:
+        from llm.liger import apply_liger
+
         apply_liger(model)
     if checkpointing:
         model.config.use_cache = False
@@ -440,7 +421,6 @@ def setup_run(cfg, model=None, tok=None):
 
 
 __all__ = [
-    "apply_liger",
     "batch_indices",
     "compile_layers",
     "decoder_layers",

@@ -308,3 +308,55 @@ def test_pipeline_seeds_reports_paired_intervals(tiny_dir, tmp_path):
     assert "over 2 seeds" in report and " ± " in report and "## Decoupling" in report
     assert "## Time and disk per stage" in report and "## Paired by seed" in report
     assert (out / "seed-1" / "gift@5" / "grpo" / "final" / "model.safetensors").is_file()
+
+
+def test_liger_wiring_with_a_stand_in_module(tiny_dir, monkeypatch):
+    """The --use-liger-kernel plumbing on CPU, with a plain-torch stand-in for the liger_kernel
+    package (the real Triton kernels are the gpu test's): the model is patched with RMSNorm, SwiGLU
+    and RoPE and not Liger's own loss, and the NLL methods' per-token loss taken through the
+    fused-linear-cross-entropy call (masked targets as ignore_index, reduction none) equals the
+    chunked loss in value and gradient."""
+    import sys
+    import types
+
+    from llm.data import collate
+    from llm.liger import nll_method
+    from llm.scoring import sft_per_token
+    from llm.train import prepare_model
+
+    calls = []
+
+    class FLCE(torch.nn.Module):
+        def __init__(self, ignore_index, reduction):
+            super().__init__()
+            self.ignore_index, self.reduction = ignore_index, reduction
+
+        def forward(self, weight, x, target):
+            assert self.reduction == "none"
+            calls.append("flce")
+            return torch.nn.functional.cross_entropy(
+                x @ weight.T, target, ignore_index=self.ignore_index, reduction="none"
+            )
+
+    root, tr, mp = (types.ModuleType(n) for n in ("liger_kernel", "liger_kernel.transformers", "lk_mp"))
+    tr.LigerFusedLinearCrossEntropyLoss = FLCE
+    mp.MODEL_TYPE_TO_APPLY_LIGER_FN = {"qwen3": lambda model, **kw: calls.append(kw)}
+    monkeypatch.setitem(sys.modules, "liger_kernel", root)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", tr)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", mp)
+    m = prepare_model(load_model(str(tiny_dir), "cpu"), precision("fp32", "cpu"), False, liger=True)
+    assert calls == [
+        dict(rope=True, swiglu=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False)
+    ]
+    assert nll_method("sft") and nll_method("pear_token") and not nll_method("gift@5")
+    tok = load_tokenizer(str(tiny_dir))
+    seqs = [(tok.encode("12+3=15"), [0] * 4 + [1] * 3), (tok.encode("7*8=56!"), [0] * 3 + [1] * 4)]
+    batch = collate(seqs, tok.pad_token_id)
+    got = sft_per_token(m, batch, "sft", impl="liger")
+    assert calls[-1] == "flce"
+    (g1,) = torch.autograd.grad(got.sum(), [m.lm_head.weight])
+    want = sft_per_token(m, batch, "sft", impl="chunked")
+    (g2,) = torch.autograd.grad(want.sum(), [m.lm_head.weight])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
+    assert (got[batch["loss_mask"] == 0] == 0).all() and (got[batch["loss_mask"] == 1] > 0).all()
