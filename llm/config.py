@@ -89,9 +89,10 @@ class RunConfig:
     the estimated activations of the largest micro-batch would not fit in the free GPU memory beside
     the gradients and AdamW state (:func:`llm.train.checkpointing_needed`); off on CPU."""
     use_liger_kernel: bool = False
-    """Patch the model with Liger-Kernel's Triton kernels (RMSNorm, SwiGLU, RoPE; TRL's name). Needs
-    a CUDA device and the ``gpu`` extra (``pip install 'sft-for-rl[gpu]'``). Same loss and gradient
-    up to float rounding (the SFT loss itself stays ``--loss-impl``'s)."""
+    """Liger-Kernel's Triton kernels (TRL's name): RMSNorm, SwiGLU and RoPE patched into the model,
+    and for the NLL methods (sft, pear_*) its fused linear cross-entropy as the SFT loss (other
+    methods keep ``--loss-impl``'s). Needs a CUDA device and the ``gpu`` extra (``pip install
+    'sft-for-rl[gpu]'``). Same loss and gradient up to float rounding."""
     torch_compile: bool = False
     """``torch.compile`` each decoder layer (the loss and sampling stay eager). Pays on a GPU for
     long runs (the first steps compile); same loss and gradient up to float rounding."""
