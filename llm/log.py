@@ -5,12 +5,13 @@ Metric names are TRL's where TRL has one (``reward``, ``reward_std``, ``frac_rew
 ``kl``, ``entropy``, ``clip_ratio/*``, ``completions/mean_length``, ``learning_rate``, ``loss``,
 ``grad_norm``), prefixed by the stage in the JSONL (``grpo/reward``) as the loops write them.
 Throughput (NeMo-RL's convention, :class:`StepTimer`): every step logs ``perf/step_time`` (seconds,
-the whole step), ``perf/tokens_per_s`` (all tokens the step processed / step time) and, per phase
-(``generation``, ``logprob``, ``train``), ``perf/<phase>_time`` and ``perf/<phase>_tokens_per_s``;
-``perf/peak_memory_gib`` (peak allocated CUDA memory in the step) on a GPU, and ``perf/mfu`` when a
-peak FLOP/s is known (:data:`PEAK_TFLOPS`, bf16 dense, by device name) or given (``--peak-tflops``).
-MFU counts 6 N FLOPs per trained token and 2 N per generated or scored token (N = parameters;
-attention's quadratic term and activation recomputation are left out, as in the usual MFU).
+the whole step), ``perf/tokens_per_s`` (the tokens the step processed on rank 0, which logs, / step
+time) and, per phase (``generation``, ``logprob``, ``train``), ``perf/<phase>_time`` and
+``perf/<phase>_tokens_per_s``; ``perf/peak_memory_gib`` (peak allocated CUDA memory in the step) on
+a GPU, and ``perf/mfu`` when a peak FLOP/s is known (:data:`PEAK_TFLOPS`, bf16 dense, by device
+name) or given (``--peak-tflops``). MFU counts 6 N FLOPs per trained token and 2 N per generated or
+scored token (N = parameters; attention's quadratic term and activation recomputation are left out,
+as in the usual MFU).
 TensorBoard goes through ``torch.utils.tensorboard`` (needs the ``tensorboard`` package, in the
 ``llm`` extra); wandb is used only if installed and runs offline unless ``WANDB_MODE`` says otherwise.
 """
