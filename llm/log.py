@@ -95,7 +95,7 @@ class StepTimer:
         total = max(time.perf_counter() - self.t0, 1e-9)
         out = {"perf/step_time": total, "perf/tokens_per_s": sum(self.tokens.values()) / total}
         for p in PHASES:
-            if self.time[p] > 0:
+            if self.tokens[p] > 0 and self.time[p] > 0:  # phases that ran
                 out[f"perf/{p}_time"] = self.time[p]
                 out[f"perf/{p}_tokens_per_s"] = self.tokens[p] / self.time[p]
         if self.device.type == "cuda":
