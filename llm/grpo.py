@@ -31,7 +31,7 @@ import torch
 from llm import dist
 from llm.config import GRPOConfig, resolve
 from llm.data import collate
-from llm.log import due, no_timer_phase
+from llm.log import NO_TIMER, due
 from llm.objectives import entropy_fn, logp_fn
 from llm.rewards import Rewards
 from llm.rollout import Rollout, generate
@@ -156,33 +156,27 @@ def clip_stats(logp, old_logp, adv, mask, epsilon: float, epsilon_high: float) -
 
 
 def grpo_update(
-    model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, last_ckpt: str, phase=no_timer_phase
+    model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, last_ckpt: str, timer=NO_TIMER
 ) -> dict:
     """``num_iterations`` optimizer steps on one rollout batch, each accumulating over ``mbs``.
 
     Returns the summed (over ranks) statistics of the last pass: loss, grad norm, entropy, KL and
-    clip-indicator sums over counted tokens. ``phase``: a :meth:`llm.log.StepTimer.phase` timing the
-    reference/old log-probs as ``logprob`` and the passes as ``train``.
+    clip-indicator sums over counted tokens. ``timer`` (:class:`llm.log.StepTimer`) times the
+    reference/old log-probs as the ``logprob`` phase and the passes as ``train``.
     """
     norm = Normaliser.of([b["loss_mask"] for b in mbs])
     T = cfg.temperature
-    tokens = sum(int(b["attention_mask"].sum()) for b in mbs)
 
     def logps(m, b):
         with torch.no_grad(), prec.autocast():
             return score(m, b, logp_fn, chunk_size=cfg.chunk_size, temperature=T)
 
-    scored = (ref is not None) + (cfg.num_iterations > 1)
-    with phase("logprob", tokens=tokens * scored):
-        ref_logp = [logps(ref, b) for b in mbs] if ref is not None else [None] * len(mbs)
-        old_logp = [logps(model, b) for b in mbs] if cfg.num_iterations > 1 else [None] * len(mbs)
-    with phase("train", tokens=tokens * cfg.num_iterations):
-        return _passes(model, mbs, ref, cfg, prec, opt, sched, step, last_ckpt, norm, old_logp, ref_logp)
-
-
-def _passes(model, mbs, ref, cfg, prec, opt, sched, step, last_ckpt, norm, old_logp, ref_logp) -> dict:
-    """The ``num_iterations`` optimisation passes of :func:`grpo_update`."""
-    T = cfg.temperature
+    n_tok = sum(int(b["attention_mask"].sum()) for b in mbs)
+    timer.begin("logprob", n_tok * ((ref is not None) + (cfg.num_iterations > 1)))
+    ref_logp = [logps(ref, b) for b in mbs] if ref is not None else [None] * len(mbs)
+    old_logp = [logps(model, b) for b in mbs] if cfg.num_iterations > 1 else [None] * len(mbs)
+    timer.end("logprob")
+    timer.begin("train", n_tok * cfg.num_iterations)
     model.train()
     for it in range(cfg.num_iterations):
         last = it == cfg.num_iterations - 1
@@ -227,6 +221,7 @@ def _passes(model, mbs, ref, cfg, prec, opt, sched, step, last_ckpt, norm, old_l
                 ).double()
         dist.all_reduce_sum(loss_sum)
         gnorm = optimizer_step(model, opt, sched if last else _NoSched(), loss_sum, cfg.clip, step, last_ckpt)
+    timer.end("train")
     dist.all_reduce_sum(stats)
     tokens = float(stats[1].clamp_min(1))
     out = {"loss": float(loss_sum), "grad_norm": gnorm, "entropy": float(stats[0]) / tokens}
@@ -308,7 +303,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
             sched,
             step,
             loop.last_ckpt,
-            phase=loop.timer.phase,
+            timer=loop.timer,
         )
         dist.all_reduce_sum(lengths)
         n_seq = cfg.prompts_per_step * cfg.num_generations

@@ -106,9 +106,17 @@ class StepTimer:
         return out
 
 
-def no_timer_phase(name: str, tokens: int = 0):
-    """The :meth:`StepTimer.phase` of code run without a timer (tests calling the update directly)."""
-    return contextlib.nullcontext()
+class _NoTimer:
+    """A :class:`StepTimer` that times nothing (code run without a step loop: tests, benchmarks)."""
+
+    def begin(self, name: str, tokens: int = 0) -> None:
+        pass
+
+    def end(self, name: str) -> None:
+        pass
+
+
+NO_TIMER = _NoTimer()
 
 
 class RunLogger:
@@ -227,12 +235,12 @@ def _fmt(v) -> str:
 
 
 __all__ = [
+    "NO_TIMER",
     "PEAK_TFLOPS",
     "PHASES",
     "RunLogger",
     "StepTimer",
     "due",
-    "no_timer_phase",
     "peak_flops",
     "results_table",
 ]
