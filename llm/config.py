@@ -315,7 +315,7 @@ RECIPE = {
     "grpo_lr": (1e-6, 1e-4),
 }
 DTYPES = ("auto", "fp32", "bf16-mixed", "bf16-pure")
-#: ``--loss-impl`` choices of the SFT loss (:func:`llm.scoring.sft_per_token`)
+#: ``--loss-impl`` choices of the SFT loss (:func:`llm.scoring.sft_token_loss`)
 LOSS_IMPLS = ("chunked", "fused", "naive")
 SWITCHES = ("auto", "on", "off")
 

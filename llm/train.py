@@ -11,7 +11,8 @@ Liger-Kernel's kernels (:mod:`llm.liger`: RMSNorm, SwiGLU, RoPE; fused linear cr
 the NLL methods; CUDA, the ``gpu`` extra).
 
 Global reduction: a step may be split over micro-batches (gradient accumulation) and ranks. Each
-piece calls ``toybench.losses.reduce`` with normalisers counted over the WHOLE global batch, and the
+piece calls ``toybench.objectives.normalise`` (the one normaliser of every scale) with counts over
+the WHOLE global batch (:class:`Normaliser`; ``llm.sft`` and ``llm.grpo`` pick theirs), and the
 gradients are summed, so 1 x 4 == 4 x 1 == 2 ranks x 2 (up to float rounding):
   token_mean -> reduce(., "constant", constant = global counted tokens)
   seq_mean   -> reduce(., "seq_mean") * local non-empty sequences / global non-empty sequences
@@ -52,7 +53,6 @@ from llm.data import load_data
 from llm.loading import Precision, load_model, load_tokenizer, precision, resolve_device, stored_dtype
 from llm.log import RunLogger, StepTimer, peak_flops
 from llm.tiny import model_path
-from toybench.losses import reduce
 
 REDUCTIONS = ("token_mean", "seq_mean", "constant", "sum")
 
@@ -111,25 +111,6 @@ class Normaliser:
         dist.all_reduce_sum(x)
         dist.all_reduce_max(t)
         return Normaliser(float(x[0]), float(x[1]), float(t[0]), float(x[2]))
-
-
-def global_reduce(
-    per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: Normaliser, t_max: float | None = None
-) -> torch.Tensor:
-    """This micro-batch's share of the global-batch reduction (see module docstring).
-
-    ``t_max``: the length of the ``constant`` mode (default: the global padded length ``norm.t_max``).
-    """
-    if mode == "token_mean":
-        return reduce(per_token, mask, "constant", constant=max(norm.tokens, 1.0))
-    if mode == "seq_mean":
-        local = float((mask.sum(1) > 0).sum())
-        return reduce(per_token, mask, "seq_mean") * (local / max(norm.seqs, 1.0))
-    if mode == "constant":
-        return reduce(per_token, mask, "constant", constant=max(norm.seqs * (t_max or norm.t_max), 1.0))
-    if mode == "sum":
-        return reduce(per_token, mask, "sum")
-    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {mode!r}")
 
 
 def optimizer_step(
@@ -432,7 +413,6 @@ __all__ = [
     "StepLoop",
     "NonFiniteLossError",
     "Normaliser",
-    "global_reduce",
     "make_optimizer",
     "optimizer_step",
     "prepare_model",
