@@ -321,7 +321,7 @@ def test_liger_wiring_with_a_stand_in_module(tiny_dir, monkeypatch):
 
     from llm.data import collate
     from llm.liger import nll_method
-    from llm.scoring import sft_per_token
+    from llm.scoring import sft_token_loss
     from llm.train import prepare_model
 
     calls = []
@@ -352,10 +352,10 @@ def test_liger_wiring_with_a_stand_in_module(tiny_dir, monkeypatch):
     tok = load_tokenizer(str(tiny_dir))
     seqs = [(tok.encode("12+3=15"), [0] * 4 + [1] * 3), (tok.encode("7*8=56!"), [0] * 3 + [1] * 4)]
     batch = collate(seqs, tok.pad_token_id)
-    got = sft_per_token(m, batch, "sft", impl="liger")
+    got = sft_token_loss(m, batch, "sft", impl="liger")
     assert calls[-1] == "flce"
     (g1,) = torch.autograd.grad(got.sum(), [m.lm_head.weight])
-    want = sft_per_token(m, batch, "sft", impl="chunked")
+    want = sft_token_loss(m, batch, "sft", impl="chunked")
     (g2,) = torch.autograd.grad(want.sum(), [m.lm_head.weight])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
