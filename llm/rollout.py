@@ -20,8 +20,8 @@ generator. By default one batch takes every rollout of the call when its cache f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import weakref
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
