@@ -218,8 +218,10 @@ class GRPOKnobs:
     micro_batch_size: int = 8
     """Sequences per forward/backward of the GRPO update (gradients accumulate over the rollout
     batch; the loss is normalised over the whole batch, so the step does not depend on it)."""
-    generation_batch_size: int = 64
-    """Sequences per ``generate`` call (KV-cache memory ~ this x (prompt + completion) length)."""
+    generation_batch_size: int = 0
+    """Sequences per decoding batch (KV-cache memory ~ this x (prompt + completion) length); 0 = a
+    whole step's rollouts in one batch when its cache fits in half the free memory, else the most
+    that do (``llm.rollout.auto_batch_size``)."""
     mask_truncated_completions: bool = False
     """Drop completions that hit ``max_completion_length`` without an EOS from the loss (TRL's name)."""
     top_p: float = 1.0
@@ -321,9 +323,12 @@ def _check_precision(cfg) -> None:
     if getattr(cfg, "lr", None) is not None and not cfg.lr > 0:
         raise ValueError(f"lr must be > 0, got {cfg.lr}")
     if isinstance(cfg, GRPOKnobs):
-        for name in ("micro_batch_size", "generation_batch_size"):
-            if getattr(cfg, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+        if cfg.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {cfg.micro_batch_size}")
+        if cfg.generation_batch_size < 0:
+            raise ValueError(
+                f"generation_batch_size must be >= 0 (0 = auto), got {cfg.generation_batch_size}"
+            )
         if not 0 < cfg.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {cfg.top_p}")
         if cfg.top_k < 0:
