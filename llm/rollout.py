@@ -269,6 +269,7 @@ class _StaticQwen3:
             getattr(c, "model_type", "") == "qwen3"
             and not getattr(c, "use_sliding_window", False)
             and not getattr(c, "attention_bias", False)
+            and getattr(c, "hidden_act", "silu") == "silu"
             and rope == "default"
             and hasattr(model, "model")
             and hasattr(model.model, "rotary_emb")
@@ -325,6 +326,14 @@ class _StaticQwen3:
         if self.w is not self.master:
             torch._foreach_copy_(self.w, self.master)
 
+    @staticmethod
+    def _norm(mod, x):
+        """HF's Qwen3RMSNorm from the module's weight and epsilon (not its forward, which Liger or
+        compile may have replaced): normalise in fp32, back to ``x``'s dtype, times the weight."""
+        eps = getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", 1e-6)
+        h = x.float()
+        return mod.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
     def _lin(self, x, i):
         return torch.nn.functional.linear(x.to(self.cdt), self.w[i])
 
@@ -345,15 +354,17 @@ class _StaticQwen3:
         B, T, _ = x.shape
         for i, layer in enumerate(m.layers):
             a, j = layer.self_attn, 7 * i
-            h = layer.input_layernorm(x)
-            q = self._rope(a.q_norm(self._lin(h, j).view(B, T, -1, self.hd)), cos, sin)  # (B, T, H, hd)
-            k = self._rope(a.k_norm(self._lin(h, j + 1).view(B, T, -1, self.hd)), cos, sin)
+            h = self._norm(layer.input_layernorm, x)
+            q = self._rope(
+                self._norm(a.q_norm, self._lin(h, j).view(B, T, -1, self.hd)), cos, sin
+            )  # (B,T,H,hd)
+            k = self._rope(self._norm(a.k_norm, self._lin(h, j + 1).view(B, T, -1, self.hd)), cos, sin)
             v = self._lin(h, j + 2).view(B, T, -1, self.hd)
             o = attend(i, q.to(self.cdt), k.to(self.cdt), v)  # (B, T, H * hd)
             x = x + self._lin(o, j + 3)
-            h = layer.post_attention_layernorm(x)
-            x = x + self._lin(layer.mlp.act_fn(self._lin(h, j + 4)) * self._lin(h, j + 5), j + 6)
-        return self._lin(m.norm(x[:, -1]), len(self.w) - 1)  # (B, V)
+            h = self._norm(layer.post_attention_layernorm, x)
+            x = x + self._lin(torch.nn.functional.silu(self._lin(h, j + 4)) * self._lin(h, j + 5), j + 6)
+        return self._lin(self._norm(m.norm, x[:, -1]), len(self.w) - 1)  # (B, V)
 
     def prefill(self, ids, att, pos):
         """Eager forward of the ``(B, P)`` prompts into cache slots ``0..P-1``; the last logits."""
