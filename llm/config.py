@@ -85,7 +85,24 @@ class RunConfig:
     and the tiny model gains nothing). bf16-pure keeps the weights themselves in bf16 (warns: updates
     below ~1/256 of a weight are rounded away)."""
     gradient_checkpointing: str = "auto"
-    """auto | on | off: recompute each decoder layer's activations in backward. auto: on on GPU."""
+    """auto | on | off: recompute each decoder layer's activations in backward. auto: on only when
+    the estimated activations of the largest micro-batch would not fit in the free GPU memory beside
+    the gradients and AdamW state (:func:`llm.train.checkpointing_needed`); off on CPU."""
+    use_liger_kernel: bool = False
+    """Patch the model with Liger-Kernel's Triton kernels (RMSNorm, SwiGLU, RoPE; TRL's name). Needs
+    a CUDA device and the ``gpu`` extra (``pip install 'sft-for-rl[gpu]'``). Same loss and gradient
+    up to float rounding (the SFT loss itself stays ``--loss-impl``'s)."""
+    torch_compile: bool = False
+    """``torch.compile`` each decoder layer (the loss and sampling stay eager). Pays on a GPU for
+    long runs (the first steps compile); same loss and gradient up to float rounding."""
+    save_optimizer: bool = False
+    """Keep the optimizer state (and the EMA teacher) in the checkpoint of the LAST step too, and
+    every earlier checkpoint full (the inverse of TRL's ``save_only_model``). Default: checkpoints
+    before the last step carry what resuming needs; at the end the run keeps lean weight-only
+    checkpoints in the base model's dtype and ``final/`` hard-linked to the last one."""
+    peak_tflops: float = 0.0
+    """Peak FLOP/s of the device (TFLOP/s) for the logged ``perf/mfu``; 0 = look the CUDA device up
+    in :data:`llm.log.PEAK_TFLOPS` (bf16 dense), no MFU on CPU."""
     max_length: int = 1024
     """SFT: prompt + completion tokens per example; longer examples are cut on the right (TRL's
     ``max_length``), counted and logged as ``sft/truncated``. 0 = no limit."""
@@ -264,6 +281,10 @@ class PipelineConfig(RunConfig):
     """Evaluation samples per prompt."""
     ks: tuple[int, ...] = (1, 4, 16)
     """Evaluation pass@k."""
+    seeds: int = 1
+    """Run every method at seeds ``seed, seed+1, ..., seed+seeds-1`` (each seed its own
+    ``<out>/seed-<s>/`` tree) and report means with 95% intervals paired by seed
+    (``summary.csv``, ``paired.csv``, ``report.md``). 1 = one run, laid out directly under ``out``."""
 
 
 QUICK = {
@@ -373,6 +394,8 @@ RULES: dict[str, Rule] = {
     },
     **{n: _ge(0) for n in ("warmup", "clip", "weight_decay", "epsilon", "epsilon_high", "kl_coef")},
     "n_heldout": _ge(0),
+    "peak_tflops": _ge(0),
+    "seeds": _ge(1),
     "min_new_tokens": _ge(0),
     "log_completions_every": _ge(0),
     "stop_after": _ge(-1),
@@ -463,6 +486,7 @@ def _check_run(cfg: RunConfig) -> None:
         raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", f"is {cfg.device!r} but CUDA is not available")
+    _check_liger(cfg, dev)
     if cfg.data != "arith" and not Path(cfg.data).is_file():
         raise ConfigError("data", f"must be 'arith' or a JSONL file; {cfg.data!r} does not exist")
     if cfg.heldout_data and not Path(cfg.heldout_data).is_file():
@@ -493,6 +517,20 @@ def _check_run(cfg: RunConfig) -> None:
         )
     if cfg.resume and cfg.overwrite:
         raise ConfigError("overwrite", "and --resume contradict each other: give one")
+
+
+def _check_liger(cfg: RunConfig, dev) -> None:
+    """``--use-liger-kernel`` needs the package (the ``gpu`` extra) and a CUDA device (Triton kernels)."""
+    if not cfg.use_liger_kernel:
+        return
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("use_liger_kernel", "needs the liger-kernel package: pip install 'sft-for-rl[gpu]'")
+    if dev.type == "cpu" and (cfg.device != "auto" or not torch.cuda.is_available()):
+        raise ConfigError("use_liger_kernel", "needs a CUDA device (Liger-Kernel's kernels are Triton)")
 
 
 def _check_loss_impl(cfg: RunConfig, methods: list[str]) -> None:

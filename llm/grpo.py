@@ -31,7 +31,7 @@ import torch
 from llm import dist
 from llm.config import GRPOConfig, resolve
 from llm.data import collate
-from llm.log import due
+from llm.log import due, no_timer_phase
 from llm.objectives import entropy_fn, logp_fn
 from llm.rewards import Rewards
 from llm.rollout import Rollout, generate
@@ -155,21 +155,34 @@ def clip_stats(logp, old_logp, adv, mask, epsilon: float, epsilon_high: float) -
     return torch.stack([reduce(x.float(), mask, "sum") for x in (low, high, low | high)])
 
 
-def grpo_update(model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, last_ckpt: str) -> dict:
+def grpo_update(
+    model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, last_ckpt: str, phase=no_timer_phase
+) -> dict:
     """``num_iterations`` optimizer steps on one rollout batch, each accumulating over ``mbs``.
 
     Returns the summed (over ranks) statistics of the last pass: loss, grad norm, entropy, KL and
-    clip-indicator sums over counted tokens.
+    clip-indicator sums over counted tokens. ``phase``: a :meth:`llm.log.StepTimer.phase` timing the
+    reference/old log-probs as ``logprob`` and the passes as ``train``.
     """
     norm = Normaliser.of([b["loss_mask"] for b in mbs])
     T = cfg.temperature
+    tokens = sum(int(b["attention_mask"].sum()) for b in mbs)
 
     def logps(m, b):
         with torch.no_grad(), prec.autocast():
             return score(m, b, logp_fn, chunk_size=cfg.chunk_size, temperature=T)
 
-    ref_logp = [logps(ref, b) for b in mbs] if ref is not None else [None] * len(mbs)
-    old_logp = [logps(model, b) for b in mbs] if cfg.num_iterations > 1 else [None] * len(mbs)
+    scored = (ref is not None) + (cfg.num_iterations > 1)
+    with phase("logprob", tokens=tokens * scored):
+        ref_logp = [logps(ref, b) for b in mbs] if ref is not None else [None] * len(mbs)
+        old_logp = [logps(model, b) for b in mbs] if cfg.num_iterations > 1 else [None] * len(mbs)
+    with phase("train", tokens=tokens * cfg.num_iterations):
+        return _passes(model, mbs, ref, cfg, prec, opt, sched, step, last_ckpt, norm, old_logp, ref_logp)
+
+
+def _passes(model, mbs, ref, cfg, prec, opt, sched, step, last_ckpt, norm, old_logp, ref_logp) -> dict:
+    """The ``num_iterations`` optimisation passes of :func:`grpo_update`."""
+    T = cfg.temperature
     model.train()
     for it in range(cfg.num_iterations):
         last = it == cfg.num_iterations - 1
@@ -260,7 +273,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
         idx = batch_indices(len(prompts), step, cfg.prompts_per_step, cfg.seed + 1)
         local = [prompts[i] for i in idx[di.rank * per_rank : (di.rank + 1) * per_rank]]
         torch.manual_seed(rollout_seed(cfg.seed, step, di.rank))
-        with prec.autocast():
+        with prec.autocast(), loop.timer.phase("generation"):
             groups = generate(
                 model,
                 tok,
@@ -284,6 +297,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
         batch = rollout_batch(groups, tok.pad_token_id, cfg.mask_truncated_completions)
         batch["adv"] = sequence_advantages(all_rewards, cfg.adv_scale, di.rank, per_rank).cpu()
         lengths = torch.stack([batch["completion_len"].sum(), batch["truncated"].float().sum()]).to(device)
+        loop.timer.tokens["generation"] += int(batch["completion_len"].sum())  # this rank's new tokens
         upd = grpo_update(
             model,
             micro_batches(batch, cfg.micro_batch_size, device),
@@ -294,6 +308,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
             sched,
             step,
             loop.last_ckpt,
+            phase=loop.timer.phase,
         )
         dist.all_reduce_sum(lengths)
         n_seq = cfg.prompts_per_step * cfg.num_generations

@@ -124,17 +124,18 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
             batches.append(b)
         norm = Normaliser.of([b["loss_mask"] for b in batches])
         loss_sum = torch.zeros((), device=device)
-        for b in batches:
-            with prec.autocast():
-                per_token = sft_per_token(model, b, method, aux, cfg.chunk_size, cfg.loss_impl)  # (B, T-1)
-                w = method.weights(-per_token.detach(), b.get("behavior_logp"), b["loss_mask"])  # PEAR
-                if w is not None:
-                    per_token = w * per_token
-                loss = global_reduce(per_token, b["loss_mask"], cfg.reduction, norm)
-            loss.backward()
-            loss_sum += loss.detach()
-        dist.all_reduce_sum(loss_sum)
-        gnorm = optimizer_step(model, opt, sched, loss_sum, cfg.clip, step, loop.last_ckpt)
+        with loop.timer.phase("train", tokens=sum(int(b["attention_mask"].sum()) for b in batches)):
+            for b in batches:
+                with prec.autocast():
+                    per_token = sft_per_token(model, b, method, aux, cfg.chunk_size, cfg.loss_impl)
+                    w = method.weights(-per_token.detach(), b.get("behavior_logp"), b["loss_mask"])  # PEAR
+                    if w is not None:
+                        per_token = w * per_token
+                    loss = global_reduce(per_token, b["loss_mask"], cfg.reduction, norm)
+                loss.backward()
+                loss_sum += loss.detach()
+            dist.all_reduce_sum(loss_sum)
+            gnorm = optimizer_step(model, opt, sched, loss_sum, cfg.clip, step, loop.last_ckpt)
         if method.ema_due(step + 1):
             method.ema_update(state.teacher, model)
         record = {
