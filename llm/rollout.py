@@ -20,6 +20,7 @@ generator. By default one batch takes every rollout of the call when its cache f
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Protocol
@@ -441,7 +442,13 @@ class _StaticQwen3:
         if not self.use_graph:
             return self._step()
         if self.graph is None:
-            self._capture()
+            try:
+                self._capture()
+            except RuntimeError as e:  # a kernel that cannot be captured: decode eagerly instead
+                warnings.warn(f"CUDA-graph capture failed ({e}); decoding eagerly", stacklevel=2)
+                self.graph, self.use_graph = None, False
+                torch.cuda.synchronize()
+                return self._step()
         self.graph.replay()
         return self.logits
 
