@@ -13,10 +13,10 @@ master weights, bf16 autocast). Sections, each printing ``RESULT`` lines (a tabl
             (6 N + 12 L d T FLOPs per token over --peak-tflops) and peak memory, for sft and gift@5,
             loss_impl chunked / fused, checkpointing on / off, and every throughput option that
             ``llm.train.prepare_model`` offers (Liger kernels, torch.compile) when present.
-  grpo      one GRPO step, 16 prompts x 8 samples x 128 forced tokens, no KL, no checkpointing:
-            ours vs TRL's GRPOTrainer (``benchmarks/grpo_vs_trl.py``; skipped without trl).
   pipeline  ``llm pipeline`` on the stand-in (``gift@5 curio none``, 8 SFT steps of 16, 3 GRPO steps
             of 16 x 8 x 128): wall time, peak GPU memory and disk of every stage.
+  grpo      one GRPO step, 16 prompts x 8 samples x 128 forced tokens, no KL, no checkpointing:
+            ours vs TRL's GRPOTrainer (``benchmarks/grpo_vs_trl.py``; skipped without trl).
 
     python benchmarks/llm_gpu.py                       # everything (~8 minutes on an H200)
     python benchmarks/llm_gpu.py --only decode sft     # some sections
@@ -56,8 +56,9 @@ QWEN3_06B = dict(
 )
 #: --cpu-smoke: the same code paths on a model a CPU runs in seconds
 SMOKE = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16)
-#: rough seconds per section on an H200, for --deadline-s
-COST = {"decode": 40, "sft": 90, "grpo": 90, "pipeline": 150}
+#: rough seconds per section on an H200: --deadline-s skips a section with less time left, and the
+#: sft section skips its remaining variants once it has used its share
+COST = {"decode": 30, "sft": 80, "pipeline": 100, "grpo": 60}
 
 RESULTS: list[str] = []
 
@@ -188,8 +189,8 @@ def sft_variants(smoke: bool) -> list[tuple[str, str, str, dict]]:
     for opt in ("liger", "use_liger_kernel", "compile", "torch_compile"):
         if opt not in params:
             continue
-        if "liger" in opt and (importlib.util.find_spec("liger_kernel") is None or smoke):
-            print(f"sft: prepare_model has {opt!r} but liger_kernel is not importable (or CPU); skipped")
+        if smoke or ("liger" in opt and importlib.util.find_spec("liger_kernel") is None):
+            print(f"sft: {opt!r} skipped (no liger_kernel, or --cpu-smoke)")
             continue
         extra.append(("sft", "chunked", opt, dict(checkpointing=False, **{opt: True})))
     return plain + extra
@@ -209,6 +210,9 @@ def bench_sft(model_dir: Path, a) -> None:
     batch = {k: v.to(dev) for k, v in collate(seqs, 0).items()}
     norm = Normaliser.of([batch["loss_mask"]])
     for method, impl, label, kw in sft_variants(a.cpu_smoke):
+        if time.perf_counter() > a.section_end:
+            result(f"sft[{method},{impl},{label}] skipped: the section's time share is used")
+            continue
         model = prepare_model(load_model(str(model_dir), dev), prec, **kw)
         opt, _ = make_optimizer(model, 1e-5, 100, 0, 1.0)
         aux = (
@@ -362,6 +366,7 @@ def main(argv=None) -> int:
                 result(f"{name} skipped: {left:.0f} s left of --deadline-s {a.deadline_s:.0f}")
                 continue
             s0 = time.perf_counter()
+            a.section_end = s0 + COST[name]
             globals()[f"bench_{name}"](model_dir, a)
             print(f"[{name}: {time.perf_counter() - s0:.0f} s]", flush=True)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke shapes)"
