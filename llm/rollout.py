@@ -155,6 +155,7 @@ class HFGenerator:
             out = [c for s in range(0, len(flat), bs) for c in self._batch(flat[s : s + bs], sampling)]
         finally:
             self.model.train(was_training)
+            _StaticQwen3.release_if_large(self.model)
         return [out[i * n : (i + 1) * n] for i in range(len(prompts_ids))]
 
     def _stepper(self, B: int, max_len: int):
@@ -238,6 +239,9 @@ class _HFStep:
 #: per model, the most recent static decoder (its KV cache and CUDA graph), reused while the batch
 #: shape, the compute dtype and the parameters' storage stay the same
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: a decoder whose buffers (cache + weight shadows) exceed this fraction of the device's memory is
+#: freed after each call (training needs the room more; re-capturing costs a few decode steps)
+KEEP_FRACTION = 0.1
 
 
 class _StaticQwen3:
@@ -321,6 +325,24 @@ class _StaticQwen3:
         self.cur = torch.zeros(1, dtype=torch.long, device=p.device)  # the cache slot written next
         self.mask = torch.zeros((B, 1, 1, max_len), dtype=torch.bool, device=p.device)
         self.graph, self.logits = None, None
+
+    @staticmethod
+    def release_if_large(model) -> None:
+        """Drop ``model``'s decoder when its buffers exceed :data:`KEEP_FRACTION` of device memory."""
+        dec = _DECODERS.get(model)
+        if dec is None:
+            return
+        own = [] if dec.w is dec.master else dec.w
+        held = sum(t.numel() * t.element_size() for t in dec.k + dec.v + own)
+        dev = dec.ids.device
+        if dev.type == "cuda":
+            total = torch.cuda.get_device_properties(dev).total_memory
+        else:
+            import os
+
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if held > KEEP_FRACTION * total:
+            del _DECODERS[model]
 
     def refresh(self) -> None:
         """Copy the master weights into the compute-dtype shadows (in place: the graph reads them)."""

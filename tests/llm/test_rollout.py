@@ -342,3 +342,15 @@ def test_auto_batch_size_takes_the_whole_call_when_it_fits(tiny):
     per_seq = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 40 * 4 + 24 * c.vocab_size
     free = auto_batch_size(model, 10**9, 40) * per_seq / 0.5  # the budget it used, back out
     assert 10 * per_seq < free  # plausibly the machine's free memory, not a constant
+
+
+def test_large_decoder_is_released_after_the_call(tiny, monkeypatch):
+    import llm.rollout as rollout
+
+    model, tok, prompts = tiny
+    s = Sampling(6, greedy=True, eos_token_ids=eos_ids(model, tok), pad_token_id=tok.pad_token_id)
+    a = HFGenerator(model).generate(prompts, 2, s)
+    assert model in rollout._DECODERS  # a few KB: kept for the next call
+    monkeypatch.setattr(rollout, "KEEP_FRACTION", 0.0)
+    assert HFGenerator(model).generate(prompts, 2, s) == a
+    assert model not in rollout._DECODERS  # over the share: freed after the call
