@@ -314,7 +314,7 @@ def bench_pipeline(model_dir: Path, a) -> None:
     total = time.perf_counter() - t0
     for stage, dt, peak, where in stages:
         rel = Path(where).relative_to(out)
-        result(f"pipeline[{rel}] {stage} s={dt:.1f} peak_gib={peak:.1f} disk_gb={disk_gb(Path(where)):.2f}")
+        result(f"pipeline[{rel}] {stage} s={dt:.1f} peak_gib={peak:.1f} disk_gb={disk_gb(Path(where)):.3f}")
     result(f"pipeline[total] rc={rc} methods={' '.join(a.methods)} s={total:.1f} disk_gb={disk_gb(out):.2f}")
     shutil.rmtree(out, ignore_errors=True)
 
