@@ -399,13 +399,12 @@ class _StaticQwen3:
         def attend(i, q, k, v):
             self.k[i][:, :, :T] = k.transpose(1, 2)
             self.v[i][:, :, :T] = v.transpose(1, 2)
-            o = torch.nn.functional.scaled_dot_product_attention(
+            o = torch.nn.functional.scaled_dot_product_attention(  # KV heads expanded: any backend
                 q.transpose(1, 2),
-                self.k[i][:, :, :T],
-                self.v[i][:, :, :T],
+                self.k[i][:, :, :T].repeat_interleave(self.G, 1),
+                self.v[i][:, :, :T].repeat_interleave(self.G, 1),
                 attn_mask=mask,
                 scale=self.ref().model.layers[i].self_attn.scaling,
-                enable_gqa=True,
             )
             return o.transpose(1, 2).reshape(B, T, -1)
 
