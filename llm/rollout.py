@@ -118,8 +118,8 @@ class HFGenerator:
     the host only every ``check_every`` steps (``all finished?``) and once at the end.
 
     Qwen3 (``fast=True``) decodes through :class:`_StaticQwen3`: a preallocated KV cache and one
-    fixed-shape step function, captured once in a CUDA graph on a GPU (``graph=None``: on whenever
-    the model is on CUDA) and replayed every step; other architectures, and ``fast=False``, use the
+    fixed-shape step function, captured once in a CUDA graph and replayed every step when the model
+    is on CUDA (``graph=False``: eager; CPU is always eager); other architectures, and ``fast=False``, use the
     model's own forward and a ``DynamicCache``. ``batch_size=None`` (the default) takes every
     sequence of the call in one batch when its KV cache fits in half the free memory
     (:func:`auto_batch_size`). ``rng`` (a ``torch.Generator`` on the model's device) makes draws
@@ -162,7 +162,7 @@ class HFGenerator:
         """The decode engine of one batch: a (cached) static Qwen3 decoder, else the HF forward."""
         if self.fast and _StaticQwen3.supports(self.model):
             device = next(self.model.parameters()).device
-            graph = device.type == "cuda" if self.graph is None else self.graph
+            graph = device.type == "cuda" and self.graph is not False  # no CUDA graphs on CPU
             return _StaticQwen3.get(self.model, B, max_len, graph)
         return _HFStep(self.model)
 
