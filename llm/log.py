@@ -5,12 +5,13 @@ Metric names are TRL's where TRL has one (``reward``, ``reward_std``, ``frac_rew
 ``kl``, ``entropy``, ``clip_ratio/*``, ``completions/mean_length``, ``learning_rate``, ``loss``,
 ``grad_norm``), prefixed by the stage in the JSONL (``grpo/reward``) as the loops write them.
 Throughput (NeMo-RL's convention, :class:`StepTimer`): every step logs ``perf/step_time`` (seconds,
-the whole step), ``perf/tokens_per_s`` (all tokens the step processed / step time) and, per phase
-(``generation``, ``logprob``, ``train``), ``perf/<phase>_time`` and ``perf/<phase>_tokens_per_s``;
-``perf/peak_memory_gib`` (peak allocated CUDA memory in the step) on a GPU, and ``perf/mfu`` when a
-peak FLOP/s is known (:data:`PEAK_TFLOPS`, bf16 dense, by device name) or given (``--peak-tflops``).
-MFU counts 6 N FLOPs per trained token and 2 N per generated or scored token (N = parameters;
-attention's quadratic term and activation recomputation are left out, as in the usual MFU).
+the whole step), ``perf/tokens_per_s`` (the tokens the step processed on rank 0, which logs, / step
+time) and, per phase (``generation``, ``logprob``, ``train``), ``perf/<phase>_time`` and
+``perf/<phase>_tokens_per_s``; ``perf/peak_memory_gib`` (peak allocated CUDA memory in the step) on
+a GPU, and ``perf/mfu`` when a peak FLOP/s is known (:data:`PEAK_TFLOPS`, bf16 dense, by device
+name) or given (``--peak-tflops``). MFU counts 6 N FLOPs per trained token and 2 N per generated or
+scored token (N = parameters; attention's quadratic term and activation recomputation are left out,
+as in the usual MFU).
 TensorBoard goes through ``torch.utils.tensorboard`` (needs the ``tensorboard`` package, in the
 ``llm`` extra); wandb is used only if installed and runs offline unless ``WANDB_MODE`` says otherwise.
 """
@@ -47,8 +48,9 @@ def peak_flops(device: torch.device, given_tflops: float = 0.0) -> float:
 class StepTimer:
     """Wall time and tokens of one training step, split into phases (see the module docstring).
 
-    ``start()`` at the top of a step, ``with timer.phase(name, tokens):`` around each phase (CUDA is
-    synchronised at the edges so the times are real), ``record()`` for the ``perf/*`` metrics."""
+    ``start()`` at the top of a step, ``with timer.phase(name, tokens):`` (or ``begin``/``end``)
+    around each phase (CUDA is synchronised at the edges so the times are real), ``record()`` for
+    the ``perf/*`` metrics."""
 
     def __init__(self, device: torch.device, n_params: int, peak: float = 0.0) -> None:
         self.device, self.n_params, self.peak = torch.device(device), n_params, peak
@@ -63,20 +65,29 @@ class StepTimer:
         self.t0 = time.perf_counter()
         self.time = dict.fromkeys(PHASES, 0.0)
         self.tokens = dict.fromkeys(PHASES, 0)
+        self._open: dict[str, float] = {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
+    def begin(self, name: str, tokens: int = 0) -> None:
+        """Phase ``name`` (one of :data:`PHASES`) starts here, processing ``tokens`` tokens."""
+        self._sync()
+        self._open[name] = time.perf_counter()
+        self.tokens[name] += int(tokens)
+
+    def end(self, name: str) -> None:
+        """Phase ``name`` ends here (its time adds up over the step)."""
+        self._sync()
+        self.time[name] += time.perf_counter() - self._open.pop(name)
+
     @contextlib.contextmanager
     def phase(self, name: str, tokens: int = 0):
-        """Time the block as phase ``name`` (one of :data:`PHASES`), processing ``tokens`` tokens."""
-        self._sync()
-        t = time.perf_counter()
+        """Time the block as phase ``name`` (:meth:`begin` ... :meth:`end`)."""
+        self.begin(name, tokens)
         try:
             yield
         finally:
-            self._sync()
-            self.time[name] += time.perf_counter() - t
-            self.tokens[name] += int(tokens)
+            self.end(name)
 
     def record(self) -> dict:
         """The ``perf/*`` metrics of the step so far."""
@@ -84,7 +95,7 @@ class StepTimer:
         total = max(time.perf_counter() - self.t0, 1e-9)
         out = {"perf/step_time": total, "perf/tokens_per_s": sum(self.tokens.values()) / total}
         for p in PHASES:
-            if self.time[p] > 0:
+            if self.tokens[p] > 0 and self.time[p] > 0:  # phases that ran
                 out[f"perf/{p}_time"] = self.time[p]
                 out[f"perf/{p}_tokens_per_s"] = self.tokens[p] / self.time[p]
         if self.device.type == "cuda":
@@ -95,9 +106,17 @@ class StepTimer:
         return out
 
 
-def no_timer_phase(name: str, tokens: int = 0):
-    """The :meth:`StepTimer.phase` of code run without a timer (tests calling the update directly)."""
-    return contextlib.nullcontext()
+class _NoTimer:
+    """A :class:`StepTimer` that times nothing (code run without a step loop: tests, benchmarks)."""
+
+    def begin(self, name: str, tokens: int = 0) -> None:
+        pass
+
+    def end(self, name: str) -> None:
+        pass
+
+
+NO_TIMER = _NoTimer()
 
 
 class RunLogger:
@@ -216,12 +235,12 @@ def _fmt(v) -> str:
 
 
 __all__ = [
+    "NO_TIMER",
     "PEAK_TFLOPS",
     "PHASES",
     "RunLogger",
     "StepTimer",
     "due",
-    "no_timer_phase",
     "peak_flops",
     "results_table",
 ]

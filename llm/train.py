@@ -1,9 +1,18 @@
 """Pieces shared by the SFT and GRPO loops: the run's start (``setup_run``: seed, device, process
-group, saved config, model, tokenizer, data), batch order, optimizer + cosine schedule, the global
-reduction, the optimizer step with the non-finite guard, and the metrics log.
+group, saved config, model, tokenizer, data, the training options), batch order, optimizer + cosine
+schedule, the global reduction, the optimizer step with the non-finite guard, and the step loop
+(:class:`StepLoop`: resume, logs with ``perf/*`` throughput, lean checkpoints, ``final/``).
+
+Training options (each equal to the plain step in loss and gradient up to float rounding; tested):
+``--gradient-checkpointing auto`` decides by :func:`training_bytes` of the largest micro-batch
+(:func:`micro_tokens`) against the free GPU memory; ``--torch-compile`` compiles each decoder layer
+for the training forward/backward only (:func:`compile_layers`); ``--use-liger-kernel`` patches in
+Liger-Kernel's kernels (:mod:`llm.liger`: RMSNorm, SwiGLU, RoPE; fused linear cross-entropy for
+the NLL methods; CUDA, the ``gpu`` extra).
 
 Global reduction: a step may be split over micro-batches (gradient accumulation) and ranks. Each
-piece calls ``toybench.losses.reduce`` with normalisers counted over the WHOLE global batch, and the
+piece calls ``toybench.objectives.normalise`` (the one normaliser of every scale) with counts over
+the WHOLE global batch (:class:`Normaliser`; ``llm.sft`` and ``llm.grpo`` pick theirs), and the
 gradients are summed, so 1 x 4 == 4 x 1 == 2 ranks x 2 (up to float rounding):
   token_mean -> reduce(., "constant", constant = global counted tokens)
   seq_mean   -> reduce(., "seq_mean") * local non-empty sequences / global non-empty sequences
@@ -44,7 +53,6 @@ from llm.data import load_data
 from llm.loading import Precision, load_model, load_tokenizer, precision, resolve_device, stored_dtype
 from llm.log import RunLogger, StepTimer, peak_flops
 from llm.tiny import model_path
-from toybench.losses import reduce
 
 REDUCTIONS = ("token_mean", "seq_mean", "constant", "sum")
 
@@ -103,25 +111,6 @@ class Normaliser:
         dist.all_reduce_sum(x)
         dist.all_reduce_max(t)
         return Normaliser(float(x[0]), float(x[1]), float(t[0]), float(x[2]))
-
-
-def global_reduce(
-    per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: Normaliser, t_max: float | None = None
-) -> torch.Tensor:
-    """This micro-batch's share of the global-batch reduction (see module docstring).
-
-    ``t_max``: the length of the ``constant`` mode (default: the global padded length ``norm.t_max``).
-    """
-    if mode == "token_mean":
-        return reduce(per_token, mask, "constant", constant=max(norm.tokens, 1.0))
-    if mode == "seq_mean":
-        local = float((mask.sum(1) > 0).sum())
-        return reduce(per_token, mask, "seq_mean") * (local / max(norm.seqs, 1.0))
-    if mode == "constant":
-        return reduce(per_token, mask, "constant", constant=max(norm.seqs * (t_max or norm.t_max), 1.0))
-    if mode == "sum":
-        return reduce(per_token, mask, "sum")
-    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {mode!r}")
 
 
 def optimizer_step(
@@ -363,36 +352,16 @@ def compile_layers(model) -> None:
         layer.forward = forward
 
 
-def apply_liger(model) -> None:
-    """Liger-Kernel's RMSNorm, SwiGLU and RoPE kernels patched into ``model`` (TRL's
-    ``use_liger_kernel``); the loss stays ours. Imported lazily: a missing package or an unsupported
-    architecture is one clear error."""
-    try:
-        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-    except ImportError:
-        raise RuntimeError(
-            "--use-liger-kernel needs the liger-kernel package (pip install 'sft-for-rl[gpu]'; CUDA + Triton)"
-        ) from None
-    kind = getattr(model.config, "model_type", "")
-    if kind not in MODEL_TYPE_TO_APPLY_LIGER_FN:
-        raise ValueError(f"--use-liger-kernel: Liger-Kernel has no kernels for model type {kind!r}")
-    MODEL_TYPE_TO_APPLY_LIGER_FN[kind](
-        model=model,
-        rope=True,
-        swiglu=True,
-        rms_norm=True,
-        cross_entropy=False,
-        fused_linear_cross_entropy=False,
-    )
-
-
 def prepare_model(
     model, prec: Precision, checkpointing: bool, liger: bool = False, torch_compile: bool = False
 ):
     """Weights in ``prec.param_dtype`` (fp32 master copy unless bf16-pure); HF layer checkpointing;
-    Liger kernels (:func:`apply_liger`) and compiled decoder layers (:func:`compile_layers`) on request."""
+    on request Liger kernels (:func:`llm.liger.apply_liger`) and compiled decoder layers
+    (:func:`compile_layers`)."""
     model = model.to(prec.param_dtype)
     if liger:
+        from llm.liger import apply_liger
+
         apply_liger(model)
     if checkpointing:
         model.config.use_cache = False
@@ -433,7 +402,6 @@ def setup_run(cfg, model=None, tok=None):
 
 
 __all__ = [
-    "apply_liger",
     "batch_indices",
     "compile_layers",
     "decoder_layers",
@@ -445,7 +413,6 @@ __all__ = [
     "StepLoop",
     "NonFiniteLossError",
     "Normaliser",
-    "global_reduce",
     "make_optimizer",
     "optimizer_step",
     "prepare_model",

@@ -95,11 +95,11 @@ def _sft_batch(tok, n=8):
 
 
 def _loss_and_grad(model, batch, method="sft", impl="chunked", autocast=False, aux=()):
-    from llm.scoring import sft_per_token
+    from llm.scoring import sft_token_loss
 
     model.zero_grad(set_to_none=True)
     with _autocast(autocast):
-        per_token = sft_per_token(model, batch, method, aux, chunk_size=16, impl=impl)
+        per_token = sft_token_loss(model, batch, method, aux, chunk_size=16, impl=impl)
         loss = per_token.sum() / batch["loss_mask"].sum()
     loss.backward()
     g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])

@@ -192,9 +192,17 @@ def test_gradient_checkpointing_auto_decides_by_memory(tiny_dir):
     assert training_bytes(m, 100, precision("bf16-mixed", cpu)) < small  # bf16 activations
     cfg = SFTConfig(batch_size=16, grad_accum=2, max_length=512)
     assert micro_tokens(cfg, None, {}, m, world=2) == 4 * 512
+    from llm.config import GRPOConfig
+    from llm.data import load_data, prompt_ids
+
+    tok = load_tokenizer(str(tiny_dir))
+    g = GRPOConfig(micro_batch_size=3, max_completion_length=10, n_train=8, prompt_style="compact")
+    data = load_data(g)
+    longest = max(len(prompt_ids(tok, e)) for e in data["rl"])
+    assert micro_tokens(g, tok, data, m) == 3 * (longest + 10)
 
 
-@pytest.mark.slow  # inductor compiles for minutes on a loaded CPU; the gpu twin runs by default there
+@pytest.mark.slow  # inductor compiles for minutes on a shared CPU; a gpu twin below
 def test_compiled_decoder_layers_step_equals_eager(run_tiny):
     """--torch-compile: one SFT step gives the plain step's loss, gradient norm and parameters."""
     pytest.importorskip("torch._inductor")
@@ -265,3 +273,90 @@ def test_gpu_checkpointing_auto_is_off_when_it_fits_and_logs_memory(tiny_dir, tm
     torch.testing.assert_close(_params(m_on), _params(m_auto), rtol=0, atol=1e-5)
     (r,) = [json.loads(x) for x in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
     assert r["perf/peak_memory_gib"] > 0 and 0 < r["perf/mfu"] < 1
+
+
+def test_pipeline_seeds_reports_paired_intervals(tiny_dir, tmp_path):
+    """``pipeline --seeds 2``: both seeds run every method; results.csv has a seed column, summary.csv
+    the mean and 95% half-width of every metric (the toy map's ``summary``), paired.csv the
+    difference to the first method paired by seed, decoupling.csv T1/T2 per method and seed, and
+    report.md shows the intervals, the decoupling and time and disk per stage."""
+    import numpy as np
+    import pandas as pd
+
+    from llm.cli import main
+    from toybench.analysis.stats import ci95
+
+    out = tmp_path / "pipe"
+    args = ["pipeline", "--tiny", "--quick", "--seeds", "2", "--device", "cpu", "--out", str(out)]
+    args += ["--cache-dir", str(tiny_dir.parent), "--tiny-pretrain-steps", "40", "--methods", "sft", "gift@5"]
+    args += ["--sft.steps", "2", "--grpo.steps", "2", "--n-samples", "2", "--ks", "1", "2"]
+    assert main(args) == 0
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(set(df["seed"])) == [0, 1] and len(df) == 2 * 5  # base + 2 methods x 2 stages
+    summ = pd.read_csv(out / "summary.csv")
+    row = summ[(summ["method"] == "gift@5") & (summ["stage"] == "grpo")].iloc[0]
+    vals = df[(df["method"] == "gift@5") & (df["stage"] == "grpo")]["entropy"]
+    m, h = ci95(vals)
+    assert row["n"] == 2 and np.isclose(row["entropy"], m) and np.isclose(row["entropy_ci"], h)
+    pair = pd.read_csv(out / "paired.csv")
+    p = pair[(pair["stage"] == "grpo") & (pair["metric"] == "entropy")].iloc[0]
+    d = vals.to_numpy() - df[(df["method"] == "sft") & (df["stage"] == "grpo")]["entropy"].to_numpy()
+    assert p["method"] == "gift@5" and p["vs"] == "sft" and p["n"] == 2 and np.isclose(p["diff"], d.mean())
+    dec = pd.read_csv(out / "decoupling.csv")
+    assert len(dec) == 4 and {"grpo_heldout_sft_loss_change", "sft_heldout_reward_end"} <= set(dec)
+    report = (out / "report.md").read_text()
+    assert "over 2 seeds" in report and " ± " in report and "## Decoupling" in report
+    assert "## Time and disk per stage" in report and "## Paired by seed" in report
+    assert (out / "seed-1" / "gift@5" / "grpo" / "final" / "model.safetensors").is_file()
+
+
+def test_liger_wiring_with_a_stand_in_module(tiny_dir, monkeypatch):
+    """The --use-liger-kernel plumbing on CPU, with a plain-torch stand-in for the liger_kernel
+    package (the real Triton kernels are the gpu test's): the model is patched with RMSNorm, SwiGLU
+    and RoPE and not Liger's own loss, and the NLL methods' per-token loss taken through the
+    fused-linear-cross-entropy call (masked targets as ignore_index, reduction none) equals the
+    chunked loss in value and gradient."""
+    import sys
+    import types
+
+    from llm.data import collate
+    from llm.liger import nll_method
+    from llm.scoring import sft_token_loss
+    from llm.train import prepare_model
+
+    calls = []
+
+    class FLCE(torch.nn.Module):
+        def __init__(self, ignore_index, reduction):
+            super().__init__()
+            self.ignore_index, self.reduction = ignore_index, reduction
+
+        def forward(self, weight, x, target):
+            assert self.reduction == "none"
+            calls.append("flce")
+            return torch.nn.functional.cross_entropy(
+                x @ weight.T, target, ignore_index=self.ignore_index, reduction="none"
+            )
+
+    root, tr, mp = (types.ModuleType(n) for n in ("liger_kernel", "liger_kernel.transformers", "lk_mp"))
+    tr.LigerFusedLinearCrossEntropyLoss = FLCE
+    mp.MODEL_TYPE_TO_APPLY_LIGER_FN = {"qwen3": lambda model, **kw: calls.append(kw)}
+    monkeypatch.setitem(sys.modules, "liger_kernel", root)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", tr)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", mp)
+    m = prepare_model(load_model(str(tiny_dir), "cpu"), precision("fp32", "cpu"), False, liger=True)
+    assert calls == [
+        dict(rope=True, swiglu=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False)
+    ]
+    assert nll_method("sft") and nll_method("pear_token") and not nll_method("gift@5")
+    tok = load_tokenizer(str(tiny_dir))
+    seqs = [(tok.encode("12+3=15"), [0] * 4 + [1] * 3), (tok.encode("7*8=56!"), [0] * 3 + [1] * 4)]
+    batch = collate(seqs, tok.pad_token_id)
+    got = sft_token_loss(m, batch, "sft", impl="liger")
+    assert calls[-1] == "flce"
+    (g1,) = torch.autograd.grad(got.sum(), [m.lm_head.weight])
+    want = sft_token_loss(m, batch, "sft", impl="chunked")
+    (g2,) = torch.autograd.grad(want.sum(), [m.lm_head.weight])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
+    assert (got[batch["loss_mask"] == 0] == 0).all() and (got[batch["loss_mask"] == 1] > 0).all()

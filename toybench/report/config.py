@@ -228,21 +228,20 @@ def _validate_fields(cfg: ReportConfig) -> None:
 def _validate_grid(cfg: ReportConfig) -> None:
     """Every family gets K configurations and every one of them parses as a method."""
     for s in cfg.settings:
-        for fam, configs in tuning_grid(cfg, s).items():
+        try:
+            grid = tuning_grid(cfg, s)
+        except ValueError as err:
+            raise ValueError(f"methods: {err}") from None
+        for fam, configs in grid.items():
             if len(configs) != len(cfg.lr_grid):
                 raise ValueError(
                     f"knob_lrs: {fam} gets {len(configs)} configurations, not K = len(lr_grid) = "
                     f"{len(cfg.lr_grid)} (len(knob_lrs) x the number of knob values must equal K)"
                 )
-            for spec, *_ in configs:
-                try:
-                    Method.parse(spec)
-                except ValueError as err:
-                    raise ValueError(f"methods: {err}") from None
 
 
-def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[str, float, float]]]:
-    """family -> its K configurations (full method spec, SFT lr, RL lr), the same K for every family.
+def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[Method, float, float]]]:
+    """family -> its K configurations (the parsed method, SFT lr, RL lr), the same K for every family.
 
     A configuration's learning rate is the step size of both stages (SFT and RL), so every family, ``none``
     included, tunes the RL step size over the same range. ``none`` (no SFT), ``sft`` and ``dft`` (no knob)
@@ -261,7 +260,7 @@ def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[str, fl
         if fam in TOKEN_FAMILIES and not setting.startswith("tree"):
             continue
         if fam in ("none", "sft", "dft"):
-            out[fam] = [(fam, lr, lr) for lr in cfg.lr_grid]
+            out[fam] = [(Method.parse(fam), lr, lr) for lr in cfg.lr_grid]
         else:
-            out[fam] = [(spec, lr, lr) for spec in knobs[fam] for lr in cfg.knob_lrs]
+            out[fam] = [(m, lr, lr) for m in map(Method.parse, knobs[fam]) for lr in cfg.knob_lrs]
     return out

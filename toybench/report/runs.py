@@ -96,7 +96,7 @@ def held_out_metrics(d: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([d, train], axis=1).assign(eval_prompts="held-out")
 
 
-def _jobs(cfg: ReportConfig, setting: str) -> list[tuple[str, str, list[tuple[int, float, float]]]]:
+def _jobs(cfg: ReportConfig, setting: str) -> list[tuple[str, Method, list[tuple[int, float, float]]]]:
     """(family, spec, [(config_id, sft_lr, rl_lr), ...]): the configurations of one spec run together."""
     out = {}
     for fam, cs in tuning_grid(cfg, setting).items():
@@ -206,7 +206,7 @@ def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
             frame["config_id"] = [configs[c][0] for c in conf]
             frame["sft_lr"] = [configs[c][1] for c in conf]
             frame["rl_lr"] = [configs[c][2] for c in conf]
-            frame["method"] = str(Method.parse(spec))
+            frame["method"] = str(spec)
         frames.append(d)
         escapes.append(esc.assign(rl_steps=max(cfg.rl_budgets)))
     out, esc = pd.concat(frames, ignore_index=True), pd.concat(escapes, ignore_index=True)
