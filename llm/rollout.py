@@ -164,23 +164,24 @@ class HFGenerator:
             device = next(self.model.parameters()).device
             graph = device.type == "cuda" and self.graph is not False  # no CUDA graphs on CPU
             return _StaticQwen3.get(self.model, B, max_len, graph)
-        return _HFStep(self.model)
+        return _HFStep(self.model, B, max_len)
 
     def _batch(self, prompts: list[list[int]], s: Sampling) -> list[Completion]:
         device = next(self.model.parameters()).device
         B, P, L = len(prompts), max(len(p) for p in prompts), s.max_completion_length
         ids = torch.full((B, P), s.pad_token_id, dtype=torch.long)
-        att = torch.zeros((B, P), dtype=torch.long)
+        att = torch.zeros((B, P + L), dtype=torch.long)
         for i, p in enumerate(prompts):  # left padding
             ids[i, P - len(p) :] = torch.tensor(p)
-            att[i, P - len(p) :] = 1
+            att[i, P - len(p) : P] = 1
         ids, att = ids.to(device), att.to(device)
-        pos = (att.cumsum(-1) - 1).clamp(min=0)  # (B, P) real tokens at 0..len-1
+        pos = (att[:, :P].cumsum(-1) - 1).clamp(min=0)  # (B, P) real tokens at 0..len-1
         eos = torch.tensor(s.eos_token_ids, dtype=torch.long, device=device)
         tokens = torch.full((B, L), s.pad_token_id, dtype=torch.long, device=device)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         step = self._stepper(B, P + L)
-        logits = step.prefill(ids, att, pos)  # (B, V) at the last prompt position
+        logits = step.prefill(ids, att[:, :P], pos)  # (B, V) at the last prompt position
+        nxt_pos = pos[:, -1:] + 1  # (B, 1)
         for t in range(L):
             if t < s.min_new_tokens:
                 logits = logits.index_fill(-1, eos, float("-inf"))
@@ -189,7 +190,9 @@ class HFGenerator:
             finished |= torch.isin(nxt, eos)
             if t == L - 1 or ((t + 1) % self.check_every == 0 and bool(finished.all())):
                 break
-            logits = step.decode(nxt)
+            att[:, P + t] = 1
+            logits = step.decode(nxt[:, None], att[:, : P + t + 1], nxt_pos)
+            nxt_pos = nxt_pos + 1
         return [_cut(row, set(s.eos_token_ids)) for row in tokens.tolist()]
 
 
@@ -197,8 +200,9 @@ def auto_batch_size(model, n: int, max_len: int, frac: float = 0.5) -> int:
     """The largest batch <= ``n`` whose KV cache (``max_len`` positions, every layer, K and V) and
     fp32 sampling buffers (~6 ``[B, V]`` tensors) fit in ``frac`` of the free memory of the model's
     device (CUDA: free plus what torch holds cached; CPU: available RAM)."""
-    c = model.config
-    p = next(model.parameters())
+    c, p = getattr(model, "config", None), next(model.parameters())
+    if c is None:  # not a transformers model: nothing to size the cache by
+        return n
     hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     elt = 2 if p.dtype in (torch.float16, torch.bfloat16) or p.device.type == "cuda" else p.element_size()
@@ -216,24 +220,19 @@ def auto_batch_size(model, n: int, max_len: int, frac: float = 0.5) -> int:
 class _HFStep:
     """Any causal LM through its own forward and a ``DynamicCache``."""
 
-    def __init__(self, model):
+    def __init__(self, model, B: int, max_len: int):
         from transformers import DynamicCache
 
         self.model = model
         self.kv = {_cache_kw(model): DynamicCache(config=model.config), "use_cache": True}
 
     def prefill(self, ids, att, pos):
-        self.att, self.pos = att, pos[:, -1:]  # (B, P), (B, 1)
         return self.model(
             input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=1, **self.kv
         ).logits[:, -1]
 
-    def decode(self, nxt):
-        self.att = torch.cat([self.att, torch.ones_like(self.att[:, :1])], 1)
-        self.pos = self.pos + 1
-        return self.model(
-            input_ids=nxt[:, None], attention_mask=self.att, position_ids=self.pos, **self.kv
-        ).logits[:, -1]
+    def decode(self, ids, att, pos):
+        return self.model(input_ids=ids, attention_mask=att, position_ids=pos, **self.kv).logits[:, -1]
 
 
 #: per model, the most recent static decoder (its KV cache and CUDA graph), reused while the batch
@@ -456,10 +455,11 @@ class _StaticQwen3:
         with torch.cuda.graph(self.graph):
             self.logits = self._step()
 
-    def decode(self, nxt):
-        """Feed the sampled ``(B,)`` tokens; returns the next ``(B, V)`` logits (a buffer the next
-        call overwrites when graphed)."""
-        self.ids.copy_(nxt[:, None])
+    def decode(self, ids, att=None, pos=None):
+        """Feed the sampled ``(B, 1)`` tokens; returns the next ``(B, V)`` logits (a buffer the next
+        call overwrites when graphed). ``att`` and ``pos`` (the loop's) are tracked in the static
+        buffers already."""
+        self.ids.copy_(ids)
         if not self.use_graph:
             return self._step()
         if self.graph is None:
