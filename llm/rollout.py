@@ -297,33 +297,49 @@ class _StaticQwen3:
         c, p = model.config, next(model.parameters())
         self.ref, self.key, self.cdt, self.use_graph = weakref.ref(model), key, cdt, graph
         self.hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        self.G = c.num_attention_heads // c.num_key_value_heads
-        m = model.model
-        # the matrix weights: per layer q, k, v, o, gate, up, down; then the LM head
-        self.master = [
-            lin.weight
-            for layer in m.layers
-            for lin in (
-                layer.self_attn.q_proj,
-                layer.self_attn.k_proj,
-                layer.self_attn.v_proj,
-                layer.self_attn.o_proj,
-                layer.mlp.gate_proj,
-                layer.mlp.up_proj,
-                layer.mlp.down_proj,
-            )
-        ] + [model.lm_head.weight]
-        same = all(w.dtype == cdt for w in self.master)
-        self.w = self.master if same else [torch.empty_like(w, dtype=cdt) for w in self.master]
-        shape = (B, c.num_key_value_heads, max_len, self.hd)
+        self.H, self.Hkv = c.num_attention_heads, c.num_key_value_heads
+        self.G = self.H // self.Hkv
+        self.w, self.src = self._weights(model)
+        shape = (B, self.Hkv, max_len, self.hd)
         z = dict(dtype=cdt, device=p.device)  # zeros: masked slots must be finite (0 * NaN = NaN)
-        self.k = [torch.zeros(shape, **z) for _ in m.layers]
-        self.v = [torch.zeros(shape, **z) for _ in m.layers]
+        self.k = [torch.zeros(shape, **z) for _ in model.model.layers]
+        self.v = [torch.zeros(shape, **z) for _ in model.model.layers]
         self.ids = torch.zeros((B, 1), dtype=torch.long, device=p.device)
         self.pos = torch.zeros((B, 1), dtype=torch.long, device=p.device)
         self.cur = torch.zeros(1, dtype=torch.long, device=p.device)  # the cache slot written next
         self.mask = torch.zeros((B, 1, 1, max_len), dtype=torch.bool, device=p.device)
         self.graph, self.logits = None, None
+
+    def _weights(self, model):
+        """Per layer ``qkv`` ([q; k; v] rows: one product), ``gu`` ([gate; up]), ``o``, ``down`` in
+        the compute dtype, ``qk_norm`` (per head: q_norm's weight on the H query heads, k_norm's on
+        the KV heads; the norms' dtype), and the LM head; with the (copy target, parameter) pairs
+        :meth:`refresh` copies at every call, so the buffers the graph reads are never stale."""
+        cdt, w, src = self.cdt, [], []
+        for layer in model.model.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            qkv = (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)
+            gu = (mlp.gate_proj.weight, mlp.up_proj.weight)
+            nw = a.q_norm.weight
+            lw = {
+                "qkv": torch.empty(
+                    (sum(t.shape[0] for t in qkv), qkv[0].shape[1]), dtype=cdt, device=nw.device
+                ),
+                "gu": torch.empty((sum(t.shape[0] for t in gu), gu[0].shape[1]), dtype=cdt, device=nw.device),
+                "o": torch.empty_like(a.o_proj.weight, dtype=cdt),
+                "down": torch.empty_like(mlp.down_proj.weight, dtype=cdt),
+                "qk_norm": torch.empty((self.H + self.Hkv, self.hd), dtype=nw.dtype, device=nw.device),
+            }
+            src += list(zip(lw["qkv"].split([t.shape[0] for t in qkv]), qkv))
+            src += list(zip(lw["gu"].split([t.shape[0] for t in gu]), gu))
+            src += [(lw["o"], a.o_proj.weight), (lw["down"], mlp.down_proj.weight)]
+            src += [
+                (lw["qk_norm"][: self.H], nw.expand(self.H, -1)),
+                (lw["qk_norm"][self.H :], a.k_norm.weight.expand(self.Hkv, -1)),
+            ]
+            w.append(lw)
+        head = torch.empty_like(model.lm_head.weight, dtype=cdt)
+        return w + [head], src + [(head, model.lm_head.weight)]
 
     @staticmethod
     def release_if_large(model) -> None:
@@ -331,8 +347,7 @@ class _StaticQwen3:
         dec = _DECODERS.get(model)
         if dec is None:
             return
-        own = [] if dec.w is dec.master else dec.w
-        held = sum(t.numel() * t.element_size() for t in dec.k + dec.v + own)
+        held = sum(t.numel() * t.element_size() for t in dec.k + dec.v + [d for d, _ in dec.src])
         dev = dec.ids.device
         if dev.type == "cuda":
             total = torch.cuda.get_device_properties(dev).total_memory
@@ -344,20 +359,22 @@ class _StaticQwen3:
             del _DECODERS[model]
 
     def refresh(self) -> None:
-        """Copy the master weights into the compute-dtype shadows (in place: the graph reads them)."""
-        if self.w is not self.master:
-            torch._foreach_copy_(self.w, self.master)
+        """Copy the current weights into the buffers the step (and its graph) reads."""
+        dst, src = zip(*self.src)
+        torch._foreach_copy_(list(dst), list(src))
 
     @staticmethod
     def _norm(mod, x):
         """HF's Qwen3RMSNorm from the module's weight and epsilon (not its forward, which Liger or
         compile may have replaced): normalise in fp32, back to ``x``'s dtype, times the weight."""
-        eps = getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", 1e-6)
-        h = x.float()
-        return mod.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+        return mod.weight * _StaticQwen3._rms(
+            x, getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", 1e-6)
+        )
 
-    def _lin(self, x, i):
-        return torch.nn.functional.linear(x.to(self.cdt), self.w[i])
+    @staticmethod
+    def _rms(x, eps):
+        h = x.float()
+        return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
     def _rope(self, x, cos, sin):  # x (..., hd); cos/sin broadcast to it
         h = x.shape[-1] // 2
@@ -371,22 +388,26 @@ class _StaticQwen3:
         return (emb.cos() * r.attention_scaling).to(x.dtype), (emb.sin() * r.attention_scaling).to(x.dtype)
 
     def _layers(self, x, cos, sin, attend):
-        """The decoder stack on ``x (B, T, D)``; ``attend(i, q, k, v)`` stores k, v and attends."""
-        m = self.ref().model
+        """The decoder stack on ``x (B, T, D)``; ``attend(i, q, k, v)`` stores k, v and attends.
+
+        Fewer, larger kernels than the HF forward (on a GPU their launches are the cost): one
+        product for q, k and v, one for gate and up, and the q/k norms and RoPE applied to the q
+        and k heads together; the same arithmetic per element."""
+        m, F = self.ref().model, torch.nn.functional
         B, T, _ = x.shape
+        nq = (self.H + self.Hkv) * self.hd
+        eps = getattr(m.layers[0].self_attn.q_norm, "variance_epsilon", None) or 1e-6
         for i, layer in enumerate(m.layers):
-            a, j = layer.self_attn, 7 * i
-            h = self._norm(layer.input_layernorm, x)
-            q = self._rope(
-                self._norm(a.q_norm, self._lin(h, j).view(B, T, -1, self.hd)), cos, sin
-            )  # (B,T,H,hd)
-            k = self._rope(self._norm(a.k_norm, self._lin(h, j + 1).view(B, T, -1, self.hd)), cos, sin)
-            v = self._lin(h, j + 2).view(B, T, -1, self.hd)
-            o = attend(i, q.to(self.cdt), k.to(self.cdt), v)  # (B, T, H * hd)
-            x = x + self._lin(o, j + 3)
-            h = self._norm(layer.post_attention_layernorm, x)
-            x = x + self._lin(torch.nn.functional.silu(self._lin(h, j + 4)) * self._lin(h, j + 5), j + 6)
-        return self._lin(self._norm(m.norm, x[:, -1]), len(self.w) - 1)  # (B, V)
+            w = self.w[i]
+            qkv = F.linear(self._norm(layer.input_layernorm, x).to(self.cdt), w["qkv"])  # (B, T, (H+2Hkv) hd)
+            qk = w["qk_norm"] * self._rms(qkv[..., :nq].view(B, T, -1, self.hd), eps)  # (B, T, H+Hkv, hd)
+            qk = self._rope(qk, cos, sin).to(self.cdt)
+            v = qkv[..., nq:].view(B, T, -1, self.hd)
+            o = attend(i, qk[:, :, : self.H], qk[:, :, self.H :], v)  # (B, T, H * hd)
+            x = x + F.linear(o, w["o"])
+            g, u = F.linear(self._norm(layer.post_attention_layernorm, x).to(self.cdt), w["gu"]).chunk(2, -1)
+            x = x + F.linear(F.silu(g) * u, w["down"])
+        return F.linear(self._norm(m.norm, x[:, -1]).to(self.cdt), self.w[-1])  # (B, V)
 
     def prefill(self, ids, att, pos):
         """Eager forward of the ``(B, P)`` prompts into cache slots ``0..P-1``; the last logits."""
@@ -421,6 +442,8 @@ class _StaticQwen3:
         """One decode step on the static buffers: token ``ids`` at ``pos`` into slot ``cur``."""
         m, B = self.ref().model, self.ids.shape[0]
         self.mask.index_fill_(-1, self.cur, True)
+        bias = torch.zeros(self.mask.shape, dtype=self.cdt, device=self.mask.device)
+        bias.masked_fill_(~self.mask, float("-inf"))  # one additive mask for every layer
 
         def attend(i, q, k, v):  # q (B, 1, H, hd) -> (B, Hkv, G, hd): the G heads sharing a KV head
             self.k[i].index_copy_(2, self.cur, k.transpose(1, 2))
@@ -429,7 +452,7 @@ class _StaticQwen3:
                 q.reshape(B, -1, self.G, self.hd),
                 self.k[i],
                 self.v[i],
-                attn_mask=self.mask,
+                attn_mask=bias,
                 scale=m.layers[i].self_attn.scaling,
             )
             return o.reshape(B, 1, -1)
