@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -96,7 +97,11 @@ def timed(fn, reps: int) -> float:
 
 
 def disk_gb(path: Path) -> float:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e9
+    """Bytes on disk under ``path`` (a hard-linked file counted once, as ``du`` does), in GB."""
+    files = {
+        (s.st_dev, s.st_ino): s.st_size for f in Path(path).rglob("*") if f.is_file() for s in [f.stat()]
+    }
+    return sum(files.values()) / 1e9
 
 
 def build_standin(path: Path, smoke: bool) -> Path:
@@ -210,6 +215,8 @@ def bench_sft(model_dir: Path, a) -> None:
     batch = {k: v.to(dev) for k, v in collate(seqs, 0).items()}
     n_tok = batch["loss_mask"].sum()  # token_mean: the timing does not depend on the reduction
     for method, impl, label, kw in sft_variants(a.cpu_smoke):
+        if a.sft_labels and label not in a.sft_labels:
+            continue
         if time.perf_counter() > a.section_end:
             result(f"sft[{method},{impl},{label}] skipped: the section's time share is used")
             continue
@@ -233,6 +240,7 @@ def bench_sft(model_dir: Path, a) -> None:
         try:
             dt = timed(step, a.reps)
         except Exception as e:  # noqa: BLE001 -- one option failing must not hide the others' numbers
+            traceback.print_exc()
             result(f"sft[{method},{impl},{label}] failed: {type(e).__name__}: {str(e)[:120]}")
             continue
         tps = a.batch * a.seq / dt
@@ -337,6 +345,7 @@ def parse(argv=None):
     ap.add_argument("--seq", type=int, default=1024, help="SFT tokens per sequence")
     ap.add_argument("--chunk", type=int, default=4096, help="chunk_size of the SFT losses")
     ap.add_argument("--reps", type=int, default=3, help="timed SFT steps per variant")
+    ap.add_argument("--sft-labels", nargs="*", default=[], help="only these SFT variants (e.g. liger plain)")
     ap.add_argument("--grpo-prompts", type=int, default=16, help="GRPO prompts per step")
     ap.add_argument("--grpo-group", type=int, default=8, help="GRPO samples per prompt")
     ap.add_argument("--grpo-tokens", type=int, default=128, help="GRPO completion tokens (forced)")
