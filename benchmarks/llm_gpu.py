@@ -14,7 +14,8 @@ master weights, bf16 autocast). Sections, each printing ``RESULT`` lines (a tabl
             loss_impl chunked / fused, checkpointing on / off, and every throughput option that
             ``llm.train.prepare_model`` offers (Liger kernels, torch.compile) when present.
   pipeline  ``llm pipeline`` on the stand-in (``gift@5 curio none``, 8 SFT steps of 16, 3 GRPO steps
-            of 16 x 8 x 128): wall time, peak GPU memory and disk of every stage.
+            of 16 x 8 samples, completions up to 512 tokens as by default; random weights rarely
+            emit an EOS, so they run to the limit): wall time, peak GPU memory and disk per stage.
   grpo      one GRPO step, 16 prompts x 8 samples x 128 forced tokens, no KL, no checkpointing:
             ours vs TRL's GRPOTrainer (``benchmarks/grpo_vs_trl.py``; skipped without trl).
 
@@ -59,7 +60,7 @@ QWEN3_06B = dict(
 SMOKE = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16)
 #: rough seconds per section on an H200: --deadline-s skips a section with less time left, and the
 #: sft section skips its remaining variants once it has used its share
-COST = {"decode": 30, "sft": 80, "pipeline": 100, "grpo": 60}
+COST = {"decode": 30, "sft": 80, "pipeline": 150, "grpo": 60}
 
 RESULTS: list[str] = []
 
@@ -312,7 +313,7 @@ def bench_pipeline(model_dir: Path, a) -> None:
         "1",
         "4",
     ]
-    args += ["--max-completion-length", str(a.grpo_tokens), "--sft.steps", "8", "--sft.batch-size", "16"]
+    args += ["--max-completion-length", str(a.pipeline_tokens), "--sft.steps", "8", "--sft.batch-size", "16"]
     args += ["--grpo.steps", "3", "--grpo.prompts-per-step", str(a.grpo_prompts)]
     args += ["--grpo.num-generations", str(a.grpo_group), "--grpo.pass-k", str(min(4, a.grpo_group))]
     args += ["--sft.eval-every", "4", "--grpo.eval-every", "2"]
@@ -349,6 +350,7 @@ def parse(argv=None):
     ap.add_argument("--grpo-prompts", type=int, default=16, help="GRPO prompts per step")
     ap.add_argument("--grpo-group", type=int, default=8, help="GRPO samples per prompt")
     ap.add_argument("--grpo-tokens", type=int, default=128, help="GRPO completion tokens (forced)")
+    ap.add_argument("--pipeline-tokens", type=int, default=512, help="pipeline max completion (real default)")
     ap.add_argument("--methods", nargs="+", default=["gift@5", "curio", "none"], help="pipeline methods")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H200 SXM: 989)")
     ap.add_argument("--cpu-smoke", action="store_true", help="every code path on CPU at toy shapes")
@@ -356,6 +358,7 @@ def parse(argv=None):
     if a.cpu_smoke:
         a.gen_batches, a.gen_tokens, a.batch, a.seq, a.chunk, a.reps = [4], 8, 2, 128, 512, 1
         a.grpo_prompts, a.grpo_group, a.grpo_tokens, a.methods = 2, 2, 8, ["gift@5", "none"]
+        a.pipeline_tokens = 8
     return a
 
 
