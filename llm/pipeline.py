@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from llm.checkpoint import prepare_out
-from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig, resolve, save_config
+from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig, resolve, save_config, stage_config
 from llm.evaluate import run_eval
 from llm.grpo import run_grpo
 from llm.sft import run_sft
@@ -32,32 +32,6 @@ from llm.tiny import model_path
 from toybench.analysis import markdown_table
 from toybench.analysis.stats import fmt_ci, paired_test, summary
 from toybench.methods import Method
-
-
-def _common(cfg: PipelineConfig) -> dict:
-    keys = (
-        "tiny",
-        "device",
-        "seed",
-        "trust_remote_code",
-        "enable_thinking",
-        "data",
-        "heldout_data",
-        "n_train",
-        "n_heldout",
-        "chunk_size",
-        "prompt_style",
-        "cache_dir",
-        "max_completion_length",
-        "dtype",
-        "gradient_checkpointing",
-        "max_length",
-        "use_liger_kernel",
-        "torch_compile",
-        "save_optimizer",
-        "peak_tflops",
-    )
-    return {k: getattr(cfg, k) for k in keys}
 
 
 def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
@@ -123,34 +97,26 @@ def _run_seed(cfg: PipelineConfig, out: Path) -> tuple[pd.DataFrame, pd.DataFram
     """base -> SFT(method) -> GRPO -> eval of every method at ``cfg.seed`` under ``out``; returns the
     results (one row per method and stage) and the timing (seconds and disk per stage)."""
     base = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
-    # the stages get the resolved numbers: ``quick`` was applied here (never re-applied over --sft.*)
-    common = _common(cfg) | {"tiny": False, "quick": False, "report_to": cfg.report_to}
-    common |= {k: getattr(cfg, k) for k in ("heldout_frac", "last_turn_only", "reward", "reward_weights")}
-    common |= {k: getattr(cfg, k) for k in ("log_completions_every", "save_total_limit")}
-    ev = dict(n_samples=cfg.n_samples, ks=cfg.ks)
-    sft_knobs, grpo_knobs = dataclasses.asdict(cfg.sft), dataclasses.asdict(cfg.grpo)
+    # each stage gets the resolved numbers (``quick`` is never re-applied over --sft.* / --grpo.*)
+    ev = dict(n_samples=cfg.n_samples, ks=cfg.ks, overwrite=True)
     timing: list[dict] = []
 
     def evaluate(method: str, stage: str, model: str, d: Path) -> dict:
-        ecfg = EvalConfig(model=model, out=str(d), **common, **ev, overwrite=True)
-        return {
-            "method": method,
-            "stage": stage,
-            **_timed(timing, method, f"eval_{stage}", d, run_eval, ecfg),
-        }
+        res = _timed(timing, method, f"eval_{stage}", d, _evaluate, cfg, model, d, ev)
+        return {"method": method, "stage": stage, **res}
 
     rows = [evaluate("base", "base", base, out / "base")]
     for m in cfg.methods:
         d = out / m
         start = base  # ``none``: GRPO straight from the base model
         if Method.parse(m).kind != "none":
-            sft = SFTConfig(
-                model=base, out=str(d / "sft"), method=m, resume=cfg.resume, **sft_knobs, **common
+            sft = stage_config(
+                SFTConfig, cfg, cfg.sft, model=base, out=str(d / "sft"), method=m, resume=cfg.resume
             )
             _timed(timing, m, "sft", d / "sft", run_sft, sft)
             start = str(d / "sft" / "final")
             rows.append(evaluate(m, "sft", start, d / "eval_sft"))
-        grpo = GRPOConfig(model=start, out=str(d / "grpo"), resume=cfg.resume, **grpo_knobs, **common)
+        grpo = stage_config(GRPOConfig, cfg, cfg.grpo, model=start, out=str(d / "grpo"), resume=cfg.resume)
         _timed(timing, m, "grpo", d / "grpo", run_grpo, grpo)
         rows.append(evaluate(m, "grpo", str(d / "grpo" / "final"), d / "eval_grpo"))
     return pd.DataFrame(rows), pd.DataFrame(timing)
@@ -203,6 +169,11 @@ def decoupling(out: Path, methods) -> pd.DataFrame:
                 row |= {f"{name}_start": v[0], f"{name}_end": v[-1], f"{name}_change": v[-1] - v[0]}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _evaluate(cfg: PipelineConfig, model: str, out: Path, ev: dict) -> dict:
+    """Evaluate ``model`` with the pipeline's evaluation settings into ``out``."""
+    return run_eval(stage_config(EvalConfig, cfg, model=model, out=str(out), **ev))
 
 
 def load_curves(out: Path, methods, stage: str) -> pd.DataFrame:

@@ -71,17 +71,21 @@ def seed_everything(seed: int) -> None:
 def make_optimizer(
     model: torch.nn.Module, lr: float, steps: int, warmup: int, min_lr_ratio: float, wd: float = 0.0
 ):
-    """AdamW and a linear-warm-up + cosine-decay LambdaLR (to ``lr * min_lr_ratio`` at ``steps``)."""
+    """AdamW and transformers' linear-warm-up + cosine-decay schedule (to ``lr * min_lr_ratio`` at ``steps``).
+
+    Shifted by one step: transformers' warm-up starts at lr 0 (its first update is lost); here step ``s``
+    takes its factor at ``s + 1`` of a schedule one step longer, so warm-up runs ``lr / (warmup + 1)``,
+    ..., ``lr`` and the cosine reaches its floor at ``steps`` (tested against the closed form).
+    """
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=(0.9, 0.95))
-
-    def factor(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / (warmup + 1)
-        frac = min(1.0, (s - warmup) / max(1, steps - warmup))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    hf = get_cosine_with_min_lr_schedule_with_warmup(opt, warmup + 1, steps + 1, min_lr_rate=min_lr_ratio)
+    factor = hf.lr_lambdas[0]
+    for group in opt.param_groups:  # undo the step-0 lr that building ``hf`` set
+        group["lr"] = group["initial_lr"]
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: factor(s + 1))
 
 
 @dataclass(frozen=True)
@@ -131,22 +135,6 @@ def optimizer_step(
     sched.step()
     opt.zero_grad(set_to_none=True)
     return gnorm_val
-
-
-class MetricsLog:
-    """Append-only JSONL of namespaced metrics (rank 0 writes)."""
-
-    def __init__(self, path: str | Path, enabled: bool = True, append: bool = False) -> None:
-        self.path, self.enabled = Path(path), enabled
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not append:
-                self.path.write_text("")
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 def truncate_log(path: str | Path, step: int) -> None:
@@ -409,7 +397,6 @@ __all__ = [
     "training_bytes",
     "setup_run",
     "REDUCTIONS",
-    "MetricsLog",
     "StepLoop",
     "NonFiniteLossError",
     "Normaliser",

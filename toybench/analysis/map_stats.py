@@ -1,4 +1,4 @@
-"""Statistics of the map (issue 11): validation selection, effects vs ``sft`` and ``none`` paired by
+"""Statistics of the map: validation selection, effects vs ``sft`` and ``none`` paired by
 seed, Holm over the whole family, per-cell claim verdicts, their conditions, the best family per cell."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The map's statistics (issue 11) on synthetic frames whose answer is known: Holm, selection on
+"""The map's statistics on synthetic frames whose answer is known: Holm, selection on
 validation only, paired effects, claim outcomes, the computed condition, the best method per cell."""
 
 import numpy as np
