@@ -1,4 +1,4 @@
-"""The prepared GPU check of ``llm/`` at Qwen3-0.6B size: one script, ~8 minutes on one H200.
+"""The prepared GPU check of ``llm/`` at Qwen3-0.6B size: one script, ~6 minutes on one H200.
 
 Weights cannot be downloaded, so it first builds a stand-in Qwen3-0.6B directory: the real
 configuration (28 layers, d = 1024, 16/8 heads, V = 151,936, tied embeddings; 0.596B parameters),
@@ -19,7 +19,7 @@ master weights, bf16 autocast). Sections, each printing ``RESULT`` lines (a tabl
   grpo      one GRPO step, 16 prompts x 8 samples x 128 forced tokens, no KL, no checkpointing:
             ours vs TRL's GRPOTrainer (``benchmarks/grpo_vs_trl.py``; skipped without trl).
 
-    python benchmarks/llm_gpu.py                       # everything (~8 minutes on an H200)
+    python benchmarks/llm_gpu.py                       # everything (~6 minutes on an H200)
     python benchmarks/llm_gpu.py --only decode sft     # some sections
     python benchmarks/llm_gpu.py --cpu-smoke           # every code path on CPU at toy shapes
 
