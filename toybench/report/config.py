@@ -81,6 +81,10 @@ class ReportConfig:
     """Samples per prompt that the exact pass@k stands for; every k of pipeline.pass_k must be <= this."""
     headline_k: int = 4
     """The pass@k of claim (d) and of the tables (must be in pipeline.pass_k)."""
+    min_effect: float = 0.02
+    """Minimum effect (post-RL pass@1, or pass@k for claim (d)) a claim must show: a reproduction needs an
+    effect significantly above it, a refutation one significantly beyond it the other way, and an
+    equivalence test (TOST) against it says no effect that matters exists."""
     reward_threshold: float = 0.9
     """Comparison (e): RL steps until the per-prompt pass@1 reaches this."""
     error_unit: Literal["prompt", "demo"] = "prompt"
@@ -193,6 +197,8 @@ def _validate_fields(cfg: ReportConfig) -> None:
         raise ValueError(f"bandit_correct must be < bandit_V = {cfg.bandit_V}, got {cfg.bandit_correct}")
     if cfg.tree_V**cfg.tree_H > 2_000_000:
         raise ValueError(f"tree_H: tree_V**tree_H = {cfg.tree_V**cfg.tree_H} leaves is too many to enumerate")
+    if not 0 <= cfg.min_effect < 1:
+        raise ValueError(f"min_effect must be in [0, 1), got {cfg.min_effect}")
     if not 0 < cfg.reward_threshold <= 1:
         raise ValueError(f"reward_threshold must be in (0, 1], got {cfg.reward_threshold}")
     if not cfg.rl_budgets or not min(cfg.rl_budgets) >= 1:

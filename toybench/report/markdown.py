@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from toybench import analysis, plots
@@ -28,7 +27,8 @@ def selected_table(a: MapAnalysis, setting: str) -> pd.DataFrame:
 
 
 def effects_table(a: MapAnalysis, setting: str, metric: str = "J") -> pd.DataFrame:
-    """Rows: cell x family; post-RL test mean, effect vs sft and vs none (95% CI, Holm p)."""
+    """Rows: cell x family; post-RL test mean, effect vs sft and vs none (95% CI, two-sided p before any
+    adjustment: the claims' decisions are in the verdict table)."""
     t = a.test[(a.test["setting"] == setting) & (a.test["stage"] == "rl")]
     means = t.groupby([*analysis.CELL, "family"], sort=False)[metric].apply(
         lambda x: analysis.fmt_ci(*analysis.ci95(x))
@@ -41,7 +41,7 @@ def effects_table(a: MapAnalysis, setting: str, metric: str = "J") -> pd.DataFra
         for ref in ("sft", "none"):
             m = e[(e[analysis.CELL + ["family"]] == pd.Series(r)).all(axis=1) & (e["ref"] == ref)]
             row[f"vs {ref}"] = (
-                f"{analysis.fmt_ci(m['diff'].iloc[0], m['ci'].iloc[0])} (p_holm {m['p_holm'].iloc[0]:.2g})"
+                f"{analysis.fmt_ci(m['diff'].iloc[0], m['ci'].iloc[0])} (p {m['p'].iloc[0]:.2g})"
                 if len(m)
                 else ""
             )
@@ -243,7 +243,7 @@ def write_markdown(
 ) -> Path:
     """Assemble report.md and headline.md from the map frame, the resolved config and optional sections."""
     k = cfg["headline_k"]
-    a = analyse_map(df, k)
+    a = analyse_map(df, k, cfg.get("min_effect", analysis.MIN_EFFECT))
     if esc is not None:
         esc = _escape_selected(esc, a)
     make_figures(df, cfg, out, a, esc)
@@ -264,10 +264,15 @@ def write_markdown(
         "`none` included, tunes the RL step size over the same range). Per cell, each family's "
         "configuration is selected by mean post-RL pass@1 on "
         f"{cfg['val_seeds']} validation seeds; every number below comes from {cfg['seeds']} disjoint test "
-        "seeds. Metrics are exact expectations; effects are paired by seed with 95% Student-t intervals and "
-        "two-sided paired t-tests, Holm-Bonferroni-adjusted over the report's whole family of tests. "
-        "Outcomes: reproduces (every test significantly in the claimed direction), does not reproduce (one "
-        "significantly against), inconclusive (otherwise). Raw records: `results.csv`; "
+        "seeds. Metrics are exact expectations; effects are paired by seed with 95% Student-t intervals. "
+        f"Every claim is decided on its primary comparison, method -> RL vs SFT -> RL, against a minimum "
+        f"effect of {a.margin:g} (one-sided paired t-tests against +-margin and an equivalence test, TOST), "
+        "Holm-Bonferroni-adjusted within one family per claim; the comparisons vs no SFT (and vs "
+        "early-stopped SFT where it ran) are reported apart, each its own family. Outcomes: reproduces "
+        "(every test shows an effect above the margin), refuted (one shows an effect beyond the margin the "
+        "other way), equivalent (no effect as large as the margin), not testable (no test: (a) where "
+        "validation picks the same family after SFT and after RL, (d) where PEAR's data are not "
+        "off-policy), inconclusive (otherwise). Raw records: `results.csv`; "
         "config: `config.json`; re-plot with `toybench plot DIR`.",
         "",
         generalisation_text(df),
@@ -286,10 +291,13 @@ def write_markdown(
         for r in g.itertuples():
             md.append(f"- `{r.setting}`: {r.outcome} {r.condition}.")
         md.append("")
-    n_tests = int(
-        np.isfinite(a.effects["p"]).sum() + (np.isfinite(a.reversal["p"]).sum() if len(a.reversal) else 0)
-    )
-    md += [f"Holm family: {n_tests} paired tests.", ""]
+    fam = a.tests[a.tests["diff"].notna()].groupby(["claim", "ref"], sort=True).size() if len(a.tests) else []
+    md += [
+        "Holm families (one per claim and comparison; each test contributes its three one-sided p-values): "
+        + "; ".join(f"({c}) vs {r}: {n} tests" for (c, r), n in (fam.items() if len(fam) else []))
+        + ".",
+        "",
+    ]
     md += token_approximation_section(a)
     md += [
         "## Tuning grid: selections on an edge",
@@ -315,7 +323,11 @@ def write_markdown(
         md += [
             "### Verdicts per cell",
             "",
-            analysis.markdown_table(v[["claim", "cell", "outcome", "vs_sft", "vs_none", "p_holm"]]),
+            analysis.markdown_table(
+                v.reindex(
+                    columns=["claim", "cell", "outcome", "vs_sft", "outcome_vs_none", "vs_none", "p_holm"]
+                ).fillna("")
+            ),
             "",
             "### Effects vs `sft` and vs `none` (post-RL pass@1, test seeds)",
             "",
