@@ -13,8 +13,9 @@ Design choices
   is the theorem dynamics' objective (``dynamics.leaf_pg_surrogate``): it enumerates all leaves
   and weights each row by sg[pi(leaf)], so its gradient is exactly -grad J; the exact KL term
   (``dynamics.leaf_kl``) weights the k1 estimator by pi(leaf) WITH gradient, which makes its
-  gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt from a seeded generator
-  and uses ``group_advantages`` + ``clipped_surrogate_loss``.
+  gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt from each seed's own
+  rollout stream (``rollouts.RolloutStreams``: independent of the batch) and uses
+  ``group_advantages`` + ``clipped_surrogate_loss``.
 * Per-prompt (tabular) parameters get each prompt's own mean gradient; shared (log-linear)
   parameters get the mean over prompts.
 * Metrics are exact (enumeration) at every step on the RL prompts: SFT loss on held-out
@@ -44,6 +45,7 @@ from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
 from toybench.tabular.envs import Scenario
 from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logits
 from toybench.tabular.policies import take_prompts as _on
+from toybench.tabular.rollouts import RolloutStreams
 
 __all__ = [
     "PipelineConfig",
@@ -334,8 +336,7 @@ def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None):
     S, P_rl, G = sc.num_seeds, len(rl), cfg.num_generations
     with torch.no_grad():
         p = g.leaf_logp(policy.prompt_logits(params, rl)).exp()  # (S, P_rl, L)
-        leaves = torch.multinomial(p.reshape(S * P_rl, -1), G, replacement=True, generator=gen)
-        leaves = leaves.reshape(S, P_rl, G)
+        leaves = gen.sample_leaves(p, G)  # (S, P_rl, G): each seed from its own stream
         rewards = torch.gather(_on(sc.reward, rl), 2, leaves)  # (S, P_rl, G)
         # per seed: "batch" scales by the std of the seed's own P_rl * G rewards, never across seeds
         adv = torch.cat([group_advantages(r, scale=cfg.adv_scale) for r in rewards]).reshape(-1)
@@ -371,6 +372,7 @@ def run_method(
     sft_lrs: torch.Tensor | None = None,
     rl_lrs: torch.Tensor | None = None,
     record_steps: dict[str, set[int]] | None = None,
+    rollout_seeds: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """Run base -> SFT(method) -> RL on every seed of ``sc`` and record metrics at every step.
 
@@ -392,6 +394,10 @@ def run_method(
     learning-rate configurations side by side (seeds stay independent). ``record_steps`` (None: every
     step) keeps only the rows of those steps per stage, e.g. ``{"sft": {40}, "rl": {20, 80}}``; the
     dynamics, and the per-prompt J that the escape times need at every RL step, are unchanged.
+    ``rollout_seeds`` ([S] ints, None: 0 .. S-1): GRPO's rollout stream of each seed
+    (``rollouts.RolloutStreams`` under ``cfg.grpo_seed``): a seed's samples depend only on its stream,
+    so giving the seeds' own numbers makes seed s alone equal seed s in any batch, and every method run
+    on those seeds meets the same random numbers.
     """
     cfg.validate()
     name = method if isinstance(method, str) else str(method)
@@ -446,7 +452,7 @@ def run_method(
     ref_params = params.detach().clone()
     with torch.no_grad():
         ref_logp = sc.geometry.leaf_logp(policy.prompt_logits(ref_params, sc.rl_prompts))
-    gen = torch.Generator().manual_seed(cfg.grpo_seed)
+    gen = RolloutStreams(cfg.grpo_seed, torch.arange(S) if rollout_seeds is None else rollout_seeds)
     if cfg.rl_algorithm == "exact_pg":  # one forward pass serves both the record and the gradient
         for step in range(cfg.rl_steps + 1):
             params = params.detach().requires_grad_(step < cfg.rl_steps)
