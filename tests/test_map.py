@@ -7,7 +7,14 @@ import pytest
 
 from toybench import analysis
 
-CELL = dict(setting="s", wrong_demo_frac=0.2, base_correct_mass=0.1, rl_steps=10)
+CELL = dict(
+    setting="s",
+    rl_algorithm="grpo",
+    num_generations=4,
+    wrong_demo_frac=0.2,
+    base_correct_mass=0.1,
+    rl_steps=10,
+)
 
 
 def frame(rl_means: dict, seeds=range(8), split="test", noise=0.01, sft_means=None, cell=CELL, config_id=0):

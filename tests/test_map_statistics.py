@@ -10,7 +10,14 @@ from scipy import stats
 from toybench import analysis
 from toybench.analysis import map_stats
 
-CELL = dict(setting="s", wrong_demo_frac=0.2, base_correct_mass=0.1, rl_steps=10)
+CELL = dict(
+    setting="s",
+    rl_algorithm="grpo",
+    num_generations=4,
+    wrong_demo_frac=0.2,
+    base_correct_mass=0.1,
+    rl_steps=10,
+)
 
 # two methods on 6 seeds whose seed effect (about 0.3 wide) dwarfs the method effect (about 0.03)
 X = np.array([0.42, 0.81, 0.55, 0.30, 0.67, 0.74])
@@ -119,7 +126,7 @@ def test_no_test_seed_is_read_before_the_test_stage(monkeypatch):
     def tripwire(fn):
         def wrapped(frame, *a, **k):
             seen.append(fn.__name__)
-            assert (frame["split"] == "val").all(), f"{fn.__name__} was given test rows"
+            assert (frame["split"] != "test").all(), f"{fn.__name__} was given test rows"
             return fn(frame, *a, **k)
 
         return wrapped
@@ -164,4 +171,49 @@ def test_the_map_records_the_validation_test_seed_boundary():
     )  # fmt: skip
     df, _ = run_map(resolve(cfg))
     split = df.groupby("seed")["split"].agg(set).to_dict()
-    assert split == {3: {"val"}, 4: {"val"}, 5: {"test"}, 6: {"test"}, 7: {"test"}}
+    # the validation seeds also run once more with step sizes x (1 + 1e-6): the stability copies
+    assert split == {
+        3: {"val", "val_perturbed"},
+        4: {"val", "val_perturbed"},
+        5: {"test"},
+        6: {"test"},
+        7: {"test"},
+    }
+    assert set(df["family"]) == {"none", "sft"} and set(df["rl_algorithm"]) == {"grpo", "exact_pg"}
+    assert set(df["num_generations"]) == {0, 4, 16}
+    # the RL budget in samples: G x steps x RL prompts (2 bandit prompts), infinite for exact PG
+    grpo = df[df["rl_algorithm"] == "grpo"]
+    assert (grpo["samples"] == grpo["num_generations"] * grpo["rl_steps"] * 2).all()
+    assert np.isinf(df[df["rl_algorithm"] == "exact_pg"]["samples"]).all()
+
+
+def test_selection_rejects_unstable_configurations():
+    """A configuration whose validation score moves by more than the tolerance under the float-level
+    perturbation is never selected, however good; within the tolerance it competes."""
+    df = pd.DataFrame(
+        rows("sft", 0, "val", "rl", 0.50)
+        + rows("sft", 0, "val_perturbed", "rl", 0.505)
+        + rows("sft", 1, "val", "rl", 0.90)
+        + rows("sft", 1, "val_perturbed", "rl", 0.60)  # chaotic: moves by 0.3
+    )
+    sel = analysis.select_configs(df, stability_tol=0.02)
+    assert sel["config_id"].tolist() == [0]
+    scores = analysis.config_scores(df, stability_tol=0.02).set_index("config_id")
+    assert scores["stable"].tolist() == [True, False]
+    assert scores.at[1, "shift"] == pytest.approx(0.3) and scores.at[0, "shift"] == pytest.approx(0.005)
+    assert analysis.select_configs(df)["config_id"].tolist() == [1]  # no tolerance: no filter
+    assert analysis.select_configs(df, stability_tol=0.5)["config_id"].tolist() == [1]
+
+
+def test_selections_at_a_grid_edge():
+    out = []
+    for cid, rl in enumerate((1.0, 4.0, 16.0)):
+        out += [dict(r, rl_lr=rl) for r in rows("sft", cid, "val", "rl", 0.5 + 0.1 * (cid == 1))]
+        out += [
+            dict(r, rl_lr=rl, family="none", method="none")
+            for r in rows("none", cid, "val", "rl", 0.5 + 0.1 * cid)
+        ]
+    sel = analysis.select_configs(pd.DataFrame(out)).set_index("family")
+    assert sel.at["sft", "rl_lr"] == 4.0 and not sel.at["sft", "at_edge"]  # interior
+    assert sel.at["none", "rl_lr"] == 16.0 and sel.at["none", "rl_at_edge"] and sel.at["none", "at_edge"]
+    assert not sel["sft_at_edge"].any()  # one SFT learning rate: no interior, no edge counted

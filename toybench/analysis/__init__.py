@@ -26,6 +26,7 @@ from toybench.analysis.comparisons import (
 )
 from toybench.analysis.map_stats import (
     CELL,
+    MAP,
     MAP_CLAIMS,
     MIN_EFFECT,
     PRIMARY_REF,
@@ -36,6 +37,7 @@ from toybench.analysis.map_stats import (
     claim_tests,
     claim_verdicts,
     condition,
+    config_scores,
     family_contrast,
     grid_edges,
     holm_family,
@@ -77,6 +79,7 @@ __all__ = [
     "markdown_table",
     "ESCAPE_BINS",
     "CELL",
+    "MAP",
     "MAP_CLAIMS",
     "OUTCOMES",
     "MapAnalysis",
@@ -98,6 +101,7 @@ __all__ = [
     "PRIMARY_REF",
     "SECONDARY_REFS",
     "claim_tests",
+    "config_scores",
     "holm_family",
     "pear_settings",
     "reversal_picks",

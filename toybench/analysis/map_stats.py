@@ -12,10 +12,13 @@ import pandas as pd
 
 from toybench.analysis.stats import OUTCOMES, fmt_ci, holm, outcome, paired_test
 
-# A map frame has one row per setting x cell x RL budget x method family x configuration x seed x stage,
+# A map frame has one row per setting x RL stage (algorithm, G) x cell x RL budget x method family x
+# configuration x seed x stage,
 # with columns CELL, ``family``, ``config_id``, ``method`` (full spec), ``split`` ('val' | 'test'),
 # ``seed``, ``stage`` ('sft': end of SFT | 'rl': end of the RL budget) and the metrics.
-CELL = ["setting", "wrong_demo_frac", "base_correct_mass", "rl_steps"]
+CELL = ["setting", "rl_algorithm", "num_generations", "wrong_demo_frac", "base_correct_mass", "rl_steps"]
+#: one map: a setting under one RL stage (its claims' conditions are computed over the map's cells)
+MAP = ["setting", "rl_algorithm", "num_generations"]
 
 
 #: validation means within this of a family's best count as tied (the lowest config_id wins), so that
@@ -23,26 +26,56 @@ CELL = ["setting", "wrong_demo_frac", "base_correct_mass", "rl_steps"]
 SELECTION_TIE = 1e-4
 
 
-def select_configs(df: pd.DataFrame, metric: str = "J") -> pd.DataFrame:
-    """Per cell and method family, the configuration with the best mean post-RL ``metric`` on the
-    VALIDATION seeds (test rows are dropped before anything is computed). Means within
-    ``SELECTION_TIE`` of the best are tied and the lowest ``config_id`` among them wins; a
-    configuration with any non-finite validation value, a diverged run, scores -inf.
+def config_scores(df: pd.DataFrame, metric: str = "J", stability_tol: float | None = None) -> pd.DataFrame:
+    """Every configuration's validation score: mean post-RL ``metric`` over the VALIDATION seeds (no
+    other row is read), ``shift`` = |score on the stability copies (``split`` 'val_perturbed': the same
+    seeds with step sizes x (1 + 1e-6)) - score| (NaN without copies) and ``stable`` (shift <=
+    ``stability_tol``; None: every configuration is stable). A configuration with any non-finite validation
+    value (a diverged run) or an unstable one scores -inf.
 
-    Returns one row per cell x family: CELL, family, config_id, method, sft_lr, rl_lr, val_score.
+    One row per cell x family x configuration: CELL, family, config_id, method, sft_lr, rl_lr, val_score,
+    shift, stable, diverged.
     """
-    val = df[(df["split"] == "val") & (df["stage"] == "rl")]
     keys = [*CELL, "family", "config_id"]
+    rl = df[df["stage"] == "rl"]
+    val = rl[rl["split"] == "val"]
     extra = [c for c in ("method", "sft_lr", "rl_lr") if c in val.columns]
     score = val.groupby(keys, sort=False).agg(val_score=(metric, "mean"), **{c: (c, "first") for c in extra})
-    # a configuration with a non-finite validation run (diverged) is never selected over a finite one
-    bad = val[metric].isna().groupby([val[k] for k in keys], sort=False).any()
-    score.loc[bad[bad].index, "val_score"] = -np.inf
-    score = score.reset_index()
+    score["diverged"] = val[metric].isna().groupby([val[k] for k in keys], sort=False).any()
+    pert = rl[rl["split"] == "val_perturbed"].groupby(keys, sort=False)[metric].mean()
+    score["shift"] = (pert.reindex(score.index) - score["val_score"]).abs()
+    tol = np.inf if stability_tol is None else stability_tol
+    score["stable"] = ~(score["shift"] > tol)  # NaN (no copy, or diverged) is not evidence of instability
+    score.loc[score["diverged"] | ~score["stable"], "val_score"] = -np.inf
+    return score.reset_index()
+
+
+def select_configs(df: pd.DataFrame, metric: str = "J", stability_tol: float | None = None) -> pd.DataFrame:
+    """Per cell and method family, the configuration with the best validation score
+    (``config_scores``: mean post-RL ``metric`` on the VALIDATION seeds, unstable and diverged
+    configurations excluded). Means within ``SELECTION_TIE`` of the best are tied and the lowest
+    ``config_id`` among them wins.
+
+    Returns one row per cell x family: CELL, family, config_id, method, sft_lr, rl_lr, val_score, shift,
+    stable, diverged, and ``rl_at_edge`` / ``sft_at_edge`` / ``at_edge``: whether the chosen RL step size
+    (SFT learning rate) is the smallest or largest of the family's grid in the cell, counted only for a
+    grid of 3 or more values (a smaller grid has no interior).
+    """
+    score = config_scores(df, metric, stability_tol)
     best = score.groupby([*CELL, "family"])["val_score"].transform("max")
-    tied = score["val_score"] >= best - SELECTION_TIE  # -inf - tol is -inf: an all-diverged family ties
-    score = score[tied].sort_values([*CELL, "family", "config_id"])
-    return score.groupby([*CELL, "family"], sort=False).head(1).reset_index(drop=True)
+    tied = score["val_score"] >= best - SELECTION_TIE  # -inf - tol is -inf: an all-rejected family ties
+    sel = score[tied].sort_values([*CELL, "family", "config_id"])
+    sel = sel.groupby([*CELL, "family"], sort=False).head(1).reset_index(drop=True)
+    for col in ("rl_lr", "sft_lr"):
+        if col not in score:
+            continue
+        g = score.groupby([*CELL, "family"], sort=False)[col]
+        grid = pd.DataFrame({"lo": g.min(), "hi": g.max(), "k": g.nunique()}).reset_index()
+        m = sel.merge(grid, on=[*CELL, "family"], how="left")
+        edge = (m["k"] >= 3) & (np.isclose(m[col], m["lo"]) | np.isclose(m[col], m["hi"]))
+        sel[f"{col.removesuffix('_lr')}_at_edge"] = edge.to_numpy()
+    sel["at_edge"] = sel.get("rl_at_edge", False) | sel.get("sft_at_edge", False)
+    return sel
 
 
 def selected_rows(df: pd.DataFrame, sel: pd.DataFrame, split: str = "test") -> pd.DataFrame:
@@ -270,6 +303,7 @@ class MapAnalysis:
     verdicts: pd.DataFrame  # claim x cell: outcomes and effect sizes
     best: pd.DataFrame  # cell: best family, significantly best or not
     summary: pd.DataFrame  # claim x setting x outcome: the condition under which it holds
+    scores: pd.DataFrame  # every configuration's validation score, stability shift, rejection
     margin: float = MIN_EFFECT  # the minimum effect
 
 
@@ -283,12 +317,20 @@ def pear_settings(val: pd.DataFrame) -> list[str]:
     return [s for s, f in frac.items() if f <= 0.5]
 
 
-def analyse_map(df: pd.DataFrame, k: int, margin: float = MIN_EFFECT, alpha: float = 0.05) -> MapAnalysis:
-    """The map's statistics in two stages. Validation stage: only validation rows exist (configurations,
-    claim (a)'s candidates and the settings where (d) applies are fixed there). Test stage: the test rows
-    of the selected configurations give every effect, test, verdict and the best family per cell."""
-    val = df[df["split"] == "val"]
-    sel = select_configs(val, "J")
+def analyse_map(
+    df: pd.DataFrame,
+    k: int,
+    margin: float = MIN_EFFECT,
+    alpha: float = 0.05,
+    stability_tol: float | None = None,
+) -> MapAnalysis:
+    """The map's statistics in two stages. Validation stage: only validation rows exist (and their
+    stability copies): configurations, claim (a)'s candidates and the settings where (d) applies are fixed
+    there. Test stage: the test rows of the selected configurations give every effect, test, verdict and
+    the best family per cell."""
+    val = df[df["split"] != "test"]
+    scores = config_scores(val, "J", stability_tol)
+    sel = select_configs(val, "J", stability_tol)
     picks = reversal_picks(val, sel)
     pears = pear_settings(val)
     test = selected_rows(df[df["split"] == "test"], sel, "test")  # the test stage starts here
@@ -299,16 +341,15 @@ def analyse_map(df: pd.DataFrame, k: int, margin: float = MIN_EFFECT, alpha: flo
     untested = pe[CELL].drop_duplicates().assign(claim="d", vs_sft="PEAR's data are not off-policy here")
     verdicts = claim_verdicts(tests, alpha, untested)
     rows = []
-    for (claim, setting), g in verdicts.groupby(["claim", "setting"], sort=True):
+    for (claim, *m), g in verdicts.groupby(["claim", *MAP], sort=True):
         for out in OUTCOMES:
             if (g["outcome"] == out).any():
-                rows.append(
-                    dict(
-                        claim=claim, setting=setting, outcome=out, condition=condition(g, g["outcome"] == out)
-                    )
-                )
+                hit = condition(g, g["outcome"] == out)
+                rows.append(dict(zip(MAP, m), claim=claim, outcome=out, condition=hit))
     best = best_per_cell(test, "J")
-    return MapAnalysis(sel, test, effects, reversal, tests, verdicts, best, pd.DataFrame(rows), margin)
+    return MapAnalysis(
+        sel, test, effects, reversal, tests, verdicts, best, pd.DataFrame(rows), scores, margin
+    )
 
 
 def family_contrast(test: pd.DataFrame, a: str, b: str, metric: str = "J") -> pd.DataFrame:

@@ -43,7 +43,7 @@ from toybench.config import require
 from toybench.methods import Method, loss_type_reduction
 from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
 from toybench.tabular.envs import Scenario
-from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logits
+from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logp
 from toybench.tabular.policies import take_prompts as _on
 from toybench.tabular.rollouts import RolloutStreams
 
@@ -331,24 +331,33 @@ def _step_size(lr: float | torch.Tensor | None, default: float, params: torch.Te
     return torch.as_tensor(lr, dtype=params.dtype).reshape(-1, *[1] * (params.dim() - 1))
 
 
-def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None):
+def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None, z=None, logp_leaf=None):
+    """One GRPO step: sample G leaves per prompt from each seed's stream, then ``num_iterations`` clipped
+    updates. ``z`` (the RL prompts' node logits of ``params``, requiring grad through ``params``) and
+    ``logp_leaf`` (its leaf log-probs, detached) spare the caller's forward pass when given."""
     g, rl = sc.geometry, sc.rl_prompts
     S, P_rl, G = sc.num_seeds, len(rl), cfg.num_generations
+    if z is None:
+        params = params.detach().requires_grad_(True)
+        z = policy.prompt_logits(params, rl)
     with torch.no_grad():
-        p = g.leaf_logp(policy.prompt_logits(params, rl)).exp()  # (S, P_rl, L)
+        p = (g.leaf_logp(z.detach()) if logp_leaf is None else logp_leaf).exp()  # (S, P_rl, L)
         leaves = gen.sample_leaves(p, G)  # (S, P_rl, G): each seed from its own stream
         rewards = torch.gather(_on(sc.reward, rl), 2, leaves)  # (S, P_rl, G)
-        # per seed: "batch" scales by the std of the seed's own P_rl * G rewards, never across seeds
-        adv = torch.cat([group_advantages(r, scale=cfg.adv_scale) for r in rewards]).reshape(-1)
-        zref = policy.prompt_logits(ref_params, rl)
-        ref_logits, targets = sequence_logits(zref, leaves, g)
-        ref_logp = losses.logprobs(ref_logits, targets)
+        # per seed: "batch" scales by the std of the seed's own P_rl * G rewards, never across seeds;
+        # "group" and "none" act group by group, so one call serves every seed
+        if cfg.adv_scale == "batch":
+            adv = torch.cat([group_advantages(r, scale=cfg.adv_scale) for r in rewards]).reshape(-1)
+        else:
+            adv = group_advantages(rewards.reshape(S * P_rl, G), scale=cfg.adv_scale).reshape(-1)
+        ref_logp = sequence_logp(policy.prompt_logits(ref_params, rl), leaves, g) if cfg.kl_coef > 0 else None
         old_logp = None
     scale = 1.0 if isinstance(policy, TabularPolicy) else 1.0 / P_rl
-    for _ in range(cfg.num_iterations):
-        params = params.detach().requires_grad_(True)
-        logits, _ = sequence_logits(policy.prompt_logits(params, rl), leaves, g)  # (S*P_rl*G, H, V)
-        logp = losses.logprobs(logits, targets)  # (B, H)
+    for it in range(cfg.num_iterations):
+        if it > 0:
+            params = params.detach().requires_grad_(True)
+            z = policy.prompt_logits(params, rl)
+        logp = sequence_logp(z, leaves, g)  # (S*P_rl*G, H)
         if old_logp is None:
             old_logp = logp.detach()
         per_token = losses.clipped_surrogate_loss(logp, old_logp, adv, cfg.epsilon, cfg.epsilon_high)
@@ -462,11 +471,14 @@ def run_method(
                 loss = exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=logp)
                 (grad,) = torch.autograd.grad(loss, params)
                 params = params.detach() - rl_lr * grad
-    else:
-        record("rl", 0, params)
-        for step in range(1, cfg.rl_steps + 1):
-            params = _grpo_update(sc, policy, params, ref_params, cfg, gen, rl_lrs)
-            record("rl", step, params)
+    else:  # one forward pass serves the record, the sampling and the first update
+        for step in range(cfg.rl_steps + 1):
+            params = params.detach().requires_grad_(step < cfg.rl_steps)
+            z = policy.prompt_logits(params, sc.rl_prompts)
+            logp = sc.geometry.leaf_logp(z.detach())  # (S, P_rl, L)
+            record("rl", step, params.detach(), logp)
+            if step < cfg.rl_steps:
+                params = _grpo_update(sc, policy, params, ref_params, cfg, gen, rl_lrs, z, logp)
     if not records:
         raise ValueError(f"record_steps {record_steps} selects no step of this run")
     df = _to_frame(records, name, spec, S, list(records[0][2]), cfg.sft_steps)
