@@ -58,14 +58,14 @@ bench: venv
 # methods ~2 min, pipeline ~8 min, dynamics ~3 min.
 MUTATE_GROUPS ?= losses methods pipeline dynamics
 MUTATE_FILES_losses    = toybench/losses.py toybench/advantages.py toybench/metrics.py
-MUTATE_TESTS_losses    = tests/test_losses_oracle.py tests/test_losses_properties.py tests/test_losses_branches.py \
-                         tests/test_losses_contract.py tests/test_bad_inputs.py tests/test_losses_messages_edges.py \
-                         tests/test_metrics_advantages.py
+MUTATE_TESTS_losses    = tests/losses/test_oracle.py tests/losses/test_properties.py tests/losses/test_branches.py \
+                         tests/losses/test_contract.py tests/losses/test_bad_inputs.py tests/losses/test_messages_and_edges.py \
+                         tests/metrics/test_metrics_advantages.py
 MUTATE_FILES_methods   = toybench/methods.py
-MUTATE_TESTS_methods   = tests/test_methods.py tests/test_ema.py
+MUTATE_TESTS_methods   = tests/methods/test_registry.py tests/methods/test_ema.py
 MUTATE_FILES_pipeline  = toybench/tabular/pipeline.py
 MUTATE_TESTS_pipeline  = tests/tabular/test_pipeline.py tests/tabular/test_grpo_update.py \
-                         tests/tabular/test_kl_direction.py tests/tabular/test_issue11_envs.py tests/test_ema.py
+                         tests/tabular/test_kl_direction.py tests/tabular/test_sequence_targets_and_shared_envs.py tests/methods/test_ema.py
 MUTATE_FILES_dynamics  = toybench/tabular/dynamics.py
 MUTATE_TESTS_dynamics  = tests/tabular/test_dynamics.py tests/tabular/test_kl_direction.py
 MUTATE_DIR   ?= /tmp/sft-for-rl-mutate

@@ -5,7 +5,7 @@ Weights cannot be downloaded, so the model is the Qwen3-0.6B configuration with 
 it: fp32 master weights, bf16 autocast, gradient checkpointing, the chunked-vocabulary losses.
 
 Measured (printed as ``RESULT`` lines):
-  sft[sft], sft[gift@5], each by --loss-impl chunked and fused (``llm.scoring.sft_per_token``):
+  sft[sft], sft[gift@5], each by --loss-impl chunked and fused (``llm.scoring.sft_token_loss``):
       tokens/s of one optimizer step (forward + backward + AdamW) on batch x seq tokens, and
       MFU = 6 * N_params * tokens/s (+ attention, 12 * L * d * seq) over the GPU's bf16 dense
       peak (--peak-tflops, H200: 989).
@@ -105,8 +105,9 @@ def main() -> int:
     from llm.grpo import grpo_update, micro_batches, rollout_batch
     from llm.loading import precision
     from llm.rollout import Rollout
-    from llm.scoring import sft_per_token
-    from llm.train import Normaliser, global_reduce, make_optimizer, prepare_model
+    from llm.scoring import sft_token_loss
+    from llm.train import Normaliser, make_optimizer, prepare_model
+    from toybench.objectives import Counts, normalise
 
     torch.manual_seed(0)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,8 +135,10 @@ def main() -> int:
         def sft_step(method=method, impl=impl, aux=aux):
             model.train()
             with prec.autocast():
-                per_token = sft_per_token(model, batch, method, aux, a.chunk, impl)
-                loss = global_reduce(per_token, batch["loss_mask"], "token_mean", norm)
+                per_token = sft_token_loss(model, batch, method, aux, a.chunk, impl)
+                loss = normalise(
+                    per_token, batch["loss_mask"], "token_mean", Counts(norm.seqs, norm.tokens, norm.t_max)
+                )
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -2,9 +2,12 @@
 
 Each subcommand is one flat config dataclass of :mod:`llm.config`, parsed by tyro; ``--help`` lists
 every field with its docstring. Every argument is validated (:func:`llm.config.resolve`) before any
-model or data is loaded: bad input is one line naming the flag and exit 2. ``--quick`` fills only
-the flags not given on the command line. Ctrl-C stops cleanly (exit 130) keeping the last
-checkpoint, and says how to resume. Results are printed once (rank 0) as a table.
+model or data is loaded: bad input is one line naming the flag and exit 2; then the data files are
+read in full and the reward functions probed (:mod:`llm.validate`), a problem being one line naming
+the file:line or the function, and exit 2, still before the model loads. ``--quick`` fills only the
+flags not given on the command line (:func:`toybench.config.given_flags`, as in ``toybench``); the
+resolved config runs as it is (the runners do not resolve it again). Ctrl-C stops cleanly (exit 130)
+keeping the last checkpoint, and says how to resume. Results are printed once (rank 0) as a table.
 """
 
 from __future__ import annotations
@@ -18,22 +21,9 @@ import tyro
 
 from llm.checkpoint import CheckpointError
 from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig, resolve
+from llm.rewards import RewardError
 from llm.train import NonFiniteLossError
-
-
-def given_flags(argv: list[str]) -> set[str]:
-    """Dotted field names of the flags present in ``argv`` (``--sft.n-train=3`` -> ``sft.n_train``;
-    ``--no-tiny`` -> ``tiny``), so presets never override what the user set."""
-    out = set()
-    for a in argv:
-        if not a.startswith("--") or a == "--":
-            continue
-        name = a[2:].split("=", 1)[0].replace("-", "_")
-        head, _, last = name.rpartition(".")
-        if last.startswith("no_"):
-            out.add(f"{head}.{last[3:]}" if head else last[3:])
-        out.add(name)
-    return out
+from toybench.config import given_flags  # the rule of both CLIs: --quick never overrides these
 
 
 def _last_checkpoint(out: str) -> str:
@@ -59,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = resolve(cfg, given_flags(args))  # one line and exit 2, before anything is loaded
+        from llm.validate import validate_run
+
+        validate_run(cfg)  # the data read in full, reward functions probed: still before any model
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -90,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {cfg.out}/report.md, results.csv and figures")
         if res is not None and _main_rank():
             print(results_table(res, title))
-    except (NonFiniteLossError, CheckpointError) as e:
+    except (NonFiniteLossError, CheckpointError, RewardError) as e:  # RewardError: a reward failed mid-run
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,30 +2,35 @@
 
 Design: one flat dataclass per command; the fields every command shares live in :class:`RunConfig`
 and are inherited, and each stage's own knobs live in :class:`SFTKnobs` / :class:`GRPOKnobs`, so
-``llm pipeline`` nests the SAME knobs as ``--sft.*`` / ``--grpo.*``. Methods are
-``toybench.methods`` specs and RL knobs carry TRL's names, as at every scale. ``quick`` shrinks
-every budget to a smoke test, filling only the fields the user did not set; :func:`resolve` applies
-it (once: ``quick_filled`` records what it filled) so the saved ``config.json`` holds the numbers
-that actually ran.
+``llm pipeline`` nests the SAME knobs as ``--sft.*`` / ``--grpo.*`` (and builds each stage's config from
+those objects, :func:`stage_config`). Methods are ``toybench.methods`` specs and RL knobs carry TRL's
+names, as at every scale. ``quick`` shrinks every budget to a smoke test, filling only the flags absent
+from the command line (:func:`toybench.config.fill_quick`, the rule of both CLIs); the saved
+``config.json`` holds the numbers that actually ran (``quick_filled`` records what it filled).
 
-Validation: one mechanism, :data:`RULES` (field name -> :class:`Rule`) plus the cross-field checks
-of :func:`resolve`, raising :class:`ConfigError` that names the flag (``--sft.lr must be > 0, got
--1.0``); the CLI prints that one line and exits 2 before any model or data is loaded. Each helper
-registers the rules of its own fields in :data:`RULES`.
+Validation uses the rulebook of both CLIs (:mod:`toybench.config`): :data:`RULES` (field name ->
+:class:`Rule`) and the cross-field checks of :func:`validate`, which is pure (no disk, no torch, no
+kernels; whether ``--loss-impl fused`` can run a method is a fact of its family); :func:`check_world`
+then looks at the world once (device, files, reward specs, ``out``). Both raise :class:`ConfigError`
+naming the flag (``--sft.lr must be > 0, got -1.0``); the CLI prints that one line and exits 2 before
+any model or data is loaded. :func:`resolve` runs the whole sequence once: a resolved config carries
+its fingerprint and is returned as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import tyro
 
+from toybench import config as rulebook
+from toybench.config import POSITIVE, Rule, at_least, check, fill_quick, one_of, within
 from toybench.losses import REDUCE_MODES
 from toybench.methods import Method, loss_type_reduction
 
@@ -116,6 +121,8 @@ class RunConfig:
     """Replace an earlier run in ``out`` (without it, or ``--resume``, an existing run is an error)."""
     quick_filled: Annotated[tuple[str, ...], tyro.conf.Suppress] = ()
     """Set by :func:`resolve`: the fields ``quick`` filled (not a flag)."""
+    resolved: Annotated[str, tyro.conf.Suppress] = ""
+    """Set by :func:`resolve`: the fingerprint of the config it returned (not a flag)."""
 
 
 @dataclass
@@ -289,7 +296,7 @@ RECIPE = {
     "grpo_lr": (1e-6, 1e-4),
 }
 DTYPES = ("auto", "fp32", "bf16-mixed", "bf16-pure")
-#: ``--loss-impl`` choices of the SFT loss (:func:`llm.scoring.sft_per_token`)
+#: ``--loss-impl`` choices of the SFT loss (:func:`llm.scoring.sft_token_loss`)
 LOSS_IMPLS = ("chunked", "fused", "naive")
 SWITCHES = ("auto", "on", "off")
 
@@ -305,50 +312,12 @@ def _recipe(cfg, tiny: bool):
     return dataclasses.replace(cfg, **kw)
 
 
-def _check_precision(cfg) -> None:
-    """The llmtrain fields (precision, memory, sampling); ValueError naming the field."""
-    if isinstance(cfg, RunConfig):
-        if cfg.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
-        if cfg.gradient_checkpointing not in SWITCHES:
-            raise ValueError(
-                f"gradient_checkpointing must be one of {SWITCHES}, got {cfg.gradient_checkpointing!r}"
-            )
-        if cfg.max_length < 0:
-            raise ValueError(f"max_length must be >= 0 (0 = no limit), got {cfg.max_length}")
-        if cfg.max_completion_length is not None and cfg.max_completion_length < 1:
-            raise ValueError(f"max_completion_length must be >= 1, got {cfg.max_completion_length}")
-    if getattr(cfg, "lr", None) is not None and not cfg.lr > 0:
-        raise ValueError(f"lr must be > 0, got {cfg.lr}")
-    if isinstance(cfg, GRPOKnobs):
-        for name in ("micro_batch_size", "generation_batch_size"):
-            if getattr(cfg, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-        if not 0 < cfg.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {cfg.top_p}")
-        if cfg.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {cfg.top_k}")
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A check of one field: ``ok(value)`` must hold, else ``--<field> must be <want>, got <value>``."""
-
-    ok: Callable[[Any], bool]
-    want: str
-
-
-def _ge(lo):
-    return Rule(lambda v: v >= lo, f">= {lo}")
-
-
-_POS = Rule(lambda v: v > 0, "> 0")
 _SINKS = ("none", "tensorboard", "wandb")
 
 #: Field name -> rule, applied to every config (and nested stage knobs) that has the field.
 RULES: dict[str, Rule] = {
     **{
-        n: _ge(1)
+        n: at_least(1)
         for n in (
             "steps",
             "batch_size",
@@ -364,36 +333,40 @@ RULES: dict[str, Rule] = {
             "max_completion_length",
             "tiny_pretrain_steps",
             "save_total_limit",
+            "micro_batch_size",
+            "generation_batch_size",
         )
     },
-    **{n: _ge(0) for n in ("warmup", "clip", "weight_decay", "epsilon", "epsilon_high", "kl_coef")},
-    "n_heldout": _ge(0),
-    "min_new_tokens": _ge(0),
-    "log_completions_every": _ge(0),
-    "stop_after": _ge(-1),
+    **{n: at_least(0) for n in ("warmup", "clip", "weight_decay", "epsilon", "epsilon_high", "kl_coef")},
+    **{n: at_least(0) for n in ("n_heldout", "min_new_tokens", "log_completions_every")},
+    "stop_after": at_least(-1),
+    "max_length": at_least(0, "(0 = no limit)"),
+    "top_k": at_least(0, "(0 = off)"),
+    "top_p": Rule(lambda v: 0 < v <= 1, "in (0, 1]"),
     "seed": Rule(lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
-    "lr": _POS,
-    "temperature": _POS,
-    "min_lr_ratio": Rule(lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "lr": POSITIVE,
+    "temperature": POSITIVE,
+    "min_lr_ratio": within(0, 1),
     "heldout_frac": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
     "n_train": Rule(lambda v: v is None or v >= 1, ">= 1 (or None: the whole file)"),
-    "reduction": Rule(lambda v: v in REDUCE_MODES, f"one of {REDUCE_MODES}"),
-    "loss_impl": Rule(lambda v: v in LOSS_IMPLS, f"one of {LOSS_IMPLS}"),
+    "dtype": one_of(DTYPES),
+    "gradient_checkpointing": one_of(SWITCHES),
+    "reduction": one_of(REDUCE_MODES),
+    "loss_impl": one_of(LOSS_IMPLS),
     "loss_type": Rule(lambda v: _ok(loss_type_reduction, v), "a TRL loss_type (dapo|bnpo|grpo|dr_grpo|sum)"),
-    "kl_kind": Rule(lambda v: v in ("k1", "k3"), "k1 or k3"),
-    "adv_scale": Rule(lambda v: v in ("group", "batch", "none"), "group, batch or none"),
-    "prompt_style": Rule(lambda v: v in ("auto", "compact", "instruct"), "auto, compact or instruct"),
+    "kl_kind": one_of(("k1", "k3"), "k1 or k3"),
+    "adv_scale": one_of(("group", "batch", "none"), "group, batch or none"),
+    "prompt_style": one_of(("auto", "compact", "instruct"), "auto, compact or instruct"),
     "report_to": Rule(lambda v: set(v.split(",")) <= set(_SINKS), f"a comma-separated subset of {_SINKS}"),
     "reward_weights": Rule(lambda v: all(w == w and abs(w) != float("inf") for w in v), "finite numbers"),
 }
 
 
-class ConfigError(ValueError):
-    """Bad input, named by its flag: the CLI prints it as one line and exits 2."""
+class ConfigError(rulebook.ConfigError):
+    """Bad input, named by its flag (``--sft.lr must be > 0, got -1.0``): the CLI prints it as one line
+    and exits 2."""
 
-    def __init__(self, field: str, msg: str) -> None:
-        self.field = field
-        super().__init__(f"--{field.replace('_', '-')} {msg}")
+    as_flag = True
 
 
 def _ok(fn, v) -> bool:
@@ -404,40 +377,9 @@ def _ok(fn, v) -> bool:
     return True
 
 
-def _defaults(cls) -> dict:
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
-
-
-def _quick(cfg, given: set[str] | None, prefix: str = ""):
-    """``QUICK`` applied to the fields of ``cfg`` (and its nested stage knobs) the user did not set:
-    not in ``given`` (dotted flag names from the argv), or, with ``given=None`` (the Python API),
-    still at their dataclass default. Returns ``(cfg, names filled)``."""
-    names, dflt = {f.name for f in dataclasses.fields(cfg)}, _defaults(type(cfg))
-
-    def unset(k):
-        return (prefix + k) not in given if given is not None else getattr(cfg, k) == dflt.get(k)
-
-    kw = {k: v for k, v in QUICK.items() if k in names and unset(k)}
-    filled = [prefix + k for k in kw]
-    for n in ("sft", "grpo"):
-        if n in names:
-            kw[n], sub = _quick(getattr(cfg, n), given, f"{prefix}{n}.")
-            filled += sub
-    return dataclasses.replace(cfg, **kw), filled
-
-
 def _check(cfg, prefix: str = "") -> None:
     """Every :data:`RULES` entry that applies to ``cfg``'s fields, then the per-class cross checks."""
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if f.name in RULES and not RULES[f.name].ok(v):
-            raise ConfigError(prefix + f.name, f"must be {RULES[f.name].want}, got {v!r}")
+    check(cfg, RULES, prefix, error=ConfigError)
     if isinstance(cfg, SFTKnobs) and cfg.batch_size % cfg.grad_accum:
         raise ConfigError(
             prefix + "batch_size", f"={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}"
@@ -448,8 +390,49 @@ def _check(cfg, prefix: str = "") -> None:
         )
 
 
-def _check_run(cfg: RunConfig) -> None:
-    """Checks of the shared fields that look at the world: device, files, reward specs, ``out``."""
+def validate(cfg: RunConfig) -> None:
+    """The pure checks of a config whose presets are applied: :data:`RULES` on every (nested) config,
+    the method specs, the cross-field checks. No disk, no torch, no kernels. Raises :class:`ConfigError`."""
+    for c, prefix in ((cfg, ""), (getattr(cfg, "sft", None), "sft."), (getattr(cfg, "grpo", None), "grpo.")):
+        if c is not None:
+            _check(c, prefix)
+    for name, m in _specs(cfg):
+        try:
+            Method.parse(m).token_level("llm")
+        except ValueError as e:
+            raise ConfigError(name, str(e)) from None
+    _check_loss_impl(cfg, [m for _, m in _specs(cfg)])
+    grpo, prefix = (cfg.grpo, "grpo.") if isinstance(cfg, PipelineConfig) else (cfg, "")
+    if isinstance(grpo, GRPOKnobs) and grpo.min_new_tokens > cfg.max_completion_length:
+        raise ConfigError(
+            prefix + "min_new_tokens",
+            f"must be <= max_completion_length={cfg.max_completion_length}, got {grpo.min_new_tokens}",
+        )
+    if isinstance(cfg, EvalConfig | PipelineConfig) and max(cfg.ks) > cfg.n_samples:
+        raise ConfigError("ks", f"={cfg.ks}: every k must be <= n_samples={cfg.n_samples}")
+    if cfg.heldout_data and cfg.heldout_frac:
+        raise ConfigError("heldout_frac", "and --heldout-data are alternatives: give one")
+    if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward):
+        raise ConfigError(
+            "reward_weights",
+            f"needs one weight per --reward ({len(cfg.reward)}), got {len(cfg.reward_weights)}",
+        )
+    if not cfg.model and not cfg.tiny:
+        raise ConfigError("model", "must name a model (a local directory or a cached hub id), or pass --tiny")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("overwrite", "and --resume contradict each other: give one")
+
+
+def _specs(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(field, method spec) of every method the command runs."""
+    specs = [("method", cfg.method)] if isinstance(cfg, SFTConfig) else []
+    return specs + [("methods", m) for m in getattr(cfg, "methods", ())]
+
+
+def check_world(cfg: RunConfig) -> None:
+    """The checks that look at the world, run once in set-up before any model or data is loaded: the
+    device, the data files, the reward specs (imported) and an earlier run in ``out``. Raises
+    :class:`ConfigError`."""
     import torch
 
     try:
@@ -462,13 +445,6 @@ def _check_run(cfg: RunConfig) -> None:
         raise ConfigError("data", f"must be 'arith' or a JSONL file; {cfg.data!r} does not exist")
     if cfg.heldout_data and not Path(cfg.heldout_data).is_file():
         raise ConfigError("heldout_data", f"file {cfg.heldout_data!r} does not exist")
-    if cfg.heldout_data and cfg.heldout_frac:
-        raise ConfigError("heldout_frac", "and --heldout-data are alternatives: give one")
-    if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.reward):
-        raise ConfigError(
-            "reward_weights",
-            f"needs one weight per --reward ({len(cfg.reward)}), got {len(cfg.reward_weights)}",
-        )
     from llm.rewards import load_reward
 
     for spec in cfg.reward:
@@ -476,8 +452,6 @@ def _check_run(cfg: RunConfig) -> None:
             load_reward(spec)
         except ValueError as e:
             raise ConfigError("reward", str(e)) from None
-    if not cfg.model and not cfg.tiny:
-        raise ConfigError("model", "must name a model (a local directory or a cached hub id), or pass --tiny")
     from llm.checkpoint import existing_run
 
     if (prev := existing_run(cfg.out)) and not (cfg.resume or cfg.overwrite):
@@ -486,57 +460,64 @@ def _check_run(cfg: RunConfig) -> None:
             f"{cfg.out!r} already holds a run ({prev}); pass --resume to continue it or --overwrite to "
             "replace it",
         )
-    if cfg.resume and cfg.overwrite:
-        raise ConfigError("overwrite", "and --resume contradict each other: give one")
 
 
 def _check_loss_impl(cfg: RunConfig, methods: list[str]) -> None:
-    """``--loss-impl fused`` only with methods its kernels implement (named in the error)."""
+    """``--loss-impl fused`` only with methods its kernels implement (named in the error); the method's
+    family says so (``Method.fused_options``), nothing is computed."""
     knobs, prefix = (cfg.sft, "sft.") if isinstance(cfg, PipelineConfig) else (cfg, "")
     if getattr(knobs, "loss_impl", "chunked") != "fused":
         return
-    from llm.objectives import fused_unsupported
-
     for m in methods:
-        if Method.parse(m).kind != "none" and (why := fused_unsupported(m)):
-            raise ConfigError(prefix + "loss_impl", f"fused cannot run {m!r}: {why}")
+        method = Method.parse(m)
+        try:
+            if method.kind != "none":
+                method.fused_options()
+        except ValueError as why:
+            raise ConfigError(prefix + "loss_impl", f"fused cannot run {m!r}: {why}") from None
+
+
+def _fingerprint(cfg: RunConfig) -> str:
+    values = [(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name != "resolved"]
+    return hashlib.sha256(repr(values).encode()).hexdigest()[:16]
+
+
+def _mark_resolved(cfg: RunConfig) -> RunConfig:
+    return dataclasses.replace(cfg, resolved=_fingerprint(cfg))
 
 
 def resolve(cfg: RunConfig, given: set[str] | None = None) -> RunConfig:
-    """Apply the ``quick`` and ``tiny`` presets and validate; returns a new config (the one that runs).
+    """Apply the ``quick`` and ``tiny`` presets, :func:`validate`, :func:`check_world`; returns a new
+    config (the one that runs).
 
-    ``given``: the dotted names of the flags the user set (from the argv; see
-    :func:`llm.cli.given_flags`); ``quick`` never overrides those. Idempotent: ``quick`` is applied
-    once (``quick_filled`` records it). Raises :class:`ConfigError` (a ``ValueError``) naming the flag.
+    ``given``: the dotted names of the flags the user set (:func:`toybench.config.given_flags`);
+    ``quick`` never overrides those (None, the Python API: fields still at their defaults are filled).
+    Runs once: a config ``resolve`` returned (unchanged since) is returned as it is. Raises
+    :class:`ConfigError` (a ``ValueError``) naming the flag.
     """
+    if cfg.resolved and cfg.resolved == _fingerprint(cfg):
+        return cfg
     if cfg.quick and not cfg.quick_filled:
-        cfg, filled = _quick(cfg, given)
+        preset = QUICK | {n: QUICK for n in ("sft", "grpo") if hasattr(cfg, n)}  # the same names nested
+        cfg, filled = fill_quick(cfg, preset, given)
         cfg = dataclasses.replace(cfg, quick_filled=tuple(filled) or ("(nothing)",))
     cfg = _recipe(cfg, cfg.tiny)  # recipe defaults for fields left at None, before the checks
-    for c, prefix in ((cfg, ""), (getattr(cfg, "sft", None), "sft."), (getattr(cfg, "grpo", None), "grpo.")):
-        if c is not None:
-            _check(c, prefix)
-            _check_precision(c)
-    specs = [("method", cfg.method)] if isinstance(cfg, SFTConfig) else []
-    specs += [("methods", m) for m in getattr(cfg, "methods", ())]
-    for name, m in specs:
-        try:
-            Method.parse(m).token_level("llm")
-        except ValueError as e:
-            raise ConfigError(name, str(e)) from None
-    _check_loss_impl(cfg, [m for _, m in specs])
-    grpo, prefix = (cfg.grpo, "grpo.") if isinstance(cfg, PipelineConfig) else (cfg, "")
-    if isinstance(grpo, GRPOKnobs) and grpo.min_new_tokens > cfg.max_completion_length:
-        raise ConfigError(
-            prefix + "min_new_tokens",
-            f"must be <= max_completion_length={cfg.max_completion_length}, got {grpo.min_new_tokens}",
-        )
-    if isinstance(cfg, EvalConfig | PipelineConfig) and max(cfg.ks) > cfg.n_samples:
-        raise ConfigError("ks", f"={cfg.ks}: every k must be <= n_samples={cfg.n_samples}")
-    _check_run(cfg)
+    validate(cfg)
+    check_world(cfg)
     if cfg.prompt_style == "auto":
         cfg = dataclasses.replace(cfg, prompt_style="compact" if cfg.tiny else "instruct")
-    return cfg
+    return _mark_resolved(cfg)
+
+
+def stage_config(cls: type, run: RunConfig, knobs: SFTKnobs | GRPOKnobs | None = None, **fields) -> RunConfig:
+    """The resolved config of one stage of a pipeline: the shared fields of ``run`` (a resolved config),
+    the stage's ``knobs`` object, then ``fields``. The stage runs the resolved numbers as they are (no
+    preset is applied again, nothing is validated twice); it does not stop early nor build a tiny model.
+    """
+    shared = {f.name: getattr(run, f.name) for f in dataclasses.fields(RunConfig)}
+    own = {} if knobs is None else {f.name: getattr(knobs, f.name) for f in dataclasses.fields(knobs)}
+    fixed = dict(tiny=False, quick=False, quick_filled=(), stop_after=-1, resume=False, overwrite=False)
+    return _mark_resolved(cls(**(shared | own | fixed | fields)))
 
 
 def save_config(cfg: RunConfig, out: str | Path) -> Path:
@@ -559,6 +540,9 @@ __all__ = [
     "PipelineConfig",
     "RunConfig",
     "SFTConfig",
+    "check_world",
     "resolve",
     "save_config",
+    "stage_config",
+    "validate",
 ]

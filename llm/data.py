@@ -17,18 +17,20 @@ Design choices
   response = its tokens + EOS. Prompt and response are tokenized separately and concatenated, so the
   SFT mask is exactly the response tokens (+ EOS) and matches what generation produces. Sequences
   longer than ``max_length`` are truncated (counted and reported), so one huge line cannot exhaust
-  memory; a line over ``MAX_LINE_CHARS`` characters is an error.
+  memory; a line over ``MAX_LINE_BYTES`` bytes is an error.
 - Training batches are right-padded (positions of real tokens do not depend on padding);
   generation batches are left-padded by the tokenizer.
 - Model output is untrusted: rewards parse it (bounded work), never ``eval`` it.
-- Malformed JSONL raises ``ValueError("<file>:<line>: <what is wrong>")``.
+- Malformed JSONL raises ``ValueError("<file>:<line>: <what is wrong>")``: invalid UTF-8, a line
+  that is not JSON, a schema error, an empty file. Each example keeps its ``source`` (file:line), so
+  later checks (:mod:`llm.validate`: an SFT example without an assistant turn) name the line too.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -37,7 +39,7 @@ import torch
 from toybench.tasks import arith
 
 ROLES = ("system", "user", "assistant", "tool")
-MAX_LINE_CHARS = 10_000_000  # one JSONL line; longer is an error, not an allocation
+MAX_LINE_BYTES = 10_000_000  # one JSONL line; longer is an error, not an allocation
 MAX_REWARD_TEXT = 4096  # characters of a response the number extractor looks at (its tail)
 
 
@@ -54,11 +56,8 @@ class Example:
     chat: bool = True
     """False: plain text (standard prompt/completion, ``text``): the prompt is ``messages[0]``'s
     content without a chat template (empty for ``text``)."""
-
-    @property
-    def verifiable(self) -> bool:
-        """Whether the built-in :meth:`reward` applies (a puzzle or an answer)."""
-        return self.puzzle is not None or self.answer is not None
+    source: str = field(default="", compare=False)
+    """Where it was read, ``<file>:<line>`` (empty for generated examples): errors name it."""
 
     def reward(self, text: str) -> float:
         """0/1 built-in reward of a model response ``text`` (untrusted)."""
@@ -203,37 +202,51 @@ def _parse_line(obj: object, where: str, last_turn_only: bool = False) -> list[E
     )
 
 
+def _decode(raw: bytes, where: str, first: bool) -> str:
+    """One line as text; invalid UTF-8 is an error naming the byte (a BOM on line 1 is dropped)."""
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as e:
+        bad = raw[e.start : e.start + 4]
+        raise ValueError(
+            f"{where}: invalid UTF-8 at byte {e.start + 1} of the line ({bad!r}); save the file as UTF-8"
+        ) from None
+
+
 def read_jsonl(
     path: str | Path, max_examples: int | None = None, last_turn_only: bool = False
 ) -> list[Example]:
-    """Examples from a JSONL file in any format of the module docstring (all of it unless ``max_examples``).
+    """Examples from a JSONL file in any format of the module docstring: the first ``max_examples``
+    (all unless given); the whole file is read and checked either way.
 
-    Blank lines are skipped. Any malformed line raises ``ValueError`` naming file, line and problem.
+    Blank lines are skipped. Every problem is a ``ValueError`` naming ``<file>:<line>`` and what is
+    wrong: invalid UTF-8 (the byte), a non-JSON line (the column), a schema error (the key), an
+    empty file. Why not ``datasets.load_dataset("json")`` (not a dependency): it reports a bad line
+    as an Arrow/pandas parse error of a whole block, without the line number, and decodes the
+    file before any schema check; a per-line reader costs ~60 lines and gives the exact line.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data file {str(path)!r} does not exist")
     out: list[Example] = []
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         lineno = 0
-        while line := f.readline(MAX_LINE_CHARS + 1):
+        while raw := f.readline(MAX_LINE_BYTES + 1):
             lineno += 1
             where = f"{path}:{lineno}"
-            if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
-                raise ValueError(f"{where}: line longer than {MAX_LINE_CHARS} characters")
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise ValueError(f"{where}: line longer than {MAX_LINE_BYTES} bytes")
+            line = _decode(raw, where, lineno == 1)
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            out += _parse_line(obj, where, last_turn_only)
-            if max_examples is not None and len(out) >= max_examples:
-                out = out[:max_examples]
-                break
+            out += [replace(e, source=where) for e in _parse_line(obj, where, last_turn_only)]
     if not out:
-        raise ValueError(f"{path}: no examples")
-    return out
+        raise ValueError(f"{path}: no examples (the file is empty or has only blank lines)")
+    return out if max_examples is None else out[:max_examples]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,18 +312,15 @@ def prompt_ids(tok, ex: Example, enable_thinking: bool = False) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def sft_ids(
-    tok, ex: Example, enable_thinking: bool = False, max_length: int | None = None
-) -> tuple[list[int], list[int]]:
-    """``(ids, mask)`` of prompt + response + EOS; mask = 1 exactly on the response and EOS.
-
-    ``max_length``: keep the first ``max_length`` tokens (the caller counts truncations)."""
+def sft_ids(tok, ex: Example, enable_thinking: bool = False) -> tuple[list[int], list[int]]:
+    """``(ids, mask)`` of prompt + response + EOS; mask = 1 exactly on the response and EOS
+    (:func:`sft_seqs` truncates and counts)."""
     if ex.response is None:
         raise ValueError("example has no response to train on")
     p = prompt_ids(tok, ex, enable_thinking)
     r = tok(ex.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     ids, mask = p + r, [0] * len(p) + [1] * len(r)
-    return (ids, mask) if max_length is None else (ids[:max_length], mask[:max_length])
+    return ids, mask
 
 
 def sft_seqs(

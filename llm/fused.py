@@ -76,10 +76,6 @@ from toybench import losses
 from toybench.methods import Method
 
 METHODS = ("sft", "pear", "entropy_sft", "gift", "curio", "dft", "logp")
-#: how many frozen ``(hidden, weight)`` pairs each method takes (base for GIFT, teacher for CurioSFT)
-N_AUX = {"gift": 1, "curio": 1}
-#: CurioSFT's entropy-guided temperature options (``toybench.losses.entropy_guided_temperature``)
-CURIO_TAU = {"top_k": 512, "floor": 0.03, "tau_min": 1.1}
 #: rows per top-k pre-selection step (its scratch is ~2 sqrt(V top_k) floats per row)
 TOPK_ROWS = 256
 
@@ -91,6 +87,7 @@ class _Opts:
     beta: float
     smooth: float
     alpha: float
+    tau: tuple[int, float, float]  # CurioSFT's (top_k, floor, tau_min), the method's own constants
     rows: int  # rows per chunk (V-wide buffer rows)
     block: int  # rows per elementwise sub-block
 
@@ -165,20 +162,21 @@ def _topk_values(u: torch.Tensor, k: int) -> torch.Tensor:
 def _curio_teacher(o: _Opts, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Teacher logits ``t`` [R, V] (destroyed) -> log q_t(y_t) at the entropy-guided temperature."""
     R, V = t.shape
-    k = min(CURIO_TAU["top_k"], V)
+    top_k, floor, tau_min = o.tau
+    k = min(top_k, V)
     zk = torch.cat([_topk_values(t[i : i + TOPK_ROWS], k) for i in range(0, R, TOPK_ROWS)])  # (R, k)
     # toybench's own solver on the exact top-k logits; its floor rule needs the full-V entropy,
     # so it is switched off there (entropy >= 0 > -1) and applied here.
     with _one_thread(t.device):
         tau = losses.entropy_guided_temperature(zk[None], top_k=k, floor=-1.0)[0]
-    # H_full >= -log max pi >= log sum_topk e^(z - max): the floor (H_full <= 0.03) can only bite
+    # H_full >= -log max pi >= log sum_topk e^(z - max): the floor (H_full <= floor) can only bite
     # where that bound is <= floor; the exact full-vocabulary entropy is computed for those rows only.
     bound = torch.logsumexp(zk - zk[:, :1], dim=-1)
-    near = (bound <= CURIO_TAU["floor"] + 1e-4).nonzero().squeeze(1)
+    near = (bound <= floor + 1e-4).nonzero().squeeze(1)
     if near.numel():
         lp = torch.log_softmax(t.index_select(0, near), dim=-1)
         H = -(lp.exp() * lp).sum(-1)
-        tau[near] = torch.where(H <= CURIO_TAU["floor"], torch.full_like(H, CURIO_TAU["tau_min"]), tau[near])
+        tau[near] = torch.where(H <= floor, torch.full_like(H, tau_min), tau[near])
     # log q(y) = (z_y - m) / tau - log sum_k e^((z_k - m) / tau)
     inv = 1.0 / tau
     m = zk[:, 0]
@@ -384,38 +382,20 @@ class _Fused(torch.autograd.Function):
         return dh, dw, None, None, None, None
 
 
-def _fused_options(method: str | Method) -> tuple[str, dict[str, float]]:
-    """A method spec (or ``"logp"``) -> the fused kind and its scalar constants.
+def _fused_options(method: str | Method) -> tuple[str, dict]:
+    """A method spec (or ``"logp"``) -> the fused kind and its constants (``Method.fused_options``).
 
     Only the constants the fused kernels implement are accepted; others (entropy-SFT ``top_k`` /
     ``rho < 1``, non-default CurioSFT temperature constants) raise ValueError naming the spec, so a
-    spec never silently runs with different constants than it says (use ``chunked_per_token``)."""
-    opts = {"entropy_coef": 0.1, "gift_beta": 20.0, "gift_smooth": 0.0, "curio_alpha": 1.0}
+    spec never silently runs with different constants than it says (use ``chunked_per_token``).
+    Constants of other kinds are neutral placeholders the kernel of this kind never reads."""
+    opts = {"entropy_coef": 0.0, "gift_beta": 0.0, "gift_smooth": 0.0, "curio_alpha": 0.0}
+    opts |= {"curio_top_k": 1, "curio_floor": 0.0, "curio_tau_min": 1.0, "n_aux": 0}
     if method == "logp":
         return "logp", opts
     m = Method.parse(method)
-    if m.kind == "none":
-        raise ValueError("method 'none' has no SFT loss")
-    if m.pear_level is not None:  # PEAR: the NLL, weighted outside by Method.weights
-        return "pear", opts
-    if m.kind == "entropy_sft":
-        if m["top_k"] is not None or m["rho"] != 1.0:
-            raise ValueError(
-                f"method {str(m)!r}: the fused path has no top_k / rho < 1 (use chunked_per_token)"
-            )
-        opts["entropy_coef"] = float(m["coef"])
-    elif m.kind == "gift":
-        opts["gift_beta"], opts["gift_smooth"] = float(m["beta"]), float(m["smooth"])
-    elif m.kind == "curio":
-        default = Method.parse("curio")
-        fixed = ("pivot", "gain", "slope", "tau_min", "tau_max", "top_k", "floor")
-        if any(m[k] != default[k] for k in fixed):
-            raise ValueError(
-                f"method {str(m)!r}: the fused path uses the default temperature constants "
-                f"({', '.join(fixed)}); use chunked_per_token for others"
-            )
-        opts["curio_alpha"] = float(m["alpha"])
-    return m.kind, opts
+    kind, own = m.fused_options()
+    return kind, opts | own | {"n_aux": int(m.aux is not None)}
 
 
 def fused_token_loss(
@@ -442,8 +422,8 @@ def fused_token_loss(
     method, opts = _fused_options(method)
     entropy_coef, gift_beta = opts["entropy_coef"], opts["gift_beta"]
     gift_smooth, curio_alpha = opts["gift_smooth"], opts["curio_alpha"]
-    if len(aux) != N_AUX.get(method, 0):
-        raise ValueError(f"method {method!r} takes {N_AUX.get(method, 0)} aux pair(s), got {len(aux)}")
+    if len(aux) != opts["n_aux"]:
+        raise ValueError(f"method {method!r} takes {opts['n_aux']} aux pair(s), got {len(aux)}")
     if entropy_coef < 0:
         raise ValueError(f"entropy_coef must be >= 0, got {entropy_coef}")
     if not gift_beta >= 0:
@@ -469,6 +449,7 @@ def fused_token_loss(
         float(gift_beta),
         float(gift_smooth),
         float(curio_alpha),
+        (int(opts["curio_top_k"]), float(opts["curio_floor"]), float(opts["curio_tau_min"])),
         max(1, chunk_size // 2) if method == "gift" else chunk_size,
         block_rows,
     )
@@ -480,4 +461,4 @@ def fused_token_loss(
     return scatter_rows(vals, rows, hidden.shape[:2])
 
 
-__all__ = ["METHODS", "N_AUX", "fused_token_loss"]
+__all__ = ["METHODS", "fused_token_loss"]

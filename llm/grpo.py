@@ -5,8 +5,10 @@ rank) -> ``num_generations`` KV-cached samples each at ``temperature`` (``top_p`
 rewards from the verifiers (parsed, never executed) -> ``toybench.advantages.group_advantages``
 over the GLOBAL reward matrix (so the ``batch`` scale sees every rank), one advantage per sequence,
 broadcast over its tokens -> ``num_iterations`` passes, each accumulating gradients over
-micro-batches of ``micro_batch_size`` sequences, of TRL's per-token loss (:func:`grpo_per_token`)
-normalised as TRL's ``loss_type`` says (:func:`grpo_reduce`) -> gradients summed over ranks -> step.
+micro-batches of ``micro_batch_size`` sequences, of TRL's per-token loss
+(``toybench.objectives.grpo_per_token``) normalised as TRL's ``loss_type`` says over the global batch
+(``toybench.objectives.normalise`` with its counts summed over micro-batches and ranks) -> gradients
+summed over ranks -> step.
 
 Every log-prob (current, old, reference) and the entropy are taken under ``logits / temperature``,
 the distribution the samples were drawn from (TRL's convention), so at ``num_iterations = 1`` the
@@ -45,63 +47,14 @@ from llm.train import (
     setup_run,
 )
 from toybench.advantages import group_advantages
-from toybench.losses import clipped_surrogate_loss, kl_penalty, reduce
-from toybench.methods import loss_type_reduction
+from toybench.losses import kl_penalty, reduce
 from toybench.metrics import pass_at_k
+from toybench.objectives import Counts, grpo_per_token, normalise
 
 
 def rollout_seed(seed: int, step: int, rank: int) -> int:
     """The torch seed of step ``step``'s sampling on ``rank`` (distinct per step and rank)."""
     return seed * 1_000_003 + step * 1009 + rank
-
-
-def grpo_per_token(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor | None,
-    ref_logp: torch.Tensor | None,
-    adv: torch.Tensor,
-    *,
-    epsilon: float,
-    epsilon_high: float,
-    kl_coef: float = 0.0,
-    kl_kind: str = "k3",
-) -> torch.Tensor:
-    """TRL's per-token GRPO loss ``[B, T]``: ``-min(r A, clip(r, 1-eps, 1+eps_high) A) + kl_coef * KL``.
-
-    ``r = exp(logp - old_logp)`` (``old_logp`` None: ``logp.detach()``, TRL at ``num_iterations=1``);
-    ``A`` is one advantage per sequence ``[B]`` broadcast over its tokens; KL is
-    ``toybench.losses.kl_penalty`` (k3 = TRL's ``exp(ref - logp) - (ref - logp) - 1``).
-    """
-    old = logp.detach() if old_logp is None else old_logp
-    per_token = clipped_surrogate_loss(logp, old, adv, eps_low=epsilon, eps_high=epsilon_high)
-    if ref_logp is not None and kl_coef > 0:
-        per_token = per_token + kl_coef * kl_penalty(logp, ref_logp, kind=kl_kind)
-    return per_token
-
-
-def grpo_reduce(
-    per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, norm: Normaliser, max_completion_length: int
-) -> torch.Tensor:
-    """This micro-batch's share of TRL's ``loss_type`` normaliser over the whole (global) rollout batch.
-
-    With ``S = sum_t m l`` per sequence, ``N`` = all sequences (masked-out ones included, as in TRL):
-      grpo:          sum_i S_i / max(|m_i|, 1) / N   (sequence means, then the mean)
-      bnpo, dapo:    sum_i S_i / max(sum_i |m_i|, 1) (token mean over the batch)
-      dr_grpo:       sum_i S_i / (N * max_completion_length)
-      sum:           sum_i S_i
-    The shares of all micro-batches and ranks add up to the full-batch loss. (TRL's ``bnpo`` and
-    ``grpo`` normalise per micro-batch and divide by the accumulation steps; with equal micro-batches
-    ``grpo`` is the same, and ``bnpo`` equals ``dapo`` here whatever the split.)
-    """
-    mode = loss_type_reduction(loss_type)
-    if mode == "seq_mean":
-        nonempty = float((mask.sum(1) > 0).sum())
-        return reduce(per_token, mask, "seq_mean") * (nonempty / max(norm.rows, 1.0))
-    if mode == "token_mean":
-        return reduce(per_token, mask, "constant", constant=max(norm.tokens, 1.0))
-    if mode == "constant":
-        return reduce(per_token, mask, "constant", constant=max(norm.rows * max_completion_length, 1.0))
-    return reduce(per_token, mask, "sum")
 
 
 def group_rewards(examples, groups: list[list[Rollout]], reward_fn=None) -> torch.Tensor:
@@ -162,6 +115,8 @@ def grpo_update(model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, l
     clip-indicator sums over counted tokens.
     """
     norm = Normaliser.of([b["loss_mask"] for b in mbs])
+    # TRL counts every sequence (empty ones too); dr_grpo's length is max_completion_length
+    counts = Counts(norm.rows, norm.tokens, cfg.max_completion_length)
     T = cfg.temperature
 
     def logps(m, b):
@@ -189,7 +144,7 @@ def grpo_update(model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, l
                     kl_coef=cfg.kl_coef,
                     kl_kind=cfg.kl_kind,
                 )
-                loss = grpo_reduce(per_token, b["loss_mask"], cfg.loss_type, norm, cfg.max_completion_length)
+                loss = normalise(per_token, b["loss_mask"], cfg.loss_type, counts)
             if loss.requires_grad:  # a micro-batch whose completions are all masked has no graph
                 loss.backward()
             loss_sum += loss.detach()
@@ -296,21 +251,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
             loop.last_ckpt,
         )
         dist.all_reduce_sum(lengths)
-        n_seq = cfg.prompts_per_step * cfg.num_generations
-        c = (all_rewards > 0).sum(1).cpu().numpy()  # solved = reward > 0, as in llm.evaluate
-        record = {"step": step + 1} | {
-            f"grpo/{k}": v
-            for k, v in (
-                reward_stats(all_rewards.cpu())
-                | upd
-                | {
-                    f"pass@{cfg.pass_k}": float(np.mean(pass_at_k(cfg.num_generations, c, cfg.pass_k))),
-                    "completions/mean_length": float(lengths[0]) / n_seq,
-                    "completions/clipped_ratio": float(lengths[1]) / n_seq,
-                    "learning_rate": sched.get_last_lr()[0],
-                }
-            ).items()
-        }
+        record = _step_record(cfg, step, all_rewards, upd, lengths, sched.get_last_lr()[0])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or step == 0:
             with prec.autocast():
                 record["heldout/sft_loss"] = heldout_sft_loss(
@@ -322,6 +263,23 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
     return record
 
 
+def _step_record(cfg: GRPOConfig, step: int, all_rewards, upd: dict, lengths, lr: float) -> dict:
+    """The logged ``grpo/*`` metrics of one step (global rewards ``[N, G]``, summed lengths ``[2]``)."""
+    n_seq = cfg.prompts_per_step * cfg.num_generations
+    c = (all_rewards > 0).sum(1).cpu().numpy()  # solved = reward > 0, as in llm.evaluate
+    metrics = (
+        reward_stats(all_rewards.cpu())
+        | upd
+        | {
+            f"pass@{cfg.pass_k}": float(np.mean(pass_at_k(cfg.num_generations, c, cfg.pass_k))),
+            "completions/mean_length": float(lengths[0]) / n_seq,
+            "completions/clipped_ratio": float(lengths[1]) / n_seq,
+            "learning_rate": lr,
+        }
+    )
+    return {"step": step + 1} | {f"grpo/{k}": v for k, v in metrics.items()}
+
+
 class _NoSched:
     """Inner passes of ``num_iterations > 1`` do not advance the learning-rate schedule."""
 
@@ -331,8 +289,6 @@ class _NoSched:
 
 __all__ = [
     "group_rewards",
-    "grpo_per_token",
-    "grpo_reduce",
     "grpo_update",
     "micro_batches",
     "reward_stats",

@@ -3,6 +3,7 @@
 Nothing is re-implemented here: each entry is a closure over ONE ``toybench.methods.Method`` or
 function of ``toybench.losses`` (or ``toybench.metrics``), in the form
 ``fn(logits, *aux_logits, targets=...)`` that :func:`llm.chunked.chunked_per_token` applies chunk by chunk.
+What a method needs and which fused kernel runs it are the method family's facts (``toybench.methods``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Callable
 
 import torch
 
-from llm.fused import N_AUX, fused_token_loss
 from toybench import losses, metrics
 from toybench.methods import Method
 
@@ -24,8 +24,10 @@ def sft_token_fn(method: str | Method) -> TokenFn:
     method = Method.parse(method)
     if method.kind == "none":
         raise ValueError("method 'none' has no SFT loss")
-    if method.kind == "entropy_sft" and method["rho"] < 1:
-        raise ValueError(f"method {str(method)!r}: rho < 1 needs the whole batch, not chunks of it")
+    if method.couples_rows:
+        raise ValueError(
+            f"method {str(method)!r}: its loss couples the rows of a batch (rho < 1), not chunks of it"
+        )
     if method.aux == "base":
         return lambda z, z_base, targets: method.token_loss(z, targets, base_logits=z_base)
     if method.aux == "teacher":
@@ -46,12 +48,10 @@ def entropy_fn(temperature: float = 1.0) -> TokenFn:
 def fused_unsupported(method: str | Method) -> str | None:
     """Why ``--loss-impl fused`` cannot run ``method`` (its kernels implement only some constants:
     no entropy-SFT ``top_k``/``rho``, CurioSFT's default temperature constants), or None when it can.
-    Asked of :func:`llm.fused.fused_token_loss` itself on a 1-token input."""
-    m = Method.parse(method)
-    z, w, y = torch.zeros(1, 1, 1), torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.long)
+    The method's family says so (``Method.fused_options``, which :func:`llm.fused.fused_token_loss`
+    asks too); nothing is computed."""
     try:
-        with torch.no_grad():
-            fused_token_loss(m, z, w, targets=y, aux=[(z, w)] * N_AUX.get(m.kind, 0))
+        Method.parse(method).fused_options()
     except ValueError as e:
         return str(e)
     return None

@@ -9,42 +9,19 @@ and ``llm grpo``). Analysis is pure functions of a DataFrame.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pandas as pd
 
 from llm.checkpoint import prepare_out
-from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig, resolve, save_config
+from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig, resolve, save_config, stage_config
 from llm.evaluate import run_eval
 from llm.grpo import run_grpo
 from llm.sft import run_sft
 from llm.tiny import model_path
 from toybench.analysis import markdown_table
 from toybench.methods import Method
-
-
-def _common(cfg: PipelineConfig) -> dict:
-    keys = (
-        "tiny",
-        "device",
-        "seed",
-        "trust_remote_code",
-        "enable_thinking",
-        "data",
-        "heldout_data",
-        "n_train",
-        "n_heldout",
-        "chunk_size",
-        "prompt_style",
-        "cache_dir",
-        "max_completion_length",
-        "dtype",
-        "gradient_checkpointing",
-        "max_length",
-    )
-    return {k: getattr(cfg, k) for k in keys}
 
 
 def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
@@ -54,59 +31,34 @@ def run_pipeline(cfg: PipelineConfig) -> pd.DataFrame:
     prepare_out(cfg)  # --overwrite: the earlier run goes first
     save_config(cfg, out)
     base = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
-    # the stages get the resolved numbers: ``quick`` was applied here (never re-applied over --sft.*)
-    common = _common(cfg) | {"tiny": False, "quick": False, "report_to": cfg.report_to}
-    common |= {k: getattr(cfg, k) for k in ("heldout_frac", "last_turn_only", "reward", "reward_weights")}
-    common |= {k: getattr(cfg, k) for k in ("log_completions_every", "save_total_limit")}
-    ev = dict(n_samples=cfg.n_samples, ks=cfg.ks)
-    sft_knobs, grpo_knobs = dataclasses.asdict(cfg.sft), dataclasses.asdict(cfg.grpo)
-    rows = [
-        {
-            "method": "base",
-            "stage": "base",
-            **run_eval(EvalConfig(model=base, out=str(out / "base"), **common, **ev, overwrite=True)),
-        }
-    ]
+    # each stage gets the resolved numbers (``quick`` is never re-applied over --sft.* / --grpo.*)
+    ev = dict(n_samples=cfg.n_samples, ks=cfg.ks, overwrite=True)
+    rows = [{"method": "base", "stage": "base", **_evaluate(cfg, base, out / "base", ev)}]
     for m in cfg.methods:
         d = out / m
         start = base  # ``none``: GRPO straight from the base model
         if Method.parse(m).kind != "none":
-            sft = SFTConfig(
-                model=base, out=str(d / "sft"), method=m, resume=cfg.resume, **sft_knobs, **common
+            run_sft(
+                stage_config(
+                    SFTConfig, cfg, cfg.sft, model=base, out=str(d / "sft"), method=m, resume=cfg.resume
+                )
             )
-            run_sft(sft)
             start = str(d / "sft" / "final")
-            rows.append(
-                {
-                    "method": m,
-                    "stage": "sft",
-                    **run_eval(
-                        EvalConfig(model=start, out=str(d / "eval_sft"), **common, **ev, overwrite=True)
-                    ),
-                }
-            )
-        grpo = GRPOConfig(model=start, out=str(d / "grpo"), resume=cfg.resume, **grpo_knobs, **common)
-        run_grpo(grpo)
+            rows.append({"method": m, "stage": "sft", **_evaluate(cfg, start, d / "eval_sft", ev)})
+        run_grpo(stage_config(GRPOConfig, cfg, cfg.grpo, model=start, out=str(d / "grpo"), resume=cfg.resume))
         rows.append(
-            {
-                "method": m,
-                "stage": "grpo",
-                **run_eval(
-                    EvalConfig(
-                        model=str(d / "grpo" / "final"),
-                        out=str(d / "eval_grpo"),
-                        **common,
-                        **ev,
-                        overwrite=True,
-                    )
-                ),
-            }
+            {"method": m, "stage": "grpo", **_evaluate(cfg, str(d / "grpo" / "final"), d / "eval_grpo", ev)}
         )
     df = pd.DataFrame(rows)
     df.to_csv(out / "results.csv", index=False)
     figs = make_figures(out, cfg.methods)
     write_report(out, df, figs)
     return df
+
+
+def _evaluate(cfg: PipelineConfig, model: str, out: Path, ev: dict) -> dict:
+    """Evaluate ``model`` with the pipeline's evaluation settings into ``out``."""
+    return run_eval(stage_config(EvalConfig, cfg, model=model, out=str(out), **ev))
 
 
 def load_curves(out: Path, methods, stage: str) -> pd.DataFrame:

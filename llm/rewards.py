@@ -4,8 +4,16 @@ A reward function is called once per batch of completions as
 ``f(completions=[str, ...], prompts=[str, ...], **columns) -> list[float]`` where ``columns`` are the
 dataset's other columns (always ``answer``, and ``puzzle`` for the arith task, None where absent),
 one value per completion (a prompt's value repeated for each of its samples), like TRL passes them;
-extra keywords must be accepted (``**kwargs``). ``None`` or a non-finite value is an error naming
-the function (model output is untrusted: rewards parse it, never ``eval`` it).
+extra keywords must be accepted (``**kwargs``). Model output is untrusted: rewards parse it, never
+``eval`` it.
+
+``None`` means "this function does not score this completion" (TRL's convention, e.g. a math reward
+on a code prompt of a multi-task dataset): the weighted sum over functions skips it, as TRL's
+``nansum`` does, and a completion no function scores gets 0 with a warning (as TRL). Anything else
+that is not one finite number per completion is an error naming the function and what it returned:
+an exception, NaN or inf (unlike TRL, which would skip a NaN silently: here it is a bug to report),
+a value that is not a number, the wrong number of values. :mod:`llm.validate` calls every function
+once on a few completions before the model loads, so these surface as one line and exit 2.
 
 Built-ins are the same kind of object: ``answer`` (the final number of the completion equals the
 ``answer`` column, GSM8K style) and ``arith`` (the make-target verifier of the generated puzzles).
@@ -19,6 +27,7 @@ import importlib.util
 import inspect
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,35 +126,74 @@ class Rewards:
     def per_function(
         self, examples: Sequence[Example], completions: Sequence[Sequence[str]]
     ) -> list[list[float]]:
-        """``[function][flat completion]`` rewards of ``completions[i][j]`` (the j-th sample of example i)."""
+        """``[function][flat completion]`` rewards of ``completions[i][j]`` (the j-th sample of
+        example i); NaN where a function returned None (it does not score that completion)."""
         n = len(completions[0]) if completions else 0
         flat = [c for g in completions for c in g]
         prompts = [_prompt_text(e) for e in examples for _ in range(n)]
         kw = self.columns(examples, n)
         out = []
         for spec, fn in zip(self.specs, self.funcs):
-            vals = fn(completions=flat, prompts=prompts, **_accepted(fn, kw))
-            vals = list(vals) if vals is not None else None
-            if vals is None or len(vals) != len(flat):
-                got = "None" if vals is None else f"{len(vals)} values"
-                raise ValueError(f"reward {spec!r} returned {got} for {len(flat)} completions")
             try:
-                vals = [float(v) for v in vals]
-            except (TypeError, ValueError):
-                raise ValueError(f"reward {spec!r} returned a value that is not a number") from None
-            if not all(math.isfinite(v) for v in vals):
-                raise ValueError(f"reward {spec!r} returned a non-finite value (None/NaN/inf)")
-            out.append(vals)
+                vals = fn(completions=flat, prompts=prompts, **_accepted(fn, kw))
+            except Exception as e:  # noqa: BLE001 -- the user's function: any failure is reported as its own
+                raise RewardError(f"reward {spec!r} raised {type(e).__name__}: {e}") from e
+            out.append(_checked(spec, vals, len(flat)))
         return out
 
     def __call__(
         self, examples: Sequence[Example], completions: Sequence[Sequence[str]]
     ) -> list[list[float]]:
-        """``[example][sample]`` weighted-sum rewards."""
+        """``[example][sample]`` weighted sums over the functions that scored each completion."""
         per = self.per_function(examples, completions)
         n = len(completions[0]) if completions else 0
-        total = [sum(w * f[i] for w, f in zip(self.weights, per)) for i in range(len(examples) * n)]
+        total, unscored = [], []
+        for i in range(len(examples) * n):
+            scored = [(w, f[i]) for w, f in zip(self.weights, per) if not math.isnan(f[i])]
+            if not scored:
+                unscored.append(i)
+            total.append(sum(w * v for w, v in scored))
+        if unscored:
+            first = _prompt_text(examples[unscored[0] // n])[:80]
+            warnings.warn(
+                f"every reward function returned None for {len(unscored)} of {len(total)} completions "
+                f"(the first of prompt {first!r}): their reward is 0",
+                stacklevel=2,
+            )
         return [total[i * n : (i + 1) * n] for i in range(len(examples))]
+
+
+class RewardError(ValueError):
+    """A reward function failed or returned something other than one number (or None) per completion."""
+
+
+def _checked(spec: str, vals, n: int) -> list[float]:
+    """``vals`` as ``n`` floats, NaN for None; :class:`RewardError` naming ``spec`` otherwise."""
+    if vals is None or isinstance(vals, str | bytes) or not hasattr(vals, "__len__"):
+        raise RewardError(f"reward {spec!r} returned {_show(vals)}, not a list of {n} values")
+    vals = list(vals)
+    if len(vals) != n:
+        raise RewardError(f"reward {spec!r} returned {len(vals)} values for {n} completions (one each)")
+    out = []
+    for i, v in enumerate(vals):
+        try:
+            x = math.nan if v is None else float(v)
+        except (TypeError, ValueError):
+            raise RewardError(
+                f"reward {spec!r} returned {_show(v)} for completion {i}: not a number (or None)"
+            ) from None
+        if v is not None and not math.isfinite(x):
+            raise RewardError(
+                f"reward {spec!r} returned {x} for completion {i}: non-finite "
+                "(return None for a completion it does not score)"
+            )
+        out.append(x)
+    return out
+
+
+def _show(v) -> str:
+    r = repr(v)
+    return f"{type(v).__name__} {r[:60]}{'...' if len(r) > 60 else ''}"
 
 
 def _prompt_text(e: Example) -> str:
@@ -164,4 +212,12 @@ def _accepted(fn, kw: dict) -> dict:
     return {k: v for k, v in kw.items() if k in names}
 
 
-__all__ = ["BUILTINS", "Rewards", "answer_reward", "arith_reward", "default_reward", "load_reward"]
+__all__ = [
+    "BUILTINS",
+    "RewardError",
+    "Rewards",
+    "answer_reward",
+    "arith_reward",
+    "default_reward",
+    "load_reward",
+]

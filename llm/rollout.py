@@ -19,7 +19,9 @@ from typing import Protocol
 
 import torch
 
+from llm.config import RULES, ConfigError  # the one rulebook of the llm knobs
 from llm.data import Example, prompt_ids
+from toybench.config import check
 
 
 @dataclass(frozen=True)
@@ -36,19 +38,13 @@ class Sampling:
     pad_token_id: int = 0
 
     def __post_init__(self):
-        if self.max_completion_length < 1:
-            raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}")
+        names = ("max_completion_length", "top_p", "top_k") + (() if self.greedy else ("temperature",))
+        check(self, {n: RULES[n] for n in names}, error=ConfigError)
         if not 0 <= self.min_new_tokens <= self.max_completion_length:
             raise ValueError(
                 f"min_new_tokens must be in [0, max_completion_length={self.max_completion_length}],"
                 f" got {self.min_new_tokens}"
             )
-        if not self.greedy and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not self.eos_token_ids:
             raise ValueError("eos_token_ids must name at least one token")
 

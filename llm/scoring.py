@@ -6,7 +6,8 @@
 temperature is TRL's: GRPO samples at ``T`` and scores (old, current and reference log-probs, and
 the entropy) under the same ``logits / T``, so the trained policy is the sampling policy.
 
-:func:`sft_per_token` is the SFT loss of a method spec by one of :data:`LOSS_IMPLS` (``--loss-impl``):
+:func:`sft_token_loss` is the position-wise SFT loss of a method (``Method.token_loss``; PEAR's weights
+are applied after it by ``toybench.objectives.sft_per_token``) by one of :data:`LOSS_IMPLS` (``--loss-impl``):
 ``chunked`` (``score`` with ``toybench.losses`` unchanged: every method spec), ``fused``
 (:func:`llm.fused.fused_token_loss`: one vocabulary sweep per chunk, analytic gradients; the specs
 its kernels implement, see :func:`llm.objectives.fused_unsupported`) or ``naive`` (full
@@ -75,7 +76,7 @@ def aux_pairs(aux_models, batch: dict[str, torch.Tensor]) -> list[tuple[torch.Te
         return [(hidden_states(m, batch), output_weight(m)) for m in aux_models]
 
 
-def sft_per_token(
+def sft_token_loss(
     model,
     batch: dict[str, torch.Tensor],
     method: str | Method,
@@ -83,7 +84,7 @@ def sft_per_token(
     chunk_size: int = 1024,
     impl: str = "chunked",
 ) -> torch.Tensor:
-    """Per-token SFT loss of ``method`` over ``batch``, ``[B, T-1]`` (0 off the mask), by ``impl``.
+    """Position-wise SFT loss of ``method`` over ``batch``, ``[B, T-1]`` (0 off the mask), by ``impl``.
 
     The three implementations give the same values and gradients up to float rounding (tested for
     sft, gift, curio, entropy_sft); ``aux_models`` are GIFT's frozen base / CurioSFT's teacher.
@@ -130,6 +131,6 @@ __all__ = [
     "heldout_sft_loss",
     "hidden_states",
     "score",
-    "sft_per_token",
+    "sft_token_loss",
     "tempered",
 ]

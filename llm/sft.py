@@ -3,8 +3,9 @@
 Loop (one optimizer step):
   global batch of ``batch_size`` examples (a seeded permutation per epoch; position = step) ->
   this rank's slice -> ``grad_accum`` micro-batches -> per-token loss of the method by
-  ``--loss-impl`` (:func:`llm.scoring.sft_per_token`: chunked, fused or naive) ->
-  :func:`llm.train.global_reduce` -> backward ->
+  ``--loss-impl`` (:func:`llm.scoring.sft_token_loss`: chunked, fused or naive), weighted as the method
+  says by ``toybench.objectives.sft_per_token`` (PEAR) -> ``toybench.objectives.normalise`` over the
+  global batch (``--reduction``; counts of all micro-batches and ranks) -> backward ->
   gradients summed over ranks -> clip -> non-finite guard -> AdamW + cosine schedule.
 
 The method is a ``toybench.methods`` spec (``gift@5``, ``curio,ema_every=5``, ``pear_block``...); its
@@ -12,7 +13,8 @@ state comes from what it declares (``Method.init_state``): GIFT a frozen base co
 CurioSFT an EMA teacher (``Method.ema_update`` every ``ema_every`` steps; checkpointed); PEAR
 behaviour log-probs collected ONCE before training from ``behavior_model`` (default: the base, i.e.
 the model before its first step) and stored beside the run under a hash of the data and the
-behaviour model, then ``Method.weights`` times the chunked NLL. Every ``eval_every``
+behaviour model, then ``toybench.objectives.sft_per_token`` applies PEAR's weights to the chunked NLL
+as at every other scale. Every ``eval_every``
 steps the held-out expert SFT loss and the greedy reward on held-out prompts are logged (the
 decoupling probe T2 runs the other way in GRPO).
 """
@@ -33,17 +35,17 @@ from llm.log import RunLogger
 from llm.objectives import logp_fn
 from llm.rewards import Rewards
 from llm.rollout import generate
-from llm.scoring import heldout_sft_loss, score, sft_per_token
+from llm.scoring import heldout_sft_loss, score, sft_token_loss
 from llm.train import (
     Normaliser,
     StepLoop,
     batch_indices,
-    global_reduce,
     make_optimizer,
     optimizer_step,
     setup_run,
 )
 from toybench.methods import Method
+from toybench.objectives import Counts, SFTInputs, normalise, sft_per_token
 
 
 def _hash(obj) -> str:
@@ -68,15 +70,6 @@ def behavior_logprobs(cfg: SFTConfig, seqs, tok, base_model, device, out: Path) 
     torch.save(res, tmp)
     tmp.replace(path)
     return res
-
-
-def truncate(seqs: list[tuple[list[int], list[int]]], max_length: int):
-    """``(ids, mask)`` pairs cut on the right to ``max_length`` tokens (0 = no limit); returns
-    ``(seqs, number cut)``. TRL's SFT ``max_length`` truncation."""
-    if max_length <= 0:
-        return seqs, 0
-    out = [(ids[:max_length], mask[:max_length]) for ids, mask in seqs]
-    return out, sum(len(ids) > max_length for ids, _ in seqs)
 
 
 def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
@@ -123,14 +116,17 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
                 b["behavior_logp"] = blp
             batches.append(b)
         norm = Normaliser.of([b["loss_mask"] for b in batches])
+        # seq_mean over the sequences with a counted token; constant: the global padded length
+        counts = Counts(norm.seqs, norm.tokens, norm.t_max)
         loss_sum = torch.zeros((), device=device)
         for b in batches:
             with prec.autocast():
-                per_token = sft_per_token(model, b, method, aux, cfg.chunk_size, cfg.loss_impl)  # (B, T-1)
-                w = method.weights(-per_token.detach(), b.get("behavior_logp"), b["loss_mask"])  # PEAR
-                if w is not None:
-                    per_token = w * per_token
-                loss = global_reduce(per_token, b["loss_mask"], cfg.reduction, norm)
+                token_loss = sft_token_loss(model, b, method, aux, cfg.chunk_size, cfg.loss_impl)  # (B, T-1)
+                inputs = SFTInputs(
+                    b["loss_mask"], behavior_logp=b.get("behavior_logp"), token_loss=token_loss
+                )
+                per_token = sft_per_token(method, inputs)
+                loss = normalise(per_token, b["loss_mask"], cfg.reduction, counts)
             loss.backward()
             loss_sum += loss.detach()
         dist.all_reduce_sum(loss_sum)
@@ -194,4 +190,4 @@ def _quiet(*_) -> None:
     pass
 
 
-__all__ = ["behavior_logprobs", "probe", "run_sft", "truncate"]
+__all__ = ["behavior_logprobs", "probe", "run_sft"]

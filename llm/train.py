@@ -3,7 +3,8 @@ group, saved config, model, tokenizer, data), batch order, optimizer + cosine sc
 reduction, the optimizer step with the non-finite guard, and the metrics log.
 
 Global reduction: a step may be split over micro-batches (gradient accumulation) and ranks. Each
-piece calls ``toybench.losses.reduce`` with normalisers counted over the WHOLE global batch, and the
+piece calls ``toybench.objectives.normalise`` (the one normaliser of every scale) with counts over
+the WHOLE global batch (:class:`Normaliser`; ``llm.sft`` and ``llm.grpo`` pick theirs), and the
 gradients are summed, so 1 x 4 == 4 x 1 == 2 ranks x 2 (up to float rounding):
   token_mean -> reduce(., "constant", constant = global counted tokens)
   seq_mean   -> reduce(., "seq_mean") * local non-empty sequences / global non-empty sequences
@@ -30,7 +31,6 @@ from llm.data import load_data
 from llm.loading import Precision, load_model, load_tokenizer, precision, resolve_device
 from llm.log import RunLogger
 from llm.tiny import model_path
-from toybench.losses import reduce
 
 REDUCTIONS = ("token_mean", "seq_mean", "constant", "sum")
 
@@ -49,17 +49,21 @@ def seed_everything(seed: int) -> None:
 def make_optimizer(
     model: torch.nn.Module, lr: float, steps: int, warmup: int, min_lr_ratio: float, wd: float = 0.0
 ):
-    """AdamW and a linear-warm-up + cosine-decay LambdaLR (to ``lr * min_lr_ratio`` at ``steps``)."""
+    """AdamW and transformers' linear-warm-up + cosine-decay schedule (to ``lr * min_lr_ratio`` at ``steps``).
+
+    Shifted by one step: transformers' warm-up starts at lr 0 (its first update is lost); here step ``s``
+    takes its factor at ``s + 1`` of a schedule one step longer, so warm-up runs ``lr / (warmup + 1)``,
+    ..., ``lr`` and the cosine reaches its floor at ``steps`` (tested against the closed form).
+    """
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=(0.9, 0.95))
-
-    def factor(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / (warmup + 1)
-        frac = min(1.0, (s - warmup) / max(1, steps - warmup))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    hf = get_cosine_with_min_lr_schedule_with_warmup(opt, warmup + 1, steps + 1, min_lr_rate=min_lr_ratio)
+    factor = hf.lr_lambdas[0]
+    for group in opt.param_groups:  # undo the step-0 lr that building ``hf`` set
+        group["lr"] = group["initial_lr"]
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: factor(s + 1))
 
 
 @dataclass(frozen=True)
@@ -91,25 +95,6 @@ class Normaliser:
         return Normaliser(float(x[0]), float(x[1]), float(t[0]), float(x[2]))
 
 
-def global_reduce(
-    per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm: Normaliser, t_max: float | None = None
-) -> torch.Tensor:
-    """This micro-batch's share of the global-batch reduction (see module docstring).
-
-    ``t_max``: the length of the ``constant`` mode (default: the global padded length ``norm.t_max``).
-    """
-    if mode == "token_mean":
-        return reduce(per_token, mask, "constant", constant=max(norm.tokens, 1.0))
-    if mode == "seq_mean":
-        local = float((mask.sum(1) > 0).sum())
-        return reduce(per_token, mask, "seq_mean") * (local / max(norm.seqs, 1.0))
-    if mode == "constant":
-        return reduce(per_token, mask, "constant", constant=max(norm.seqs * (t_max or norm.t_max), 1.0))
-    if mode == "sum":
-        return reduce(per_token, mask, "sum")
-    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {mode!r}")
-
-
 def optimizer_step(
     model, opt, sched, loss_sum: torch.Tensor, clip: float, step: int, last_ckpt: str
 ) -> float:
@@ -128,22 +113,6 @@ def optimizer_step(
     sched.step()
     opt.zero_grad(set_to_none=True)
     return gnorm_val
-
-
-class MetricsLog:
-    """Append-only JSONL of namespaced metrics (rank 0 writes)."""
-
-    def __init__(self, path: str | Path, enabled: bool = True, append: bool = False) -> None:
-        self.path, self.enabled = Path(path), enabled
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not append:
-                self.path.write_text("")
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 def truncate_log(path: str | Path, step: int) -> None:
@@ -267,11 +236,9 @@ __all__ = [
     "batch_indices",
     "setup_run",
     "REDUCTIONS",
-    "MetricsLog",
     "StepLoop",
     "NonFiniteLossError",
     "Normaliser",
-    "global_reduce",
     "make_optimizer",
     "optimizer_step",
     "prepare_model",

@@ -22,7 +22,7 @@ from typing import Annotated
 
 import tyro
 
-from toybench.config import deferred_validation, reuse_freed_memory
+from toybench.config import deferred_validation, given_flags, reuse_freed_memory
 
 SUBCOMMANDS = {
     # name: (module, config class, runner, one-line help)
@@ -79,28 +79,37 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in SUBCOMMANDS:
         print(f"toybench: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, cfg_name, runner_name, help_line = SUBCOMMANDS[cmd]
+    module_name, cfg_name, runner_name, _ = SUBCOMMANDS[cmd]
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:  # a part that is not installed or not built yet
         print(f"toybench {cmd}: cannot import {module_name}: {err}", file=sys.stderr)
         return 1
-    runner = getattr(module, runner_name)
     prog = f"toybench {cmd}"
-    if cmd == "plot":
-        arg = tyro.cli(PlotConfig, args=rest, prog=prog, description=help_line).out_dir
-    else:
-        cfg_cls = getattr(module, cfg_name)
-        default = cfg_cls(skip_theorems=True) if cmd == "compare" else None
-        with deferred_validation():  # nested configs are validated by the runner: one line naming the flag
-            arg = tyro.cli(cfg_cls, args=rest, prog=prog, description=help_line, default=default)
     try:
-        runner(arg)
+        arg = parse(cmd, rest, module)  # validated: bad input is one line before anything runs
+        getattr(module, runner_name)(arg)
     except ValueError as err:  # bad configuration or input: one clear line, not a traceback
-        message = str(err) if cmd == "plot" else as_flag(str(err), type(arg))
+        message = str(err) if cmd == "plot" else as_flag(str(err), getattr(module, cfg_name))
         print(f"{prog}: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def parse(cmd: str, argv: list[str], module=None):
+    """The resolved config of ``toybench <cmd> <argv>`` (for ``plot``: the run directory). ``--quick``
+    fills only the flags absent from ``argv``; a bad value raises ValueError naming its field."""
+    module_name, cfg_name, _, help_line = SUBCOMMANDS[cmd]
+    module = module or importlib.import_module(module_name)
+    prog = f"toybench {cmd}"
+    if cmd == "plot":
+        return tyro.cli(PlotConfig, args=argv, prog=prog, description=help_line).out_dir
+    cfg_cls = getattr(module, cfg_name)
+    default = cfg_cls(skip_theorems=True) if cmd == "compare" else None
+    with deferred_validation():  # nested configs are validated by resolve: one line naming the flag
+        cfg = tyro.cli(cfg_cls, args=argv, prog=prog, description=help_line, default=default)
+    given = given_flags(argv)
+    return cfg.resolved(given) if cmd == "theorems" else module.resolve(cfg, given)
 
 
 def as_flag(message: str, cfg_cls: type) -> str:

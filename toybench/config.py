@@ -1,8 +1,14 @@
-"""Field validation shared by every toybench config: one helper, each error naming the field.
+"""The one config rulebook of both command lines (``toybench`` and ``llm``): field rules, the
+``--quick`` fill, the output-directory check. A leaf: standard library only (no torch, no kernels, no disk
+access while validating).
 
-Configs are flat dataclasses parsed at the entry point (tyro); they validate themselves by
-listing their fields by kind, e.g. ``require(cfg, non_negative=("sft_steps",), positive=("sft_lr",))``.
-Every comparison is written so that NaN fails it (``not (x > 0)``, never ``x <= 0``).
+A config is a dataclass; its rules are a table ``{field: Rule}`` checked by :func:`check`, which raises
+:class:`ConfigError` naming the first bad field (a ``ValueError``; ``llm`` renders the name as its flag).
+``require(cfg, positive=("sft_lr",), ...)`` builds such a table from lists of field names. Every rule is
+written so that NaN fails it (``v > 0``, never ``not v <= 0``).
+
+``--quick`` means one thing everywhere: :func:`fill_quick` fills the preset into the fields whose flag is
+absent from the command line (:func:`given_flags`); a flag you type, even at its default value, wins.
 Also the one process setting the entry points apply, ``reuse_freed_memory``.
 """
 
@@ -13,18 +19,89 @@ import contextvars
 import ctypes
 import ctypes.util
 import dataclasses
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
+    "Rule",
+    "ConfigError",
+    "at_least",
+    "within",
+    "one_of",
+    "POSITIVE",
+    "check",
     "require",
-    "fill_defaults",
+    "given_flags",
+    "fill_quick",
     "prepare_out_dir",
     "deferred_validation",
     "validation_deferred",
     "reuse_freed_memory",
 ]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check of one field: ``ok(value)`` must hold, else ``<field> must be <want>, got <value>``."""
+
+    ok: Callable[[Any], bool]
+    want: str
+
+
+def at_least(lo: float, note: str = "") -> Rule:
+    """``value >= lo`` (``note`` is added to the message, e.g. ``"(0 = off)"``)."""
+    return Rule(lambda v: v >= lo, f">= {lo} {note}".rstrip())
+
+
+def within(lo: float, hi: float, want: str | None = None) -> Rule:
+    """``lo <= value <= hi`` (``want`` overrides the wording, e.g. for an open end)."""
+    return Rule(lambda v: lo <= v <= hi, want or f"in [{lo}, {hi}]")
+
+
+def one_of(choices: Collection[Any], want: str | None = None) -> Rule:
+    """``value in choices``."""
+    return Rule(lambda v: v in choices, want or f"one of {tuple(choices)}")
+
+
+POSITIVE = Rule(lambda v: v > 0, "> 0")
+
+
+class ConfigError(ValueError):
+    """Bad input, naming the field (``pipeline.sft_lr must be > 0, got -1.0``); with ``as_flag`` the
+    name is written as the flag (``--pipeline.sft-lr ...``). The CLIs print it as one line, exit 2."""
+
+    as_flag: ClassVar[bool] = False
+
+    def __init__(self, field: str, msg: str) -> None:
+        self.field, self.msg = field, msg
+        name = "--" + field.replace("_", "-") if self.as_flag else field
+        super().__init__(f"{name} {msg}")
+
+
+def check(
+    cfg: object, rules: Mapping[str, Rule], prefix: str = "", error: type[ConfigError] = ConfigError
+) -> None:
+    """Raise ``error`` naming the first field of ``cfg`` (a dataclass or a mapping) that breaks its rule;
+    fields ``cfg`` lacks are skipped, so one table serves several configs.
+
+    >>> check({"lr": float("nan")}, {"lr": POSITIVE})
+    Traceback (most recent call last):
+    ...
+    toybench.config.ConfigError: lr must be > 0, got nan
+    """
+    for name, rule in rules.items():
+        if isinstance(cfg, Mapping):
+            if name not in cfg:
+                continue
+            v = cfg[name]
+        elif hasattr(cfg, name):
+            v = getattr(cfg, name)
+        else:
+            continue
+        if not rule.ok(v):
+            raise error(prefix + name, f"must be {rule.want}, got {v!r}")
 
 
 def require(
@@ -38,7 +115,7 @@ def require(
     one_of: Mapping[str, Collection[Any]] | None = None,
     prefix: str = "",
 ) -> None:
-    """Raise ``ValueError`` naming the first field of ``cfg`` that breaks its rule.
+    """:func:`check` with a rule table built from lists of field names, in this order.
 
     Args:
         cfg: a dataclass (fields read as attributes) or a mapping of argument names to values.
@@ -52,50 +129,78 @@ def require(
     >>> require({"lr": float("nan")}, positive=("lr",))
     Traceback (most recent call last):
     ...
-    ValueError: lr must be > 0, got nan
+    toybench.config.ConfigError: lr must be > 0, got nan
     """
-    get = cfg.__getitem__ if isinstance(cfg, Mapping) else lambda name: getattr(cfg, name)
-
-    def fail(name: str, rule: str) -> None:
-        raise ValueError(f"{prefix}{name} must be {rule}, got {get(name)!r}")
-
-    for name in non_negative:
-        if not get(name) >= 0:
-            fail(name, ">= 0")
-    for name in positive:
-        if not get(name) > 0:
-            fail(name, "> 0")
-    for name, lo in (at_least or {}).items():
-        if not get(name) >= lo:
-            fail(name, f">= {lo}")
-    for name, (lo, hi) in (within or {}).items():
-        if not lo <= get(name) <= hi:
-            fail(name, f"in [{lo}, {hi}]")
-    for name in probability:
-        if not 0 <= get(name) <= 1:
-            fail(name, "in [0, 1]")
-    for name, choices in (one_of or {}).items():
-        if get(name) not in choices:
-            fail(name, f"one of {tuple(choices)}")
+    for rules in (
+        {n: _at_least(0) for n in non_negative},
+        {n: POSITIVE for n in positive},
+        {n: _at_least(lo) for n, lo in (at_least or {}).items()},
+        {n: _within(lo, hi) for n, (lo, hi) in (within or {}).items()},
+        {n: _within(0, 1) for n in probability},
+        {n: _one_of(c) for n, c in (one_of or {}).items()},
+    ):
+        check(cfg, rules, prefix)
 
 
-def fill_defaults(cfg, preset: Mapping[str, Any]):
-    """``cfg`` with each field of ``preset`` replaced, but only where ``cfg`` still holds the field's default.
+_at_least, _within, _one_of = at_least, within, one_of  # the names require's keywords shadow
 
-    This is how ``--quick`` works: it fills what the user did not set and never overrides a flag the user
-    typed (a flag set to exactly its default value counts as not set).
+
+def given_flags(argv: Iterable[str]) -> set[str]:
+    """Dotted field names of the flags present in ``argv`` (``--sft.n-train=3`` -> ``sft.n_train``;
+    ``--no-tiny`` -> ``tiny``), so that presets never override what the user set.
+
+    >>> sorted(given_flags(["--quick", "--pipeline.sft-steps=3", "--no-tiny", "x"]))
+    ['no_tiny', 'pipeline.sft_steps', 'quick', 'tiny']
+    """
+    out = set()
+    for a in argv:
+        if not a.startswith("--") or a == "--":
+            continue
+        name = a[2:].split("=", 1)[0].replace("-", "_")
+        head, _, last = name.rpartition(".")
+        if last.startswith("no_"):
+            out.add(f"{head}.{last[3:]}" if head else last[3:])
+        out.add(name)
+    return out
+
+
+def fill_quick(cfg, preset: Mapping[str, Any], given: Collection[str] | None, prefix: str = ""):
+    """``cfg`` with the ``--quick`` preset filled into the fields the user did not set: those whose dotted
+    flag name is not in ``given`` (from :func:`given_flags`), or, with ``given=None`` (the Python API, no
+    command line), those still at their dataclass default. A preset value that is a mapping fills the
+    nested config of that field. Returns ``(cfg, dotted names of the fields it changed)``; preset keys
+    ``cfg`` lacks, or whose value ``cfg`` already holds, are skipped.
 
     >>> from dataclasses import dataclass
     >>> @dataclass
     ... class C:
     ...     steps: int = 100
     ...     lr: float = 1.0
-    >>> fill_defaults(C(lr=0.5), {"steps": 5, "lr": 2.0})
-    C(steps=5, lr=0.5)
+    >>> fill_quick(C(lr=1.0), {"steps": 5, "lr": 2.0}, given={"lr"})
+    (C(steps=5, lr=1.0), ['steps'])
     """
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
-    changes = {k: v for k, v in preset.items() if k in defaults and getattr(cfg, k) == defaults[k]}
-    return dataclasses.replace(cfg, **changes)
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    changes, filled = {}, []
+    for name, value in preset.items():
+        if name not in fields:
+            continue
+        if isinstance(value, Mapping):
+            changes[name], sub = fill_quick(getattr(cfg, name), value, given, f"{prefix}{name}.")
+            filled += sub
+        elif getattr(cfg, name) == value:
+            continue  # nothing to fill (and nothing to record)
+        elif (prefix + name) not in given if given is not None else _at_default(cfg, fields[name]):
+            changes[name] = value
+            filled.append(prefix + name)
+    return dataclasses.replace(cfg, **changes), filled
+
+
+def _at_default(cfg, f: dataclasses.Field) -> bool:
+    if f.default is not dataclasses.MISSING:
+        return getattr(cfg, f.name) == f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return getattr(cfg, f.name) == f.default_factory()
+    return False
 
 
 def prepare_out_dir(path: str | Path, name: str = "out") -> Path:

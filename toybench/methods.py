@@ -35,9 +35,13 @@ Defaults: one per constant, listed above. ``str(method)`` is the canonical spec:
 the others only when it differs from the default) and then every other constant that differs from its
 default, in the order above; it parses back to an equal ``Method``.
 
-A method declares what it needs (``needs_base``, ``needs_teacher``, ``needs_behavior_logp``);
+Every fact about a kind lives in its :class:`Family` (one small class per kind, registered in
+``_FAMILIES``): its constants and defaults, what it needs (``needs_base``, ``needs_teacher``,
+``needs_behavior_logp``, ``needs_sequence_target``), whether its loss couples the rows of a batch
+(``couples_rows``), its position-wise loss and weights, and its ``llm.fused`` kernel options.
 :meth:`Method.init_state` makes the frozen copies for tensors and ``nn.Module`` alike and
-:meth:`Method.ema_update` is the one EMA update. This module only chooses and wires
+:meth:`Method.ema_update` is the one EMA update. The per-token SFT loss is assembled from these by
+``toybench.objectives.sft_per_token`` at every scale. This module only chooses and wires
 ``toybench.losses``; it contains no loss formula of its own.
 """
 
@@ -51,9 +55,10 @@ from typing import Any
 
 import torch
 
-from toybench import losses
+from toybench import losses, objectives
+from toybench.objectives import LOSS_TYPES, loss_type_reduction
 
-__all__ = ["Method", "MethodState", "KINDS", "LOSS_TYPES", "loss_type_reduction"]
+__all__ = ["Family", "Method", "MethodState", "KINDS", "LOSS_TYPES", "loss_type_reduction"]
 
 
 # ----------------------------------------------------------------------------- constants
@@ -88,50 +93,214 @@ _PEAR_COMMON = (
     _c("total_clip", (-10.0, 5.0), "pair", _PAIR),
 )
 
-#: kind -> (its constants in canonical order, the first one is ``@value``; whether @value is always written)
-_KINDS: dict[str, tuple[tuple[_Const, ...], bool]] = {
-    "none": ((), False),
-    "sft": ((), False),
-    "dft": ((), False),
-    "entropy_sft": (
-        (
-            _c("coef", 0.1, "float", _GE0),
-            _c("top_k", None, "optint", (lambda x: x is None or x >= 1, "none or an integer >= 1")),
-            _c("rho", 1.0, "float", (lambda x: _finite(x) and 0 < x <= 1, "a number in (0, 1]")),
-        ),
-        True,
-    ),
-    "gift": (
-        (
-            _c("beta", 20.0, "float", (lambda x: x >= 0, "a number >= 0 (inf = SFT)")),
-            _c("smooth", 0.0, "float", (lambda x: _finite(x) and 0 <= x <= 1, "a number in [0, 1]")),
-        ),
-        True,
-    ),
-    "gift_seq": (
-        (_c("beta", 20.0, "float", (lambda x: _finite(x) and x >= 0, "a finite number >= 0")),),
-        True,
-    ),
-    "curio": (
-        (
-            _c("alpha", 1.0, "float", _GE0),
-            _c("ema_every", 5, "int", _INT1),
-            _c("ema_keep", 0.01, "float", (lambda x: _finite(x) and 0 <= x <= 1, "a number in [0, 1]")),
-            _c("pivot", 1.2, "float", (_finite, "a finite number")),
-            _c("gain", 0.5, "float", (_finite, "a finite number")),
-            _c("slope", 2.0, "float", (_finite, "a finite number")),
-            _c("tau_min", 1.1, "float", _GT0),
-            _c("tau_max", 1.5, "float", _GT0),
-            _c("top_k", 512, "int", _INT1),
-            _c("floor", 0.03, "float", _GE0),
-        ),
-        False,
-    ),
-    "pear_token": (_PEAR_COMMON, False),
-    "pear_block": (_PEAR_COMMON[:1] + (_c("block_size", 4, "int", _INT1),) + _PEAR_COMMON[1:], False),
-    "pear_sequence": (_PEAR_COMMON, False),
+_CURIO_TAU = ("pivot", "gain", "slope", "tau_min", "tau_max", "top_k", "floor")
+"""CurioSFT's constants of ``losses.entropy_guided_temperature``."""
+
+
+# ----------------------------------------------------------------------------- the families
+class Family:
+    """One method family: its constants and every fact a trainer needs about it.
+
+    ``consts``: the constants in canonical order (the first one is ``@value``); ``always_at``: whether
+    ``str`` always writes ``@value``. ``needs_base`` / ``needs_teacher`` / ``needs_sequence_target``:
+    the frozen pi_base (GIFT), the EMA teacher (CurioSFT), the exact sequence-level target (tabular
+    only). The methods below receive the resolved :class:`Method`. To add a family: subclass this, set
+    its constants, write :meth:`token_loss` (and :meth:`fused` if ``llm.fused`` has a kernel for it),
+    and register an instance in ``_FAMILIES``.
+    """
+
+    consts: tuple[_Const, ...] = ()
+    always_at = False
+    needs_base = False
+    needs_teacher = False
+    needs_sequence_target = False
+
+    def check(self, m: Method, spec: str) -> None:
+        """Rules across constants; ValueError naming ``spec``."""
+
+    def needs_behavior_logp(self, m: Method) -> bool:
+        """Needs log pi_beta of the data tokens."""
+        return False
+
+    def couples_rows(self, m: Method) -> bool:
+        """Whether a row's loss depends on the other rows of its batch (then it needs the whole batch,
+        with its mask: no row collapsing, no chunking over rows)."""
+        return False
+
+    def token_loss(self, m: Method, logits, targets, base_logits, teacher_logits, mask) -> torch.Tensor:
+        """The position-wise loss ``[B, T]``."""
+        raise ValueError(f"method {str(m)!r} has no SFT loss")
+
+    def weights(self, m: Method, logp, behavior_logp, mask) -> torch.Tensor | None:
+        """Detached per-token weights of the position-wise loss (None: none)."""
+        return None
+
+    def fused(self, m: Method) -> tuple[str, dict[str, float]]:
+        """The ``llm.fused`` kernel that computes :meth:`token_loss` and its constants; ValueError
+        naming the spec when the kernels do not implement this method's constants."""
+        raise ValueError(f"method {str(m)!r}: the fused path has no kernel for it (use chunked_per_token)")
+
+
+class _NoSFT(Family):
+    """``none``: no SFT stage."""
+
+
+class _SFT(Family):
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        return losses.sft_loss(logits, targets)
+
+    def fused(self, m):
+        return "sft", {}
+
+
+class _DFT(Family):
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        return losses.dft_loss(logits, targets)
+
+    def fused(self, m):
+        return "dft", {}
+
+
+class _EntropySFT(Family):
+    consts = (
+        _c("coef", 0.1, "float", _GE0),
+        _c("top_k", None, "optint", (lambda x: x is None or x >= 1, "none or an integer >= 1")),
+        _c("rho", 1.0, "float", (lambda x: _finite(x) and 0 < x <= 1, "a number in (0, 1]")),
+    )
+    always_at = True
+
+    def couples_rows(self, m):
+        return m["rho"] < 1  # the entropy term is kept on the batch's top-rho entropy quantile
+
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        kw = dict(top_k=m["top_k"], rho=m["rho"])
+        if self.couples_rows(m):
+            kw["mask"] = mask
+        return losses.entropy_sft_loss(logits, targets, coef=m["coef"], **kw)
+
+    def fused(self, m):
+        if m["top_k"] is not None or self.couples_rows(m):
+            raise ValueError(
+                f"method {str(m)!r}: the fused path has no top_k / rho < 1 (use chunked_per_token)"
+            )
+        return "entropy_sft", {"entropy_coef": float(m["coef"])}
+
+
+class _Gift(Family):
+    consts = (
+        _c("beta", 20.0, "float", (lambda x: x >= 0, "a number >= 0 (inf = SFT)")),
+        _c("smooth", 0.0, "float", (lambda x: _finite(x) and 0 <= x <= 1, "a number in [0, 1]")),
+    )
+    always_at = True
+    needs_base = True
+
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        if base_logits is None:
+            raise ValueError(f"method {str(m)!r} needs base_logits")
+        return losses.gift_loss(logits, targets, base_logits, beta=m["beta"], smooth=m["smooth"])
+
+    def fused(self, m):
+        return "gift", {"gift_beta": float(m["beta"]), "gift_smooth": float(m["smooth"])}
+
+
+class _GiftSeq(Family):
+    """The exact sequence-level Gibbs target: the loss is :meth:`Method.sequence_loss` on a target
+    that only the tabular pipeline (the whole prefix tree) computes."""
+
+    consts = (_c("beta", 20.0, "float", (lambda x: _finite(x) and x >= 0, "a finite number >= 0")),)
+    always_at = True
+    needs_base = True
+    needs_sequence_target = True
+
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        raise ValueError(_NO_SEQUENCE_TARGET.format(str(m)))
+
+
+class _Curio(Family):
+    consts = (
+        _c("alpha", 1.0, "float", _GE0),
+        _c("ema_every", 5, "int", _INT1),
+        _c("ema_keep", 0.01, "float", (lambda x: _finite(x) and 0 <= x <= 1, "a number in [0, 1]")),
+        _c("pivot", 1.2, "float", (_finite, "a finite number")),
+        _c("gain", 0.5, "float", (_finite, "a finite number")),
+        _c("slope", 2.0, "float", (_finite, "a finite number")),
+        _c("tau_min", 1.1, "float", _GT0),
+        _c("tau_max", 1.5, "float", _GT0),
+        _c("top_k", 512, "int", _INT1),
+        _c("floor", 0.03, "float", _GE0),
+    )
+    needs_teacher = True
+
+    def check(self, m, spec):
+        if m["tau_max"] < m["tau_min"]:
+            raise ValueError(f"method {spec!r}: tau_max must be >= tau_min")
+
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        if teacher_logits is None:
+            raise ValueError(f"method {str(m)!r} needs teacher_logits")
+        tau = losses.entropy_guided_temperature(teacher_logits, **{n: m[n] for n in _CURIO_TAU})
+        return losses.curio_loss(logits, targets, teacher_logits, tau=tau, alpha=m["alpha"])
+
+    def fused(self, m):
+        default = {c.name: c.default for c in self.consts}
+        if any(m[k] != default[k] for k in _CURIO_TAU):
+            raise ValueError(
+                f"method {str(m)!r}: the fused path uses the default temperature constants "
+                f"({', '.join(_CURIO_TAU)}); use chunked_per_token for others"
+            )
+        tau = {f"curio_{k}": m[k] for k in ("top_k", "floor", "tau_min")}
+        return "curio", {"curio_alpha": float(m["alpha"]), **tau}
+
+
+class _Pear(Family):
+    """PEAR at one ``level``: the NLL, weighted by ``losses.pear_weights``."""
+
+    def __init__(self, level: str):
+        self.level = level
+        extra = (_c("block_size", 4, "int", _INT1),) if level == "block" else ()
+        self.consts = _PEAR_COMMON[:1] + extra + _PEAR_COMMON[1:]
+
+    def needs_behavior_logp(self, m):
+        return m["behavior"] == "data"
+
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        return losses.sft_loss(logits, targets)
+
+    def weights(self, m, logp, behavior_logp, mask):
+        if m["behavior"] == "self":
+            behavior_logp = logp.detach()
+        elif behavior_logp is None:
+            raise ValueError(f"method {str(m)!r} needs behavior_logp (or use @self)")
+        kw = {"block_size": m["block_size"]} if self.level == "block" else {}
+        return losses.pear_weights(
+            logp,
+            behavior_logp,
+            mask,
+            level=self.level,
+            gamma=m["gamma"],
+            token_clip=m["token_clip"],
+            total_clip=m["total_clip"],
+            **kw,
+        )
+
+    def fused(self, m):
+        return "pear", {}  # the NLL; weighted by Method.weights
+
+
+#: kind -> its family (the one place every method fact lives)
+_FAMILIES: dict[str, Family] = {
+    "none": _NoSFT(),
+    "sft": _SFT(),
+    "dft": _DFT(),
+    "entropy_sft": _EntropySFT(),
+    "gift": _Gift(),
+    "gift_seq": _GiftSeq(),
+    "curio": _Curio(),
+    "pear_token": _Pear("token"),
+    "pear_block": _Pear("block"),
+    "pear_sequence": _Pear("sequence"),
 }
-KINDS = tuple(_KINDS)
+KINDS = tuple(_FAMILIES)
 
 
 def _parse_value(c: _Const, text: str, spec: str) -> Any:
@@ -169,25 +338,6 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     return "none" if v is None else str(v)
-
-
-# ----------------------------------------------------------------------------- RL loss types
-#: TRL's ``loss_type`` -> this project's ``losses.reduce`` mode. ``dr_grpo`` divides by
-#: num_sequences * max_completion_length (``constant``); ``sum`` is this project's extra.
-LOSS_TYPES = {
-    "grpo": "seq_mean",
-    "bnpo": "token_mean",
-    "dapo": "token_mean",
-    "dr_grpo": "constant",
-    "sum": "sum",
-}
-
-
-def loss_type_reduction(loss_type: str) -> str:
-    """The ``losses.reduce`` mode of a TRL ``loss_type``; ValueError naming ``loss_type`` if unknown."""
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {tuple(LOSS_TYPES)}, got {loss_type!r}")
-    return LOSS_TYPES[loss_type]
 
 
 # ----------------------------------------------------------------------------- the method
@@ -231,12 +381,13 @@ class Method:
             raise ValueError(f"method {spec!r}: a method spec is a string like 'gift@3'")
         head, *pairs = spec.strip().split(",")
         kind, at, value = head.partition("@")
-        if kind not in _KINDS:
+        if kind not in _FAMILIES:
             raise ValueError(
                 f"method {spec!r}: unknown kind {kind!r}; kinds are {KINDS} "
                 "(spelling kind[@value][,key=value])"
             )
-        consts, _ = _KINDS[kind]
+        fam = _FAMILIES[kind]
+        consts = fam.consts
         vals = {c.name: c.default for c in consts}
         by_name = {c.name: c for c in consts}
         if at:
@@ -252,16 +403,15 @@ class Method:
                 known = ", ".join(by_name) or "none"
                 raise ValueError(f"method {spec!r}: unknown keyword {p!r}; {kind} takes: {known}")
             vals[key] = _parse_value(by_name[key], text.strip(), spec)
-        if kind == "curio" and vals["tau_max"] < vals["tau_min"]:
-            raise ValueError(f"method {spec!r}: tau_max must be >= tau_min")
-        return Method(kind, tuple((c.name, vals[c.name]) for c in consts))
+        m = Method(kind, tuple((c.name, vals[c.name]) for c in consts))
+        fam.check(m, spec)
+        return m
 
     def __str__(self) -> str:
-        consts, always = _KINDS[self.kind]
         out = self.kind
-        for i, c in enumerate(consts):
+        for i, c in enumerate(self.family.consts):
             v = self[c.name]
-            if i == 0 and (always or v != c.default):
+            if i == 0 and (self.family.always_at or v != c.default):
                 out += "@" + _fmt(v)
             elif i > 0 and v != c.default:
                 out += f",{c.name}={_fmt(v)}"
@@ -273,38 +423,55 @@ class Method:
                 return v
         raise KeyError(f"method {str(self)!r} has no constant {name!r}")
 
-    # -- what it is and needs --------------------------------------------------------------------
+    # -- what it is and needs (declared by its family) -------------------------------------------
+    @property
+    def family(self) -> Family:
+        """The family of this kind: the facts below, its losses and its fused-kernel options."""
+        return _FAMILIES[self.kind]
+
     @property
     def value(self) -> Any:
         """The main (``@``) constant, or None for kinds without one (and for PEAR's behaviour source)."""
-        if not self.constants or self.kind.startswith("pear_"):
+        if not self.constants or self.pear_level is not None:
             return None
         return self.constants[0][1]
 
     @property
     def pear_level(self) -> str | None:
-        return self.kind.removeprefix("pear_") if self.kind.startswith("pear_") else None
+        return getattr(self.family, "level", None)
 
     @property
     def needs_base(self) -> bool:
         """Needs a frozen copy of the model as it was before SFT (GIFT's pi_base)."""
-        return self.kind in ("gift", "gift_seq")
+        return self.family.needs_base
 
     @property
     def needs_sequence_target(self) -> bool:
         """Needs the exact per-position target over whole sequences (``gift_seq``): only the tabular
         pipeline, which enumerates the prefix tree, can give it (``sequence_target`` of :meth:`loss`)."""
-        return self.kind == "gift_seq"
+        return self.family.needs_sequence_target
 
     @property
     def needs_teacher(self) -> bool:
         """Needs an EMA teacher copy, updated by :meth:`ema_update` (CurioSFT)."""
-        return self.kind == "curio"
+        return self.family.needs_teacher
 
     @property
     def needs_behavior_logp(self) -> bool:
         """Needs log pi_beta of the data tokens (PEAR, unless ``@self``)."""
-        return self.pear_level is not None and self["behavior"] == "data"
+        return self.family.needs_behavior_logp(self)
+
+    @property
+    def couples_rows(self) -> bool:
+        """Whether a row's loss depends on the other rows of its batch (``entropy_sft`` with rho < 1:
+        an entropy quantile over the batch): such a loss takes the whole batch and its mask."""
+        return self.family.couples_rows(self)
+
+    def fused_options(self) -> tuple[str, dict[str, float]]:
+        """The ``llm.fused`` kernel of this method and its constants; ValueError naming the spec when
+        the kernels do not implement its constants (entropy-SFT ``top_k``/``rho < 1``, non-default
+        CurioSFT temperature constants) or the kind."""
+        return self.family.fused(self)
 
     def token_level(self, scale: str) -> Method:
         """This method if ``scale`` (a model trained on sampled sequences: the tiny transformer,
@@ -364,56 +531,23 @@ class Method:
     ) -> torch.Tensor:
         """The position-wise part of the loss, ``[B, T]`` (PEAR: the NLL, before :meth:`weights`).
 
-        Each position depends on its own logits only (except entropy-SFT with rho < 1, which
-        needs ``mask``), so the chunked LLM losses can apply it chunk by chunk.
+        Each position depends on its own logits only (except when :attr:`couples_rows`, which needs
+        ``mask``), so the chunked LLM losses can apply it chunk by chunk.
         """
-        k = self.kind
-        if k == "none":
-            raise ValueError("method 'none' has no SFT loss")
-        if k == "gift_seq":
+        return self.family.token_loss(self, logits, targets, base_logits, teacher_logits, mask)
+
+    def sequence_loss(self, logits: torch.Tensor, targets: torch.Tensor, sequence_target) -> torch.Tensor:
+        """``gift_seq``'s loss ``[B, T]``: the cross-entropy to the sequence-level target (GIFT's loss
+        with the target as "base" and no tilt)."""
+        if not self.needs_sequence_target or sequence_target is None:
             raise ValueError(_NO_SEQUENCE_TARGET.format(str(self)))
-        if k in ("sft",) or self.pear_level is not None:
-            return losses.sft_loss(logits, targets)
-        if k == "dft":
-            return losses.dft_loss(logits, targets)
-        if k == "entropy_sft":
-            kw = dict(top_k=self["top_k"], rho=self["rho"])
-            if self["rho"] < 1:
-                kw["mask"] = mask
-            return losses.entropy_sft_loss(logits, targets, coef=self["coef"], **kw)
-        if k == "gift":
-            if base_logits is None:
-                raise ValueError(f"method {str(self)!r} needs base_logits")
-            return losses.gift_loss(logits, targets, base_logits, beta=self["beta"], smooth=self["smooth"])
-        # curio
-        if teacher_logits is None:
-            raise ValueError(f"method {str(self)!r} needs teacher_logits")
-        tau = losses.entropy_guided_temperature(
-            teacher_logits,
-            **{n: self[n] for n in ("pivot", "gain", "slope", "tau_min", "tau_max", "top_k", "floor")},
-        )
-        return losses.curio_loss(logits, targets, teacher_logits, tau=tau, alpha=self["alpha"])
+        return losses.gift_loss(logits, targets, sequence_target, beta=0.0)
 
     def weights(
         self, logp: torch.Tensor, behavior_logp: torch.Tensor | None, mask: torch.Tensor
     ) -> torch.Tensor | None:
         """PEAR's detached weights ``[B, T]`` from log pi(y_t) (None for every other kind)."""
-        if self.pear_level is None:
-            return None
-        if self["behavior"] == "self":
-            behavior_logp = logp.detach()
-        elif behavior_logp is None:
-            raise ValueError(f"method {str(self)!r} needs behavior_logp (or use @self)")
-        return losses.pear_weights(
-            logp,
-            behavior_logp,
-            mask,
-            level=self.pear_level,
-            block_size=self["block_size"] if self.kind == "pear_block" else 4,
-            gamma=self["gamma"],
-            token_clip=self["token_clip"],
-            total_clip=self["total_clip"],
-        )
+        return self.family.weights(self, logp, behavior_logp, mask)
 
     def loss(
         self,
@@ -425,7 +559,7 @@ class Method:
         behavior_logp: torch.Tensor | None = None,
         sequence_target: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-token SFT loss ``[B, T]`` (unreduced; reduce with ``losses.reduce``).
+        """Per-token SFT loss ``[B, T]``: ``toybench.objectives.sft_per_token`` of these inputs.
 
         Args:
           logits: [B, T, V] trained policy; targets, mask: [B, T].
@@ -435,11 +569,7 @@ class Method:
             data's prefixes (``gift_seq``; the tabular pipeline builds it with ``TreeGeometry.gibbs_logp``).
         Inputs the method does not need are ignored.
         """
-        if self.kind == "gift_seq":
-            if sequence_target is None:
-                raise ValueError(_NO_SEQUENCE_TARGET.format(str(self)))
-            # cross-entropy to softmax(log q) = q: GIFT's loss with the target as "base" and no tilt
-            return losses.gift_loss(logits, targets, sequence_target, beta=0.0)
-        per_token = self.token_loss(logits, targets, base_logits, teacher_logits, mask=mask)  # (B, T)
-        G = self.weights(-per_token.detach(), behavior_logp, mask)
-        return per_token if G is None else G * per_token
+        inputs = objectives.SFTInputs(
+            mask, targets, logits, base_logits, teacher_logits, behavior_logp, sequence_target
+        )
+        return objectives.sft_per_token(self, inputs)

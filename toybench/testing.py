@@ -25,11 +25,23 @@ whose message starts with the name of the property that failed (``[masked_equals
 ``gradcheck``             ``torch.autograd.gradcheck`` (fast mode: random projections of the
                           Jacobian) in float64 w.r.t. ``logits`` and every aux input with
                           gradient (moderate logits: finite differences of 1e4-sized values
-                          are meaningless)
+                          are meaningless); a failure reports the largest entry of
+                          |analytic - numeric| over the full Jacobians, and where
+``declared_gradient``     only with ``grad=``, in place of ``gradcheck``: autograd's gradient of
+                          ``fn(...).sum()`` equals the gradient the user declares
 =======================  =====================================================================
 
 A property that does not apply is declared, with its reason, in ``skip`` (e.g.
 ``skip={"position_independence": "PEAR weights sum over later tokens"}``); unknown names raise.
+
+A loss with a stop-gradient by design (DFT's ``-sg[pi(y)] log pi(y)``, CurioSFT whose teacher is
+the model itself) cannot pass ``gradcheck``: finite differences see the stopped factor move. Its
+gradient still gets checked: declare the intended one, ``grad=lambda logits, targets, **aux: ...``
+(``d fn(...).sum() / d logits``, ``[B, T, V]``), and ``declared_gradient`` compares autograd's
+gradient with it on every generated instance (extreme logits included). The failure message of
+``gradcheck`` points to this option. Every failure, on every torch the project supports, is an
+``AssertionError`` naming the property (``gradcheck`` runs with ``raise_exception=False``: the home
+of torch's ``GradcheckError`` moved between versions).
 
 Aux inputs, by name (``needs``): ``base_logits``, ``teacher_logits`` ``[B, T, V]``; ``logp``,
 ``old_logp``, ``ref_logp``, ``behavior_logp`` ``[B, T]`` (log-probabilities in [-4, 0]);
@@ -38,6 +50,11 @@ reduction uses). ``logp`` carries gradient; the others are detached by default (
 
 >>> from toybench import losses as L
 >>> check_loss_contract(L.sft_loss, max_examples=3)
+>>> def dft_grad(logits, targets):  # d/dz of -sg[pi(y)] log pi(y) = pi(y) (pi - e_y)
+...     p = logits.softmax(-1)
+...     e_y = torch.nn.functional.one_hot(targets, p.shape[-1]).to(p.dtype)
+...     return p.gather(-1, targets[..., None]) * (p - e_y)
+>>> check_loss_contract(L.dft_loss, grad=dft_grad, max_examples=3)
 """
 
 from __future__ import annotations
@@ -80,6 +97,7 @@ PROPERTIES = (
     "masked_equals_sliced",
     "no_leak",
     "gradcheck",
+    "declared_gradient",
 )
 AUX_LOGITS = ("base_logits", "teacher_logits")  # [B, T, V]
 AUX_LOGP = ("logp", "old_logp", "ref_logp", "behavior_logp")  # [B, T]
@@ -196,15 +214,331 @@ def _poison_at_masked(x: Tensor, m: Tensor, value: float) -> Tensor:
     return torch.where(mm, x, torch.full_like(x, value))
 
 
-def _as_test(prop: Callable[[LossInputs], None]) -> Callable[[LossInputs], None]:
-    def test(inp: LossInputs) -> None:
-        prop(inp)
-
-    test.__name__ = test.__qualname__ = prop.__name__
-    return test
-
-
 # ----------------------------------------------------------------------------- the checks
+GradFn = Callable[..., "Tensor | Mapping[str, Tensor]"]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What one :func:`check_loss_contract` call checks: the loss, its inputs and tolerances."""
+
+    fn: Callable[..., Tensor]
+    needs: tuple[str, ...]
+    det: tuple[str, ...]  # aux inputs that must receive no gradient
+    grad_aux: tuple[str, ...]  # aux inputs with gradient (checked beside the logits)
+    masked_targets: int | None
+    rtol: float
+    atol: float
+    grad: GradFn | None  # the declared gradient of fn(...).sum(), if any
+
+    def call(self, inp: LossInputs, **kw) -> Tensor:
+        return _call(self.fn, inp, self.needs, **kw)
+
+    def live(self, inp: LossInputs) -> list[Tensor]:
+        """Leaf copies of the logits and the aux inputs with gradient, in that order."""
+        xs = [inp.logits.clone().requires_grad_(True)]
+        return xs + [inp.aux[n].clone().requires_grad_(True) for n in self.grad_aux]
+
+    def call_live(self, inp: LossInputs, xs: list[Tensor], **kw) -> Tensor:
+        aux = {**inp.aux, **dict(zip(self.grad_aux, xs[1:]))}
+        return self.call(inp, logits=xs[0], aux=aux, **kw)
+
+
+def _prop_shape_dtype(s: _Spec, inp: LossInputs) -> None:
+    for dt in (torch.float64, torch.float32):
+        z = inp.logits.to(dt)
+        aux = {n: (v.to(dt) if v.is_floating_point() else v) for n, v in inp.aux.items()}
+        out = s.call(inp, logits=z, aux=aux)
+        assert isinstance(out, Tensor), f"fn must return a torch.Tensor, got {type(out).__name__}"
+        assert tuple(out.shape) == tuple(inp.targets.shape), (
+            f"output shape {tuple(out.shape)} != [B, T] = {tuple(inp.targets.shape)}"
+        )
+        assert out.dtype == dt, f"{dt} logits gave a {out.dtype} output"
+
+
+def _prop_finite(s: _Spec, inp: LossInputs) -> None:
+    z = inp.logits.clone().requires_grad_(True)
+    out = s.call(inp, logits=z)
+    assert torch.isfinite(out).all(), f"non-finite per-token values {out}"
+    if out.requires_grad:
+        (g,) = torch.autograd.grad(out.sum(), z, allow_unused=True)
+        assert g is None or torch.isfinite(g).all(), "non-finite logit gradient"
+
+
+def _prop_pure(s: _Spec, inp: LossInputs) -> None:
+    before = [inp.logits.clone(), inp.targets.clone(), inp.mask.clone()]
+    before += [v.clone() for v in inp.aux.values()]
+    s.call(inp)
+    after = [inp.logits, inp.targets, inp.mask, *inp.aux.values()]
+    names = ["logits", "targets", "mask", *inp.aux]
+    for n, a, b in zip(names, before, after):
+        assert torch.equal(a, b), f"fn modified its input {n!r} in place"
+
+
+def _prop_shift_invariance(s: _Spec, inp: LossInputs) -> None:
+    base = s.call(inp)
+    rng = np.random.default_rng(int(inp.targets.sum()) + 1)
+    for name in ("logits", *[n for n in s.needs if n in AUX_LOGITS]):
+        x = inp.logits if name == "logits" else inp.aux[name]
+        c = torch.tensor(rng.uniform(-50, 50, size=(*x.shape[:2], 1)), dtype=x.dtype)
+        if name == "logits":
+            out = s.call(inp, logits=x + c)
+        else:
+            out = s.call(inp, aux={**inp.aux, name: x + c})
+        _close(out, base, s.rtol, s.atol, f"adding a constant per position to {name!r} changed the output")
+
+
+def _prop_detached(s: _Spec, inp: LossInputs) -> None:
+    z = inp.logits.clone().requires_grad_(True)
+    live = {n: (v.clone().requires_grad_(True) if n in s.det else v) for n, v in inp.aux.items()}
+    out = s.call(inp, logits=z, aux=live)
+    names = [n for n in s.det if n in live]
+    if not out.requires_grad or not names:
+        return
+    w = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(0))
+    grads = torch.autograd.grad((out * w).sum(), [live[n] for n in names], allow_unused=True)
+    for n, g in zip(names, grads):
+        assert g is None or bool((g == 0).all()), f"gradient reaches {n!r}, which must be detached"
+
+
+def _perturbed_at(inp: LossInputs, tp: int, rng: np.random.Generator) -> tuple[Tensor, Tensor, dict]:
+    """Fresh logits, target and aux values at position ``tp``, the rest unchanged."""
+    B = inp.targets.shape[0]
+    z = inp.logits.clone()
+    z[:, tp] = torch.tensor(rng.normal(scale=3.0, size=z[:, tp].shape), dtype=z.dtype)
+    y = inp.targets.clone()
+    y[:, tp] = torch.tensor(rng.integers(0, z.shape[-1], size=B))
+    aux = {}
+    for n, v in inp.aux.items():
+        v = v.clone()
+        if n in AUX_LOGITS:
+            v[:, tp] = torch.tensor(rng.normal(scale=3.0, size=v[:, tp].shape), dtype=v.dtype)
+        elif n in AUX_LOGP:
+            v[:, tp] = torch.tensor(np.log(rng.uniform(0.02, 1.0, size=B)), dtype=v.dtype)
+        elif n == "tau":
+            v[:, tp] = torch.tensor(rng.uniform(0.5, 2.0, size=B), dtype=v.dtype)
+        aux[n] = v
+    return z, y, aux
+
+
+def _prop_position_independence(s: _Spec, inp: LossInputs) -> None:
+    T = inp.targets.shape[1]
+    if T < 2:
+        return
+    base = s.call(inp)
+    rng = np.random.default_rng(int(inp.targets.sum()) + 7)
+    for tp in range(T):
+        z, y, aux = _perturbed_at(inp, tp, rng)
+        out = s.call(inp, logits=z, targets=y, aux=aux)
+        others = [t for t in range(T) if t != tp]
+        _close(out[:, others], base[:, others], s.rtol, s.atol, f"changing position {tp} changed {others}")
+
+
+def _prop_masked_equals_sliced(s: _Spec, inp: LossInputs) -> None:
+    m = inp.mask != 0
+    full = s.call(inp)
+    counted = [s.call(_slice_row(inp, b, m[b]))[0] for b in range(m.shape[0]) if bool(m[b].any())]
+    total = sum((r.sum() for r in counted), full.new_zeros(()))
+    n_tok = sum(r.numel() for r in counted)
+    expect = {
+        "sum": total,
+        "token_mean": total / max(n_tok, 1),
+        "seq_mean": sum((r.mean() for r in counted), full.new_zeros(())) / max(len(counted), 1),
+    }
+    for mode in REDUCE_MODES:
+        for c in (None, 3.0) if mode == "constant" else (None,):
+            got = reduce(full, inp.mask, mode, constant=c)
+            want = total / (full.numel() if c is None else c) if mode == "constant" else expect[mode]
+            _close(got, want, s.rtol, s.atol, f"reduce(fn(full), mask, {mode!r}, constant={c}) != sliced")
+
+
+def _reduced_and_grads(s: _Spec, inp: LossInputs, logits, aux, targets) -> tuple[Tensor, list]:
+    """``fn``'s output and the gradients of its masked sum w.r.t. the logits and grad aux inputs."""
+    xs = [logits.clone().requires_grad_(True)] + [aux[n].clone().requires_grad_(True) for n in s.grad_aux]
+    out = s.call(inp, logits=xs[0], targets=targets, aux={**aux, **dict(zip(s.grad_aux, xs[1:]))})
+    if not out.requires_grad:
+        return out, [None] * len(xs)
+    grads = torch.autograd.grad(reduce(out, inp.mask, "sum"), xs, allow_unused=True)
+    return out, [torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads)]
+
+
+def _prop_no_leak(s: _Spec, inp: LossInputs) -> None:
+    m = inp.mask != 0
+    names = ["logits", *s.grad_aux]  # inputs with gradient, compared at counted positions
+    clean, g_clean = _reduced_and_grads(s, inp, inp.logits, inp.aux, inp.targets)
+    y = inp.targets
+    if s.masked_targets is not None:
+        y = torch.where(m, y, torch.full_like(y, s.masked_targets))
+    for poison in (float("nan"), float("inf"), -float("inf")):
+        aux = {
+            n: (_poison_at_masked(v, m, poison) if (n in AUX_LOGITS or n in AUX_LOGP) else v)
+            for n, v in inp.aux.items()
+        }
+        dirty, g_dirty = _reduced_and_grads(s, inp, _poison_at_masked(inp.logits, m, poison), aux, y)
+        for mode in REDUCE_MODES:
+            what = f"{poison} at masked positions changed reduce(.., {mode!r})"
+            _close(reduce(dirty, inp.mask, mode), reduce(clean, inp.mask, mode), s.rtol, s.atol, what)
+        for n, g, gc in zip(names, g_dirty, g_clean):
+            if g is not None:
+                what = f"{poison} at masked positions changed d/d{n} at counted ones"
+                _close(g[m], gc[m], s.rtol, s.atol, what)
+
+
+def _worst_entry(got: Tensor, want: Tensor) -> tuple[float, tuple[int, ...]]:
+    """The largest ``|got - want|`` (NaN counts as inf) and its index."""
+    diff = (got - want).abs()
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
+    i = int(diff.reshape(-1).argmax())
+    return float(diff.reshape(-1)[i]), tuple(int(k) for k in np.unravel_index(i, tuple(diff.shape)))
+
+
+def _jacobians(s: _Spec, inp: LossInputs, xs: list[Tensor], eps: float = 1e-6) -> list[tuple[Tensor, Tensor]]:
+    """Per input: ``(analytic, numeric)`` Jacobians ``[*out.shape, *x.shape]`` (autograd; central
+    differences in float64)."""
+    xs = [x.detach().requires_grad_(True) for x in xs]
+    out = s.call_live(inp, xs)
+    pairs = []
+    for k, x in enumerate(xs):
+        ana = torch.zeros((*out.shape, *x.shape), dtype=torch.float64)
+        num = torch.zeros_like(ana)
+        for o in np.ndindex(*out.shape):
+            if out.requires_grad:
+                (g,) = torch.autograd.grad(out[o], x, retain_graph=True, allow_unused=True)
+                ana[o] = 0.0 if g is None else g
+        for j in np.ndindex(*x.shape):
+            moved = []
+            for sign in (1.0, -1.0):
+                ys = [y.detach().clone() for y in xs]
+                ys[k][j] += sign * eps
+                with torch.no_grad():
+                    moved.append(s.call_live(inp, ys))
+            num[(..., *j)] = (moved[0] - moved[1]) / (2 * eps)
+        pairs.append((ana, num))
+    return pairs
+
+
+_GRAD_HINT = (
+    "If fn has a stop-gradient by design (sg[.], as DFT's -sg[pi(y)] log pi(y)), finite differences "
+    "see the stopped factor move and cannot agree: declare the intended gradient instead, "
+    "check_loss_contract(fn, grad=lambda logits, targets, **aux: <d sum(fn) / d logits>)."
+)
+
+
+def _prop_gradcheck(s: _Spec, inp: LossInputs) -> None:
+    xs = s.live(inp)
+    ok = torch.autograd.gradcheck(
+        lambda *a: s.call_live(inp, list(a)),
+        tuple(xs),
+        eps=1e-6,
+        atol=1e-5,
+        rtol=1e-4,
+        fast_mode=True,
+        raise_exception=False,  # GradcheckError's home moved between torch versions
+    )
+    if ok:
+        return
+    names, worst = ["logits", *s.grad_aux], (-1.0, "", ())
+    for name, (ana, num) in zip(names, _jacobians(s, inp, xs)):
+        d, at = _worst_entry(ana, num)
+        if d > worst[0]:
+            worst = (d, name, at, float(ana[at]), float(num[at]))
+    d, name, at = worst[:3]
+    nd = inp.targets.dim()
+    where = f"d out{list(at[:nd])} / d {name}{list(at[nd:])}"
+    raise AssertionError(
+        f"autograd gradient != float64 finite differences: largest difference {d:.3g} at {where} "
+        f"(analytic {worst[3]:.6g}, numeric {worst[4]:.6g}). {_GRAD_HINT}"
+    )
+
+
+def _prop_declared_gradient(s: _Spec, inp: LossInputs) -> None:
+    xs = s.live(inp)
+    out = s.call_live(inp, xs)
+    names = ["logits", *s.grad_aux]
+    got = torch.autograd.grad(out.sum(), xs, allow_unused=True) if out.requires_grad else [None] * len(xs)
+    with torch.no_grad():
+        want = s.grad(inp.logits, inp.targets, **inp.kwargs(s.needs))
+    want = {"logits": want} if isinstance(want, Tensor) else dict(want)
+    missing = [n for n in names if n not in want]
+    assert not missing, f"grad must return d sum(fn) / d{missing} too (a dict keyed by input name)"
+    for n, x, g in zip(names, xs, got):
+        g = torch.zeros_like(x) if g is None else g
+        w = want[n].to(g.dtype)
+        assert w.shape == g.shape, f"declared d/d{n} has shape {tuple(w.shape)}, not {tuple(g.shape)}"
+        if not torch.allclose(g, w, rtol=1e-6, atol=1e-6, equal_nan=True):
+            d, at = _worst_entry(g, w)
+            raise AssertionError(
+                f"autograd d sum(fn) / d{n} != the declared gradient: largest difference {d:.3g} at "
+                f"{n}{list(at)} (autograd {float(g[at]):.6g}, declared {float(w[at]):.6g})"
+            )
+
+
+# property -> (check, strategy options); gradcheck draws small moderate instances: finite
+# differences of 1e4-sized logits are meaningless, and its cost grows with B * T * V
+_CHECKS: dict[str, tuple[Callable[[_Spec, LossInputs], None], dict]] = {
+    "shape_dtype": (_prop_shape_dtype, {}),
+    "finite": (_prop_finite, {}),
+    "pure": (_prop_pure, {}),
+    "shift_invariance": (_prop_shift_invariance, {}),
+    "detached": (_prop_detached, {}),
+    "position_independence": (_prop_position_independence, {"min_t": 2}),
+    "masked_equals_sliced": (_prop_masked_equals_sliced, {}),
+    "no_leak": (_prop_no_leak, {}),
+    "gradcheck": (_prop_gradcheck, {"extreme": False, "max_b": 2, "max_t": 3, "max_v": 4}),
+    "declared_gradient": (_prop_declared_gradient, {}),
+}
+
+
+def _spec(fn, needs, skip, detached, masked_targets, rtol, atol, grad) -> tuple[_Spec, dict]:
+    """Validate the arguments of :func:`check_loss_contract`; returns the spec and the skips."""
+    needs = tuple(needs)
+    skip = dict(skip or {})
+    for name, reason in skip.items():
+        if name not in PROPERTIES:
+            raise ValueError(f"skip: unknown property {name!r}; known: {PROPERTIES}")
+        if not (isinstance(reason, str) and reason.strip()):
+            raise ValueError(f"skip: property {name!r} needs a reason (a non-empty string)")
+    if grad is not None and not callable(grad):
+        raise ValueError(f"grad must be a function (logits, targets, **aux) -> gradient, got {grad!r}")
+    det = tuple(n for n in needs if n in DETACHED_BY_DEFAULT) if detached is None else tuple(detached)
+    unknown = [n for n in (*needs, *det) if n not in AUX_NAMES]
+    if unknown:
+        raise ValueError(f"needs/detached: unknown aux input(s) {unknown}; known: {AUX_NAMES}")
+    grad_aux = tuple(n for n in needs if n != "mask" and n not in det)
+    return _Spec(fn, needs, det, grad_aux, masked_targets, rtol, atol, grad), skip
+
+
+def _settings(max_examples: int):
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=(Phase.explicit, Phase.generate),
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+
+
+def _run_property(name: str, s: _Spec, max_examples: int, max_v: int) -> None:
+    """Run one property on hypothesis instances; any failure or crash -> ``AssertionError("[name] ...")``."""
+    prop, kw = _CHECKS[name]
+    kw = {**kw, "max_v": min(max_v, kw.get("max_v", max_v))}
+    n = max(2, max_examples // 3) if name == "gradcheck" else max_examples  # the costly one
+
+    def test(inp: LossInputs) -> None:
+        prop(s, inp)
+
+    test.__name__ = test.__qualname__ = f"prop_{name}"
+    run = _settings(n)(given(loss_inputs(s.needs, **kw))(test))
+    try:
+        run()
+    except AssertionError as e:
+        raise AssertionError(f"[{name}] {e}") from e
+    except Exception as e:  # a crash is a failure of the property being checked
+        raise AssertionError(f"[{name}] fn raised {type(e).__name__}: {e}") from e
+
+
 def check_loss_contract(
     fn: Callable[..., Tensor],
     needs: Iterable[str] = (),
@@ -212,6 +546,7 @@ def check_loss_contract(
     skip: Mapping[str, str] | None = None,
     detached: Iterable[str] | None = None,
     masked_targets: int | None = None,
+    grad: GradFn | None = None,
     max_examples: int = 15,
     max_v: int = 6,
     rtol: float = 1e-7,
@@ -228,227 +563,21 @@ def check_loss_contract(
             :data:`DETACHED_BY_DEFAULT`); the others get gradient-checked.
         masked_targets: if given (e.g. -100), targets at masked positions are set to it in the
             ``no_leak`` check (an ignore index must not change the reduced loss).
+        grad: the intended gradient, for a loss with a stop-gradient by design (DFT, CurioSFT with
+            a live teacher), where finite differences cannot agree: ``grad(logits, targets, **aux)``
+            returns ``d fn(...).sum() / d logits`` ``[B, T, V]`` (or a dict with an entry for the
+            logits and for each aux input with gradient). ``declared_gradient`` then compares
+            autograd's gradient with it on every instance, in place of ``gradcheck``.
         max_examples: hypothesis examples per property, a third of them for ``gradcheck``
             (derandomised: runs are reproducible).
         max_v: largest vocabulary drawn.
         rtol, atol: tolerances of the equality checks (float64).
     Raises:
         AssertionError: ``"[property] what failed ..."`` for the first property that fails.
-        ValueError: unknown ``needs``/``skip`` names or an empty reason.
+        ValueError: unknown ``needs``/``skip`` names, an empty reason or a ``grad`` not callable.
     """
-    needs = tuple(needs)
-    skip = dict(skip or {})
-    for name, reason in skip.items():
-        if name not in PROPERTIES:
-            raise ValueError(f"skip: unknown property {name!r}; known: {PROPERTIES}")
-        if not (isinstance(reason, str) and reason.strip()):
-            raise ValueError(f"skip: property {name!r} needs a reason (a non-empty string)")
-    det = tuple(n for n in needs if n in DETACHED_BY_DEFAULT) if detached is None else tuple(detached)
-    unknown = [n for n in (*needs, *det) if n not in AUX_NAMES]
-    if unknown:
-        raise ValueError(f"needs/detached: unknown aux input(s) {unknown}; known: {AUX_NAMES}")
-    grad_aux = tuple(n for n in needs if n != "mask" and n not in det)
-    mask_bool = lambda inp: inp.mask != 0  # noqa: E731
-
-    def prop_shape_dtype(inp: LossInputs) -> None:
-        for dt in (torch.float64, torch.float32):
-            z = inp.logits.to(dt)
-            aux = {n: (v.to(dt) if v.is_floating_point() else v) for n, v in inp.aux.items()}
-            out = _call(fn, inp, needs, logits=z, aux=aux)
-            assert isinstance(out, Tensor), f"fn must return a torch.Tensor, got {type(out).__name__}"
-            assert tuple(out.shape) == tuple(inp.targets.shape), (
-                f"output shape {tuple(out.shape)} != [B, T] = {tuple(inp.targets.shape)}"
-            )
-            assert out.dtype == dt, f"{dt} logits gave a {out.dtype} output"
-
-    def prop_finite(inp: LossInputs) -> None:
-        z = inp.logits.clone().requires_grad_(True)
-        out = _call(fn, inp, needs, logits=z)
-        assert torch.isfinite(out).all(), f"non-finite per-token values {out}"
-        if out.requires_grad:
-            (g,) = torch.autograd.grad(out.sum(), z, allow_unused=True)
-            assert g is None or torch.isfinite(g).all(), "non-finite logit gradient"
-
-    def prop_pure(inp: LossInputs) -> None:
-        before = [inp.logits.clone(), inp.targets.clone(), inp.mask.clone()]
-        before += [v.clone() for v in inp.aux.values()]
-        _call(fn, inp, needs)
-        after = [inp.logits, inp.targets, inp.mask, *inp.aux.values()]
-        names = ["logits", "targets", "mask", *inp.aux]
-        for n, a, b in zip(names, before, after):
-            assert torch.equal(a, b), f"fn modified its input {n!r} in place"
-
-    def prop_shift_invariance(inp: LossInputs) -> None:
-        base = _call(fn, inp, needs)
-        rng = np.random.default_rng(int(inp.targets.sum()) + 1)
-        for name in ("logits", *[n for n in needs if n in AUX_LOGITS]):
-            x = inp.logits if name == "logits" else inp.aux[name]
-            c = torch.tensor(rng.uniform(-50, 50, size=(*x.shape[:2], 1)), dtype=x.dtype)
-            if name == "logits":
-                out = _call(fn, inp, needs, logits=x + c)
-            else:
-                out = _call(fn, inp, needs, aux={**inp.aux, name: x + c})
-            _close(out, base, rtol, atol, f"adding a constant per position to {name!r} changed the output")
-
-    def prop_detached(inp: LossInputs) -> None:
-        z = inp.logits.clone().requires_grad_(True)
-        live = {n: (v.clone().requires_grad_(True) if n in det else v) for n, v in inp.aux.items()}
-        out = _call(fn, inp, needs, logits=z, aux=live)
-        if not out.requires_grad:
-            return
-        wrt = [live[n] for n in det if n in live]
-        if not wrt:
-            return
-        w = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(0))
-        grads = torch.autograd.grad((out * w).sum(), wrt, allow_unused=True)
-        for n, g in zip([n for n in det if n in live], grads):
-            assert g is None or bool((g == 0).all()), f"gradient reaches {n!r}, which must be detached"
-
-    def prop_position_independence(inp: LossInputs) -> None:
-        B, T = inp.targets.shape
-        if T < 2:
-            return
-        base = _call(fn, inp, needs)
-        rng = np.random.default_rng(int(inp.targets.sum()) + 7)
-        for tp in range(T):
-            z = inp.logits.clone()
-            z[:, tp] = torch.tensor(rng.normal(scale=3.0, size=z[:, tp].shape), dtype=z.dtype)
-            y = inp.targets.clone()
-            y[:, tp] = torch.tensor(rng.integers(0, z.shape[-1], size=B))
-            aux = {}
-            for n, v in inp.aux.items():
-                v = v.clone()
-                if n in AUX_LOGITS:
-                    v[:, tp] = torch.tensor(rng.normal(scale=3.0, size=v[:, tp].shape), dtype=v.dtype)
-                elif n in AUX_LOGP:
-                    v[:, tp] = torch.tensor(np.log(rng.uniform(0.02, 1.0, size=B)), dtype=v.dtype)
-                elif n == "tau":
-                    v[:, tp] = torch.tensor(rng.uniform(0.5, 2.0, size=B), dtype=v.dtype)
-                aux[n] = v
-            out = _call(fn, inp, needs, logits=z, targets=y, aux=aux)
-            others = [t for t in range(T) if t != tp]
-            _close(
-                out[:, others],
-                base[:, others],
-                rtol,
-                atol,
-                f"changing position {tp} changed {others}",
-            )
-
-    def prop_masked_equals_sliced(inp: LossInputs) -> None:
-        m = mask_bool(inp)
-        full = _call(fn, inp, needs)
-        rows = []
-        for b in range(m.shape[0]):
-            keep = m[b]
-            if not bool(keep.any()):
-                rows.append(None)
-                continue
-            sl = _slice_row(inp, b, keep)
-            rows.append(_call(fn, sl, needs)[0])
-        counted = [r for r in rows if r is not None]
-        total = sum((r.sum() for r in counted), full.new_zeros(()))
-        n_tok = sum(r.numel() for r in counted)
-        expect = {
-            "sum": total,
-            "token_mean": total / max(n_tok, 1),
-            "seq_mean": sum((r.mean() for r in counted), full.new_zeros(())) / max(len(counted), 1),
-        }
-        for mode in REDUCE_MODES:
-            consts = (None, 3.0) if mode == "constant" else (None,)
-            for c in consts:
-                got = reduce(full, inp.mask, mode, constant=c)
-                if mode == "constant":
-                    want = total / (full.numel() if c is None else c)
-                else:
-                    want = expect[mode]
-                _close(got, want, rtol, atol, f"reduce(fn(full), mask, {mode!r}, constant={c}) != sliced")
-
-    def prop_no_leak(inp: LossInputs) -> None:
-        m = mask_bool(inp)
-        names = ["logits", *grad_aux]  # inputs with gradient, compared at counted positions
-
-        def run(logits, aux, targets):
-            xs = [logits.clone().requires_grad_(True)]
-            xs += [aux[n].clone().requires_grad_(True) for n in grad_aux]
-            live = {**aux, **dict(zip(grad_aux, xs[1:]))}
-            out = _call(fn, inp, needs, logits=xs[0], targets=targets, aux=live)
-            if not out.requires_grad:
-                return out, [None] * len(xs)
-            grads = torch.autograd.grad(reduce(out, inp.mask, "sum"), xs, allow_unused=True)
-            return out, [torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads)]
-
-        clean, g_clean = run(inp.logits, inp.aux, inp.targets)
-        for poison in (float("nan"), float("inf"), -float("inf")):
-            aux = {
-                n: (_poison_at_masked(v, m, poison) if (n in AUX_LOGITS or n in AUX_LOGP) else v)
-                for n, v in inp.aux.items()
-            }
-            y = inp.targets
-            if masked_targets is not None:
-                y = torch.where(m, y, torch.full_like(y, masked_targets))
-            dirty, g_dirty = run(_poison_at_masked(inp.logits, m, poison), aux, y)
-            for mode in REDUCE_MODES:
-                _close(
-                    reduce(dirty, inp.mask, mode),
-                    reduce(clean, inp.mask, mode),
-                    rtol,
-                    atol,
-                    f"{poison} at masked positions changed reduce(.., {mode!r})",
-                )
-            for n, g, gc in zip(names, g_dirty, g_clean):
-                if g is not None:
-                    _close(
-                        g[m],
-                        gc[m],
-                        rtol,
-                        atol,
-                        f"{poison} at masked positions changed d/d{n} at counted ones",
-                    )
-
-    def prop_gradcheck(inp: LossInputs) -> None:
-        names = ["logits", *grad_aux]
-        xs = [inp.logits.clone().requires_grad_(True)]
-        xs += [inp.aux[n].clone().requires_grad_(True) for n in grad_aux]
-
-        def f(*args):
-            return _call(fn, inp, needs, logits=args[0], aux={**inp.aux, **dict(zip(grad_aux, args[1:]))})
-
-        try:
-            torch.autograd.gradcheck(f, tuple(xs), eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
-        except torch.autograd.gradcheck.GradcheckError as e:
-            raise AssertionError(f"gradient w.r.t. {names} != float64 finite differences: {e}") from None
-
-    checks = {
-        "shape_dtype": (prop_shape_dtype, {}),
-        "finite": (prop_finite, {}),
-        "pure": (prop_pure, {}),
-        "shift_invariance": (prop_shift_invariance, {}),
-        "detached": (prop_detached, {}),
-        "position_independence": (prop_position_independence, {"min_t": 2}),
-        "masked_equals_sliced": (prop_masked_equals_sliced, {}),
-        "no_leak": (prop_no_leak, {}),
-        "gradcheck": (prop_gradcheck, {"extreme": False, "max_b": 2, "max_t": 3, "max_v": min(max_v, 4)}),
-    }
-    cfg = settings(
-        max_examples=max_examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        phases=(Phase.explicit, Phase.generate),
-        suppress_health_check=list(HealthCheck),
-        print_blob=False,
-    )
+    s, skip = _spec(fn, needs, skip, detached, masked_targets, rtol, atol, grad)
+    replaced = "declared_gradient" if grad is None else "gradcheck"  # one of the two gradient checks
     for name in PROPERTIES:
-        if name in skip:
-            continue
-        prop, kw = checks[name]
-        strategy = loss_inputs(needs, **{"max_v": max_v, **kw})
-        n = max(2, max_examples // 3) if name == "gradcheck" else max_examples  # the costly one
-        run = settings(cfg, max_examples=n)(given(strategy)(_as_test(prop)))
-        try:
-            run()
-        except AssertionError as e:
-            raise AssertionError(f"[{name}] {e}") from e
-        except Exception as e:  # a crash is a failure of the property being checked
-            raise AssertionError(f"[{name}] fn raised {type(e).__name__}: {e}") from e
+        if name not in skip and name != replaced:
+            _run_property(name, s, max_examples, max_v)

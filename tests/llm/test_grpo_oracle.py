@@ -23,10 +23,11 @@ import pytest
 import torch
 
 import llm.grpo as grpo_mod
-from llm.grpo import grpo_per_token, grpo_reduce, rollout_batch, sequence_advantages
+from llm.grpo import rollout_batch, sequence_advantages
 from llm.loading import load_model
 from llm.rollout import Rollout
 from llm.train import Normaliser
+from toybench.objectives import Counts, grpo_per_token, normalise
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 EPS, EPS_HIGH, KL_COEF, L_MAX = 0.2, 0.28, 0.1, 7
@@ -99,7 +100,8 @@ def ours(loss_type: str, with_old: bool, with_kl: bool):
         epsilon_high=EPS_HIGH,
         kl_coef=KL_COEF if with_kl else 0.0,
     )
-    loss = grpo_reduce(per, mask, loss_type, Normaliser.of([mask]), L_MAX)
+    norm = Normaliser.of([mask])
+    loss = normalise(per, mask, loss_type, Counts(norm.rows, norm.tokens, L_MAX))
     loss.backward()
     return loss.detach(), logp.grad
 

@@ -154,3 +154,30 @@ def test_bad_config_values(tiny_dir, tmp_path):
         resolve(SFTConfig(batch_size=6, grad_accum=4))
     with pytest.raises(ValueError, match="temperature"):
         resolve(GRPOConfig(temperature=0.0))
+
+
+@pytest.mark.parametrize(
+    "steps,warmup,floor", [(10, 0, 0.1), (20, 3, 0.0), (5, 1, 0.5), (3, 6, 0.2), (1, 0, 1.0)]
+)
+def test_lr_schedule_is_warmup_then_cosine_to_the_floor(steps, warmup, floor):
+    """The schedule (transformers' cosine-with-floor, shifted one step) equals its closed form exactly."""
+    import math
+
+    from llm.train import make_optimizer
+
+    def closed_form(s):
+        if s < warmup:
+            return (s + 1) / (warmup + 1)
+        frac = min(1.0, (s - warmup) / max(1, steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    model = torch.nn.Linear(2, 1)
+    opt, sched = make_optimizer(model, 0.5, steps, warmup, floor)
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == [0.5 * closed_form(s) for s in range(steps)]
+    if warmup < steps:  # the floor, reached at ``steps``
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * floor)

@@ -10,7 +10,6 @@ from toybench.methods import Method
 from toybench.tabular import MultiAnswerBandit, ReasoningTree, SharedBandit
 from toybench.tabular.pipeline import (
     PipelineConfig,
-    _collapses,
     _DemoRows,
     _sft_loss,
     exact_pg_loss,
@@ -240,10 +239,10 @@ def test_sft_loss_over_distinct_demos_equals_the_loss_over_every_demo(make, meth
         policy.init().shape, generator=torch.Generator().manual_seed(0)
     )
     teacher = policy.init()
-    demo = _DemoRows.of(sc, _collapses(spec))
+    demo = _DemoRows.of(sc, not spec.couples_rows)
     B = sc.demo_leaves.numel()
     # expert demos repeat: the distinct rows are fewer (unless the loss couples rows, rho < 1)
-    assert (len(demo.rows) < B) if _collapses(spec) else (len(demo.rows) == B)
+    assert (len(demo.rows) < B) if not spec.couples_rows else (len(demo.rows) == B)
     assert demo.weight.sum() == B
     seq_target = sequence_target(sc, spec["beta"])[demo.rows] if spec.needs_sequence_target else None
     grads = []

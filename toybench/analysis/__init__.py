@@ -7,21 +7,16 @@ Confidence intervals are 95% Student-t intervals over seeds. Every sentence of a
 computed from these numbers; nothing is hard-coded.
 
 Modules, one idea each: ``stats`` (intervals, paired tests, Holm, outcomes, Markdown tables),
-``comparisons`` (issue 4's per-setting comparisons: (a) ranking after SFT vs after RL, (b) entropy-SFT
-vs CurioSFT, (c) GIFT's beta sweep, (d) PEAR levels vs SFT on off-policy data, (e) RL steps to a
-threshold vs the initial mass on correct answers, theorem T5) and ``map_stats`` (the map: validation
-selection, effects against a minimum effect, one Holm family per claim, five outcomes per cell and their
-conditions).
+``comparisons`` ((d) PEAR levels vs SFT on off-policy data, (e) RL steps to a threshold vs the initial
+mass on correct answers, theorem T5) and ``map_stats`` (the map: validation selection, effects against a
+minimum effect, one Holm family per claim, five outcomes per cell and their conditions).
 """
 
 from toybench.analysis.comparisons import (
     ESCAPE_BINS,
     Comparison,
-    compare_entropy,
     compare_escape,
-    compare_gift,
     compare_pear,
-    compare_ranking,
     steps_to_threshold,
 )
 from toybench.analysis.map_stats import (
@@ -69,9 +64,6 @@ __all__ = [
     "stage_end",
     "summary",
     "paired",
-    "compare_ranking",
-    "compare_entropy",
-    "compare_gift",
     "compare_pear",
     "compare_escape",
     "steps_to_threshold",

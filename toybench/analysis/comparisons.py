@@ -1,5 +1,4 @@
-"""Per-setting comparisons (issue 4) of a ``results.csv`` frame: (a) ranking after SFT vs after RL,
-(b) entropy-SFT vs CurioSFT, (c) GIFT's beta sweep, (d) PEAR levels vs SFT on off-policy data, (e) RL
+"""Comparisons of a ``results.csv`` frame beside the map: (d) PEAR levels vs SFT on off-policy data, (e) RL
 steps to a threshold vs the initial mass on correct answers (theorem T5)."""
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from toybench.analysis.stats import _diff_text, _sig, ci95, fmt_ci, paired, stage_end, summary
+from toybench.analysis.stats import _diff_text, _sig, ci95, fmt_ci, paired, stage_end
 
 
 @dataclass
@@ -29,157 +28,6 @@ class Comparison:
     def __post_init__(self):
         if not self.verdict:
             self.verdict = "reproduces" if self.reproduces else "does not reproduce"
-
-
-# ----------------------------------------------------------------------------- (a)
-def compare_ranking(df: pd.DataFrame, setting: str, metric: str = "J") -> Comparison:
-    """(a) Rank methods by ``metric`` after SFT and after RL; does the order reverse?"""
-    sft = stage_end(df[df["setting"] == setting], "sft")
-    rl = stage_end(df[df["setting"] == setting], "rl")
-    s = summary(sft, [metric], ["method"]).set_index("method")
-    r = summary(rl, [metric], ["method"]).set_index("method")
-    t = pd.DataFrame(
-        {
-            "after SFT": [fmt_ci(s.at[m, metric], s.at[m, metric + "_ci"]) for m in s.index],
-            "rank SFT": s[metric].rank(ascending=False, method="min").astype(int),
-            "after RL": [fmt_ci(r.at[m, metric], r.at[m, metric + "_ci"]) for m in s.index],
-            "rank RL": r[metric].reindex(s.index).rank(ascending=False, method="min").astype(int),
-        },
-        index=s.index,
-    ).sort_values("rank RL")
-    trained = [m for m in s.index if m != "none"]
-    tau = stats.kendalltau(s.loc[trained, metric], r[metric].reindex(trained)).statistic
-    best_sft = s.loc[trained, metric].idxmax()
-    best_rl = r[metric].reindex(trained).idxmax()
-    if best_sft == best_rl:
-        verdict = (
-            f"The best method after SFT ({best_sft}) is also the best after RL, so there is no reversal at "
-            f"the top (Kendall tau between the two rankings of the {len(trained)} SFT methods: {tau:+.2f})."
-        )
-        rep = bool(tau < 0)
-    else:
-        d_sft = paired(sft, metric, best_sft, best_rl)
-        d_rl = paired(rl, metric, best_rl, best_sft)
-        rep = _sig(d_sft[0], d_sft[1]) > 0 and _sig(d_rl[0], d_rl[1]) > 0
-        verdict = (
-            f"The best method after SFT, {best_sft}, leads {best_rl} by {_diff_text(*d_sft)} in {metric} "
-            f"after SFT, but after RL {best_rl} leads {best_sft} by {_diff_text(*d_rl)}; "
-            f"{best_sft} ends RL ranked {int(t.at[best_sft, 'rank RL'])} of {len(t)}. Kendall tau between "
-            f"the SFT and RL rankings of the {len(trained)} SFT methods: {tau:+.2f}. "
-            + (
-                "Both differences exclude zero: the ranking reverses."
-                if rep
-                else "At least one difference is within noise, so the reversal is not established."
-            )
-        )
-    para = f"**Claim (PEAR: good SFT is not better SFT) {'reproduces' if rep else 'does not reproduce'}" + (
-        f" in `{setting}`.** {verdict}"
-    )
-    return Comparison("a", f"(a) Ranking after SFT vs after RL: {setting}", t, para, rep, {"tau": tau})
-
-
-# ----------------------------------------------------------------------------- (b)
-def compare_entropy(df: pd.DataFrame, setting: str) -> Comparison:
-    """(b) At the end of SFT: entropy, mass on wrong/implausible answers and coverage vs SFT."""
-    sft = stage_end(df[df["setting"] == setting], "sft")
-    metrics = ["entropy", "wrong_mass", "implausible_mass", "coverage"]
-    methods = [m for m in sft["method"].unique() if m.startswith(("entropy_sft", "curio"))]
-    rows, delta = [], {}
-    for m in ["sft", *methods]:
-        row = {"method": m}
-        for k in metrics:
-            mean, h = ci95(sft[sft["method"] == m][k])
-            row[k] = fmt_ci(mean, h)
-            if m != "sft":
-                delta[(m, k)] = paired(sft, k, m, "sft")
-        rows.append(row)
-    t = pd.DataFrame(rows).set_index("method")
-    ent = [m for m in methods if m.startswith("entropy_sft")]
-    cur = [m for m in methods if m.startswith("curio")]
-    parts, reps = [], []
-    for m in ent:
-        dH, dW, dI, dC = (delta[(m, k)] for k in metrics)
-        ok = _sig(*dH[:2]) > 0 and (_sig(*dW[:2]) > 0 or _sig(*dI[:2]) > 0) and _sig(*dC[:2]) <= 0
-        reps.append(ok)
-        parts.append(
-            f"{m} vs SFT: entropy {_diff_text(*dH)}, reward-0 mass {_diff_text(*dW)}, implausible mass "
-            f"{_diff_text(*dI)}, coverage {_diff_text(*dC)} ({'as claimed' if ok else 'not as claimed'})."
-        )
-    cur_ok = None
-    for m in cur:
-        dH, dC = delta[(m, "entropy")], delta[(m, "coverage")]
-        cur_ok = _sig(*dC[:2]) > 0
-        parts.append(
-            f"{m} vs SFT: entropy {_diff_text(*dH)}, coverage {_diff_text(*dC)} "
-            f"({'raises useful entropy' if cur_ok else 'does not raise coverage'})."
-        )
-    ent_ok = bool(ent) and all(reps)
-    ent_txt = f"holds for {sum(reps)} of {len(reps)} coefficients"
-    cur_txt = "reproduces" if cur_ok else "does not reproduce"
-    head = (
-        f"**Entropy-SFT's failure mode (entropy up, mass moved to reward-0 answers, coverage not up) "
-        f"{ent_txt}; CurioSFT's claim (more coverage than SFT) {cur_txt} in `{setting}`.** "
-    )
-    return Comparison(
-        "b",
-        f"(b) Entropy-SFT vs CurioSFT after SFT: {setting}",
-        t,
-        head + " ".join(parts),
-        ent_ok and bool(cur_ok),
-        verdict=f"entropy-SFT failure mode {ent_txt}; CurioSFT coverage gain {cur_txt}",
-    )
-
-
-# ----------------------------------------------------------------------------- (c)
-def _gift_curve(d: pd.DataFrame, metric: str) -> pd.DataFrame:
-    g = d[d["kind"] == "gift"]
-    s = summary(g, [metric], ["value"]).sort_values("value")
-    return s.rename(columns={"value": "beta"})
-
-
-def compare_gift(df: pd.DataFrame, setting: str, metrics: tuple[str, ...] = ("J", "pass@4")) -> Comparison:
-    """(c) Post-RL metrics against GIFT's beta; SFT as beta = inf; peak and single-peakedness."""
-    rl = stage_end(df[df["setting"] == setting], "rl")
-    sft_rows = stage_end(df[df["setting"] == setting], "sft")
-    curves = {m: _gift_curve(rl, m) for m in metrics}
-    betas = curves[metrics[0]]["beta"].tolist()
-    t = pd.DataFrame({"beta": [*betas, float("inf")]})
-    for m in metrics:
-        c = curves[m]
-        sm, sh = ci95(rl[rl["method"] == "sft"][m])
-        t[f"{m} after RL"] = [fmt_ci(a, b) for a, b in zip(c[m], c[m + "_ci"])] + [fmt_ci(sm, sh)]
-    c_sft = _gift_curve(sft_rows, metrics[0])
-    sm, sh = ci95(sft_rows[sft_rows["method"] == "sft"][metrics[0]])
-    t[f"{metrics[0]} after SFT"] = [
-        fmt_ci(a, b) for a, b in zip(c_sft[metrics[0]], c_sft[metrics[0] + "_ci"])
-    ] + [fmt_ci(sm, sh)]
-    t = t.set_index("beta")
-    m0 = metrics[0]
-    c = curves[m0]
-    name = {b: n for b, n in zip(rl[rl["kind"] == "gift"]["value"], rl[rl["kind"] == "gift"]["method"])}
-    top = name[betas[-1]]
-    end_sft = paired(sft_rows, m0, top, "sft")
-    end_rl = paired(rl, m0, top, "sft")
-    y = np.append(c[m0].to_numpy(), ci95(rl[rl["method"] == "sft"][m0])[0])
-    h = np.append(c[m0 + "_ci"].to_numpy(), sh)
-    k = int(np.argmax(y))
-    # single-peaked up to noise: no drop before the peak or rise after it larger than the CI half-widths
-    tol = h[:-1] + h[1:]
-    steps = np.diff(y)
-    single = bool(np.all(steps[:k] >= -tol[:k]) and np.all(steps[k:] <= tol[k:]))
-    peak = "inf (SFT)" if k == len(betas) else f"{betas[k]:g}"
-    gain = paired(rl, m0, name[betas[k]], "sft") if k < len(betas) else (0.0, 0.0, 0)
-    rep = k < len(betas) and _sig(*gain[:2]) > 0
-    para = (
-        f"**Claim (GIFT: a finite temperature is a better RL initialiser than SFT) "
-        f"{'reproduces' if rep else 'does not reproduce'} in `{setting}`.** "
-        f"Post-RL {m0} peaks at beta = {peak}"
-        + (f", {_diff_text(*gain)} above SFT" if k < len(betas) else "")
-        + f"; the curve is {'single-peaked' if single else 'not single-peaked'} up to the 95% CIs. "
-        f"Zero-temperature end: GIFT at beta = {betas[-1]:g} minus SFT is {_diff_text(*end_sft)} after SFT "
-        f"and {_diff_text(*end_rl)} after RL (GIFT tends to SFT as beta grows)."
-    )
-    return Comparison("c", f"(c) GIFT post-RL vs beta: {setting}", t, para, rep, {"single_peaked": single})
 
 
 # ----------------------------------------------------------------------------- (d)

@@ -21,12 +21,12 @@ import json
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from toybench.analysis import MapAnalysis, analyse_map
 from toybench.config import prepare_out_dir
 from toybench.report.config import FAMILIES, SETTINGS, ReportConfig, resolve, tuning_grid
+from toybench.report.inputs import read_run
 from toybench.report.markdown import headline_markdown, write_markdown
 from toybench.report.runs import concat_scenarios, make_scenario, map_cells, run_map
 from toybench.theorems import run_theorems, theorems_markdown
@@ -95,18 +95,8 @@ def run_report(cfg: ReportConfig) -> Path:
 def replot(out_dir: Path) -> None:
     """Rebuild the figures and report.md of a finished run from results.csv and config.json."""
     out = Path(out_dir)
-    if not (out / "results.csv").exists():
-        raise ValueError(f"out_dir {out} has no results.csv (run `toybench report --out {out}` first)")
-    df = _read(out / "results.csv", pd.read_csv)
-    cfg = _read(out / "config.json", lambda p: json.loads(p.read_text()))
-    esc = _read(out / "escape.csv", pd.read_csv) if (out / "escape.csv").exists() else None
-    extra = {p.stem.removeprefix("section_"): p.read_text() for p in sorted(out.glob("section_*.md"))}
-    write_markdown(df, cfg, out, extra, esc)
-
-
-def _read(path: Path, reader):
-    """``reader(path)``; a missing or unreadable file is a ValueError naming it."""
+    df, cfg, esc, extra = read_run(out)  # every file checked: a corrupt one is a ValueError naming it
     try:
-        return reader(path)
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
+        write_markdown(df, cfg, out, extra, esc)
+    except KeyError as err:  # a column/key this version reads that the files lack
+        raise ValueError(f"{out}: results.csv/config.json lack {err} (written by another version?)") from err

@@ -6,17 +6,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from toybench.config import deferred_validation, fill_defaults, require
+from tyro.conf import Suppress
+
+from toybench.config import Rule, at_least, check, deferred_validation, fill_quick
 from toybench.methods import Method
 from toybench.tabular.pipeline import PipelineConfig
 from toybench.theorems import TheoremsConfig
 from toybench.tiny.config import TinyConfig, quick_config
 
 SETTINGS = ("bandit", "bandit_shared", "tree", "tree_offpolicy", "tree_shared")
-#: settings with parameters shared across prompts: RL on training prompts, metrics on held-out prompts
-HELD_OUT_SETTINGS = ("bandit_shared", "tree_shared")
 FAMILIES = ("none", "sft", "sft_early", "dft", "curio", "entropy_sft", "gift", "gift_seq", "pear")
 #: the default map: the reference families (none, SFT, early-stopped SFT) and the methods of the claims
 DEFAULT_METHODS = ("none", "sft", "sft_early", "curio", "gift", "pear")
@@ -56,7 +56,8 @@ class ReportConfig:
     """Output directory (report.md, headline.md, results.csv, config.json, figures)."""
     quick: bool = False
     """Smoke-test preset: a small grid, few seeds, short budgets; also the quick theorems and
-    tiny-transformer settings. It fills only the fields you leave at their defaults: a flag you type wins."""
+    tiny-transformer settings. It fills only the flags you do not type: a flag you type wins, even at
+    its default value."""
     seeds: int = 10
     """Test seeds per cell (every reported number and CI is over these)."""
     val_seeds: int = 5
@@ -76,8 +77,7 @@ class ReportConfig:
     wrong_demo_fracs: tuple[float, ...] = (0.0, 0.2, 0.4)
     """Map axis: fraction of prompts whose demonstrations are the teacher's mistake."""
     base_correct_masses: tuple[float, ...] = (0.005, 0.1)
-    """Map axis: pi_base's mass on correct answers (settings whose builder has no such knob run at their
-    native base, whose measured mass is what the results record)."""
+    """Map axis: pi_base's mass on correct answers (every setting's builder takes it)."""
     rl_budgets: tuple[int, ...] = (20, 80)
     """Map axis: RL steps (each budget is a prefix of the longest run, so budgets cost nothing extra).
     results.csv also records the budget in samples (``samples`` = G x steps x RL prompts)."""
@@ -153,9 +153,12 @@ class ReportConfig:
     """The theorems section (its ``out`` is OUT/theorems, its ``quick`` follows ``--quick``)."""
     tiny: TinyConfig = field(default_factory=TinyConfig)
     """The tiny-transformer section (``--scale transformer``); ``tiny.seeds`` training seeds per method."""
+    quick_filled: Annotated[tuple[str, ...], Suppress] = ()
+    """Set by :func:`resolve`: the fields ``quick`` filled (not a flag)."""
 
 
-# The --quick preset: it replaces only the fields the user left at their defaults.
+QUICK_TINY = quick_config()
+#: The --quick preset: it fills only the fields whose flags the user did not type (nested configs by name).
 QUICK = dict(
     seeds=4,
     val_seeds=3,
@@ -165,45 +168,48 @@ QUICK = dict(
     bandit_prompts=8,
     tree_prompts=4,
     tree_V=4,
+    pipeline=dict(sft_steps=8),
+    tiny={f.name: getattr(QUICK_TINY, f.name) for f in dataclasses.fields(QUICK_TINY)},
 )
-QUICK_PIPELINE = dict(sft_steps=8)
 
 
-def resolve(cfg: ReportConfig) -> ReportConfig:
+def resolve(cfg: ReportConfig, given: set[str] | None = None) -> ReportConfig:
     """Apply the quick preset, forward the seed, and validate the whole config before anything runs.
 
-    A bad field raises ValueError naming it (nested ones as ``pipeline.x``, ``theorems.x``, ``tiny.x``);
-    the CLI turns the name into the flag (``--pipeline.x``).
+    ``given``: the dotted names of the flags the user typed (:func:`toybench.config.given_flags`);
+    ``quick`` never overrides those (None, the Python API: fields still at their defaults are filled).
+    Idempotent: ``quick`` is applied once (``quick_filled`` records it). A bad field raises ValueError
+    naming it (nested ones as ``pipeline.x``, ``theorems.x``, ``tiny.x``); the CLI turns the name into the
+    flag (``--pipeline.x``).
     """
     with deferred_validation():  # TinyConfig is validated below, with its prefix, not on each replace
-        return _resolve(cfg)
+        return _resolve(cfg, given)
 
 
-def _resolve(cfg: ReportConfig) -> ReportConfig:
-    tiny = cfg.tiny
-    if cfg.quick:
-        cfg = dataclasses.replace(
-            fill_defaults(cfg, QUICK), pipeline=fill_defaults(cfg.pipeline, QUICK_PIPELINE)
-        )
-        tiny = fill_defaults(tiny, {f.name: getattr(QUICK_TINY, f.name) for f in dataclasses.fields(tiny)})
+def _resolve(cfg: ReportConfig, given: set[str] | None) -> ReportConfig:
+    if cfg.quick and not cfg.quick_filled:
+        cfg, filled = fill_quick(cfg, QUICK, given)
+        cfg = dataclasses.replace(cfg, quick_filled=tuple(filled) or ("(nothing)",))
     _validate_fields(cfg)
+    theorems = dataclasses.replace(
+        cfg.theorems, out=Path(cfg.out) / "theorems", quick=cfg.quick or cfg.theorems.quick, seed=cfg.seed
+    )
+    try:
+        given_theorems = None if given is None else {g[9:] for g in given if g.startswith("theorems.")}
+        theorems = theorems.resolved(given_theorems)
+    except ValueError as err:
+        raise ValueError(f"theorems.{err}") from None
     cfg = dataclasses.replace(
         cfg,
         rl_budgets=tuple(sorted(set(cfg.rl_budgets))),
         pipeline=dataclasses.replace(cfg.pipeline, grpo_seed=cfg.seed, rl_steps=max(cfg.rl_budgets)),
-        theorems=dataclasses.replace(
-            cfg.theorems, out=Path(cfg.out) / "theorems", quick=cfg.quick or cfg.theorems.quick, seed=cfg.seed
-        ),
-        tiny=dataclasses.replace(tiny, task_seed=cfg.seed, pretrain_seed=cfg.seed),
+        theorems=theorems,
+        tiny=dataclasses.replace(cfg.tiny, task_seed=cfg.seed, pretrain_seed=cfg.seed),
     )
     cfg.tiny.validate(prefix="tiny.")
-    require(cfg.tiny, at_least={"seeds": 2}, prefix="tiny.")
+    check(cfg.tiny, {"seeds": at_least(2)}, prefix="tiny.")
     _validate_grid(cfg)
     cfg.pipeline.validate(prefix="pipeline.")
-    try:
-        cfg.theorems.resolved()
-    except ValueError as err:
-        raise ValueError(f"theorems.{err}") from None
     pass_k = cfg.pipeline.pass_k
     if max(pass_k) > cfg.eval_samples:
         raise ValueError(
@@ -214,72 +220,64 @@ def _resolve(cfg: ReportConfig) -> ReportConfig:
     return cfg
 
 
-QUICK_TINY = quick_config()
+def _grid(lo: float, hi: float = float("inf"), closed: bool = False) -> Rule:
+    """A non-empty tuple of values in (lo, hi] (``closed``: [lo, hi])."""
+    rule = f"{'>=' if closed else '>'} {lo:g}" if hi == float("inf") else f"in [{lo:g}, {hi:g}]"
+    return Rule(
+        lambda g: bool(g) and all((lo <= x if closed else lo < x) and x <= hi for x in g),
+        f"non-empty values {rule}",
+    )
+
+
+#: The report's own fields (the nested configs have their own rules). Confidence intervals need two
+#: test seeds; selection needs one validation seed.
+RULES: dict[str, Rule] = {
+    "seed": at_least(0),
+    **{n: at_least(1) for n in ("val_seeds", "eval_samples", "headline_k", "demos_per_prompt")},
+    **{n: at_least(2) for n in ("seeds", "bandit_V", "shared_prompts", "shared_V", "shared_tree_prompts")},
+    **{n: at_least(1) for n in ("bandit_prompts", "bandit_correct", "shared_d", "tree_prompts")},
+    "tree_V": at_least(2),
+    "tree_H": at_least(3),
+    "reward_threshold": Rule(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "rl_budgets": Rule(lambda b: bool(b) and min(b) >= 1, "positive RL step counts"),
+    "wrong_demo_fracs": _grid(0.0, 1.0, closed=True),
+    "base_correct_masses": _grid(1e-6, 1 - 1e-6, closed=True),
+    "lr_grid": _grid(0.0),
+    "knob_lrs": _grid(0.0),
+    "rl_lrs": _grid(0.0),
+    "min_effect": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "stability_tol": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "rl_algorithms": Rule(
+        lambda g: bool(g) and set(g) <= set(RL_ALGORITHMS), f"non-empty values of {tuple(RL_ALGORITHMS)}"
+    ),
+    "num_generations": Rule(lambda g: bool(g) and min(g) >= 2, "non-empty GRPO group sizes >= 2"),
+    "pear_clips": Rule(
+        lambda g: bool(g) and set(g) <= set(PEAR_CLIPS), f"non-empty values of {tuple(PEAR_CLIPS)}"
+    ),
+    "gift_betas": _grid(0.0),
+    "entropy_coefs": _grid(0.0, closed=True),
+    "curio_alphas": _grid(0.0, closed=True),
+}
 
 
 def _validate_fields(cfg: ReportConfig) -> None:
-    """The report's own scalar fields and lists (before the seed is forwarded)."""
-    # confidence intervals need two test seeds; selection needs one validation seed
-    require(
-        cfg,
-        non_negative=("seed",),
-        at_least=dict(
-            seeds=2, val_seeds=1, eval_samples=1, headline_k=1, demos_per_prompt=1, bandit_prompts=1,
-            bandit_V=2, bandit_correct=1, shared_prompts=2, shared_V=2, shared_d=1, shared_tree_prompts=2,
-            tree_prompts=1, tree_V=2, tree_H=3,
-        ),
-    )  # fmt: skip
+    """The report's own scalar fields and lists (before the seed is forwarded): :data:`RULES`, then the
+    checks across fields and the names of settings, families and PEAR levels."""
+    check(cfg, RULES)
     if not cfg.bandit_correct < cfg.bandit_V:
         raise ValueError(f"bandit_correct must be < bandit_V = {cfg.bandit_V}, got {cfg.bandit_correct}")
     if cfg.tree_V**cfg.tree_H > 2_000_000:
         raise ValueError(f"tree_H: tree_V**tree_H = {cfg.tree_V**cfg.tree_H} leaves is too many to enumerate")
-    if not 0 <= cfg.min_effect < 1:
-        raise ValueError(f"min_effect must be in [0, 1), got {cfg.min_effect}")
-    if not 0 < cfg.reward_threshold <= 1:
-        raise ValueError(f"reward_threshold must be in (0, 1], got {cfg.reward_threshold}")
-    for a in cfg.rl_algorithms or (None,):
-        if a not in RL_ALGORITHMS:
-            raise ValueError(
-                f"rl_algorithms must be non-empty values of {RL_ALGORITHMS}, got {cfg.rl_algorithms}"
-            )
-    if not cfg.num_generations or not min(cfg.num_generations) >= 2:
-        raise ValueError(f"num_generations must be GRPO group sizes >= 2, got {cfg.num_generations}")
-    if not cfg.rl_budgets or not min(cfg.rl_budgets) >= 1:
-        raise ValueError(f"rl_budgets must be positive RL step counts, got {cfg.rl_budgets}")
-    for s in cfg.settings:
-        if s not in SETTINGS:
-            raise ValueError(f"settings: unknown setting {s!r}; choose from {SETTINGS}")
-    for m in cfg.methods:
-        if m not in FAMILIES:
-            raise ValueError(f"methods: unknown method family {m!r}; choose from {FAMILIES}")
+    for name, known, what in (
+        ("settings", SETTINGS, "setting"),
+        ("methods", FAMILIES, "method family"),
+        ("pear_levels", ("token", "block", "sequence"), "level"),
+    ):
+        for v in getattr(cfg, name):
+            if v not in known:
+                raise ValueError(f"{name}: unknown {what} {v!r}; choose from {', '.join(known)}")
     if not {"sft", "none"} <= set(cfg.methods):
         raise ValueError("methods must include 'sft' and 'none' (every claim is tested against both)")
-    inf = float("inf")
-    grids = dict(  # name: (low, high, whether low itself is allowed)
-        wrong_demo_fracs=(0.0, 1.0, True),
-        base_correct_masses=(1e-6, 1 - 1e-6, True),
-        lr_grid=(0.0, inf, False),
-        knob_lrs=(0.0, inf, False),
-        rl_lrs=(0.0, inf, False),
-        gift_betas=(0.0, inf, False),
-        entropy_coefs=(0.0, inf, True),
-        curio_alphas=(0.0, inf, True),
-    )
-    for name, (lo, hi, closed) in grids.items():
-        grid = getattr(cfg, name)
-        if not grid or not all((lo <= x if closed else lo < x) and x <= hi for x in grid):
-            rule = f"{'>=' if closed else '>'} {lo:g}" if hi == inf else f"in [{lo:g}, {hi:g}]"
-            raise ValueError(f"{name} must be non-empty values {rule}, got {grid}")
-    if not 0 <= cfg.stability_tol < 1:
-        raise ValueError(f"stability_tol must be in [0, 1), got {cfg.stability_tol}")
-    for c in cfg.pear_clips or (None,):
-        if c not in PEAR_CLIPS:
-            raise ValueError(
-                f"pear_clips must be non-empty values of {tuple(PEAR_CLIPS)}, got {cfg.pear_clips}"
-            )
-    for lvl in cfg.pear_levels:
-        if lvl not in ("token", "block", "sequence"):
-            raise ValueError(f"pear_levels: unknown level {lvl!r}; choose from token, block, sequence")
 
 
 def _validate_grid(cfg: ReportConfig) -> None:
@@ -291,21 +289,20 @@ def _validate_grid(cfg: ReportConfig) -> None:
         )
     R = len(cfg.rl_lrs)
     for s in cfg.settings:
-        for fam, configs in tuning_grid(cfg, s).items():
+        try:
+            grid = tuning_grid(cfg, s)
+        except ValueError as err:
+            raise ValueError(f"methods: {err}") from None
+        for fam, configs in grid.items():
             if len(configs) != (len(cfg.lr_grid) if fam != "none" else 1) * R:
                 raise ValueError(
                     f"knob_lrs: {fam} gets {len(configs) // R} SFT configurations, not K = len(lr_grid) = "
                     f"{len(cfg.lr_grid)} (len(knob_lrs) x the number of knob values must equal K)"
                 )
-            for spec, *_ in configs:
-                try:
-                    Method.parse(spec)
-                except ValueError as err:
-                    raise ValueError(f"methods: {err}") from None
 
 
-def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[str, float, float]]]:
-    """family -> its configurations (full method spec, SFT lr, RL lr): K SFT configurations x ``rl_lrs``.
+def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[Method, float, float]]]:
+    """family -> its configurations (the parsed method, SFT lr, RL lr): K SFT configurations x ``rl_lrs``.
 
     ``sft``, ``sft_early`` and ``dft`` (no knob) get the K SFT learning rates of ``lr_grid``; the others
     cross ``knob_lrs`` with their knob; ``none`` (no SFT: its SFT lr is NaN) gets the RL grid alone. Every
@@ -333,7 +330,9 @@ def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[str, fl
             sft = [("sft" if fam == "sft_early" else fam, lr) for lr in cfg.lr_grid]
         else:
             sft = [(spec, lr) for spec in knobs[fam] for lr in cfg.knob_lrs]
-        out[fam] = [(spec, lr, rl) for spec, lr in sft for rl in cfg.rl_lrs]
+        out[fam] = [
+            (m, lr, rl) for m, lr in ((Method.parse(spec), lr) for spec, lr in sft) for rl in cfg.rl_lrs
+        ]
     return out
 
 

@@ -219,18 +219,43 @@ def _escape_selected(esc: pd.DataFrame, a: MapAnalysis) -> pd.DataFrame:
 def write_markdown(
     df: pd.DataFrame, cfg: dict, out: Path, extra: dict[str, str], esc: pd.DataFrame | None = None
 ) -> Path:
-    """Assemble report.md and headline.md from the map frame, the resolved config and optional sections."""
-    k = cfg["headline_k"]
-    a = analyse_map(df, k, cfg.get("min_effect", analysis.MIN_EFFECT), stability_tol=cfg.get("stability_tol"))
+    """Assemble report.md, headline.md and selections.csv from the map frame, the resolved config and
+    optional sections."""
+    margin = cfg.get("min_effect", analysis.MIN_EFFECT)
+    a = analyse_map(df, cfg["headline_k"], margin, stability_tol=cfg.get("stability_tol"))
     a.selected.to_csv(out / "selections.csv", index=False, float_format="%.6g")
     if esc is not None:
         esc = _escape_selected(esc, a)
     make_figures(df, cfg, out, a, esc)
-    pipe = cfg["pipeline"]
     settings = list(dict.fromkeys(df["setting"]))
     headline = headline_markdown(a, cfg)
     (out / "headline.md").write_text(headline)
-    md = [
+    md = _intro(df, cfg, a, settings, headline) + _claims(a) + token_approximation_section(a)
+    md += _grid_edges(df, a)
+    if extra.get("theorems"):
+        text = extra["theorems"].strip()
+        md += ([] if text.startswith("## ") else ["## Theorems", ""]) + [text, ""]
+    for s in settings:
+        md += _setting_map(a, s, out)
+    if esc is not None and len(esc):
+        c = analysis.compare_escape(esc, cfg["reward_threshold"])
+        md += [f"## {c.title} (exact PG)", "", analysis.markdown_table(c.table.reset_index()), ""]
+        md += [c.paragraph, ""]
+        if (out / "fig_e_escape.png").exists():
+            md += ["![escape](fig_e_escape.png)", ""]
+    if extra.get("transformer"):
+        md += [extra["transformer"].strip(), ""]
+    if cfg.get("timing"):
+        md += ["## Timing", "", ", ".join(f"{k_}: {v:.1f} s" for k_, v in cfg["timing"].items()), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def _intro(df: pd.DataFrame, cfg: dict, a: MapAnalysis, settings: list[str], headline: str) -> list[str]:
+    """The report's title, what was run, the caveats, the headline and the best family per cell."""
+    pipe = cfg["pipeline"]
+    return [
         "# When does each SFT method make RL work best? (toybench report)",
         "",
         f"Tabular map of SFT methods as RL initialisers: {len(settings)} settings "
@@ -278,6 +303,11 @@ def write_markdown(
         "## Claims: where each outcome holds",
         "",
     ]
+
+
+def _claims(a: MapAnalysis) -> list[str]:
+    """Per claim and map, the cells of each outcome; the Holm families."""
+    md = []
     for claim, g in a.summary.groupby("claim", sort=True):
         md += [f"**({claim}) {CLAIM_TEXT[claim]}.**", ""]
         for r in g.itertuples():
@@ -286,64 +316,57 @@ def write_markdown(
             )
         md.append("")
     fam = a.tests[a.tests["diff"].notna()].groupby(["claim", "ref"], sort=True).size() if len(a.tests) else []
-    md += [
+    return md + [
         "Holm families (one per claim and comparison; each test contributes its three one-sided p-values): "
         + "; ".join(f"({c}) vs {r}: {n} tests" for (c, r), n in (fam.items() if len(fam) else []))
         + ".",
         "",
     ]
-    md += token_approximation_section(a)
-    md += [
+
+
+def _grid_edges(df: pd.DataFrame, a: MapAnalysis) -> list[str]:
+    """The tuning-grid section: selections on an edge of the grid, the stability filter, diverged runs."""
+    return [
         "## Tuning grid: selections on an edge, and the stability filter",
         "",
         *grid_text(a),
         diverged_text(df),
         "",
     ]
-    if extra.get("theorems"):
-        text = extra["theorems"].strip()
-        md += ([] if text.startswith("## ") else ["## Theorems", ""]) + [text, ""]
-    for s in settings:
-        md += [f"## Map: `{s}`", ""]
-        if (out / f"phase_{s}.png").exists():
-            md += [f"![phase diagram {s}](phase_{s}.png)", ""]
-        v = a.verdicts[a.verdicts["setting"] == s].copy()
-        v["cell"] = [_cell_label(r) for r in v.itertuples()]
-        md += [
-            "### Verdicts per cell",
-            "",
-            analysis.markdown_table(
-                v.reindex(
-                    columns=["claim", "cell", "outcome", "vs_sft", "outcome_vs_none", "vs_none", "p_holm"]
-                ).fillna("")
-            ),
-            "",
-            "### Effects vs `sft` and vs `none` (post-RL pass@1, test seeds)",
-            "",
-            analysis.markdown_table(effects_table(a, s)),
-            "",
-            "### Selected configurations (validation seeds)",
-            "",
-            "selected: "
-            + "; ".join(
-                f"{r.family} -> {r.method} lr {r.sft_lr:g}"
-                + (f" (rl_lr {r.rl_lr:g})" if r.rl_lr != r.sft_lr else "")
-                + f" [{_cell_label(r)}]"
-                for r in a.selected[a.selected["setting"] == s].itertuples()
-            ),
-            "",
-            analysis.markdown_table(selected_table(a, s)),
-            "",
-        ]
-    if esc is not None and len(esc):
-        c = analysis.compare_escape(esc, cfg["reward_threshold"])
-        md += [f"## {c.title}", "", analysis.markdown_table(c.table.reset_index()), "", c.paragraph, ""]
-        if (out / "fig_e_escape.png").exists():
-            md += ["![escape](fig_e_escape.png)", ""]
-    if extra.get("transformer"):
-        md += [extra["transformer"].strip(), ""]
-    if cfg.get("timing"):
-        md += ["## Timing", "", ", ".join(f"{k_}: {v:.1f} s" for k_, v in cfg["timing"].items()), ""]
-    path = out / "report.md"
-    path.write_text("\n".join(md))
-    return path
+
+
+def _setting_map(a: MapAnalysis, s: str, out: Path) -> list[str]:
+    """One setting's map: phase diagram, verdicts per cell, effects and the selected configurations."""
+    md = []
+    md += [f"## Map: `{s}`", ""]
+    if (out / f"phase_{s}.png").exists():
+        md += [f"![phase diagram {s}](phase_{s}.png)", ""]
+    v = a.verdicts[a.verdicts["setting"] == s].copy()
+    v["cell"] = [_cell_label(r) for r in v.itertuples()]
+    md += [
+        "### Verdicts per cell",
+        "",
+        analysis.markdown_table(
+            v.reindex(
+                columns=["claim", "cell", "outcome", "vs_sft", "outcome_vs_none", "vs_none", "p_holm"]
+            ).fillna("")
+        ),
+        "",
+        "### Effects vs `sft` and vs `none` (post-RL pass@1, test seeds)",
+        "",
+        analysis.markdown_table(effects_table(a, s)),
+        "",
+        "### Selected configurations (validation seeds)",
+        "",
+        "selected: "
+        + "; ".join(
+            f"{r.family} -> {r.method} lr {r.sft_lr:g}"
+            + (f" (rl_lr {r.rl_lr:g})" if r.rl_lr != r.sft_lr else "")
+            + f" [{_cell_label(r)}]"
+            for r in a.selected[a.selected["setting"] == s].itertuples()
+        ),
+        "",
+        analysis.markdown_table(selected_table(a, s)),
+        "",
+    ]
+    return md

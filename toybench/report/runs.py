@@ -4,7 +4,6 @@ run once on it (vectorised), the records of ``results.csv`` and ``escape.csv``."
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import numpy as np
 import pandas as pd
@@ -20,10 +19,6 @@ from toybench.tabular.pipeline import run_method
 from toybench.tabular.tree import ReasoningTree, SharedTree
 
 
-def _accepts(cls, name: str) -> bool:
-    return name in inspect.signature(cls.__init__).parameters
-
-
 def _builder(setting: str):
     return {"bandit": MultiAnswerBandit, "bandit_shared": SharedBandit, "tree_shared": SharedTree}.get(
         setting, ReasoningTree
@@ -35,18 +30,16 @@ def make_scenario(
     setting: str,
     seeds: list[int],
     wrong_demo_frac: float = 0.2,
-    base_correct_mass: float | None = 0.1,
+    base_correct_mass: float = 0.1,
 ) -> Scenario:
-    """Build one setting for the given seeds at one cell of the map (other knobs from the config).
-
-    ``base_correct_mass`` is passed only to builders that take it (None: the builder's own default).
-    """
+    """Build one setting for the given seeds at one cell of the map (other knobs from the config)."""
     cls = _builder(setting)
     data = dict(
-        wrong_demo_frac=wrong_demo_frac, demos_per_prompt=cfg.demos_per_prompt, error_unit=cfg.error_unit
+        wrong_demo_frac=wrong_demo_frac,
+        base_correct_mass=base_correct_mass,
+        demos_per_prompt=cfg.demos_per_prompt,
+        error_unit=cfg.error_unit,
     )
-    if base_correct_mass is not None and _accepts(cls, "base_correct_mass"):
-        data["base_correct_mass"] = base_correct_mass
     if setting == "bandit":
         return cls(seeds, cfg.bandit_prompts, cfg.bandit_V, cfg.bandit_correct, **data)
     if setting == "bandit_shared":
@@ -77,10 +70,9 @@ def concat_scenarios(scs: list[Scenario]) -> Scenario:
     return Scenario(**out)
 
 
-def map_cells(cfg: ReportConfig, setting: str) -> list[tuple[float, float | None]]:
-    """(wrong_demo_frac, base_correct_mass) of every cell; mass None where the builder has no such knob."""
-    masses = cfg.base_correct_masses if _accepts(_builder(setting), "base_correct_mass") else (None,)
-    return [(w, m) for w in cfg.wrong_demo_fracs for m in masses]
+def map_cells(cfg: ReportConfig, setting: str) -> list[tuple[float, float]]:
+    """(wrong_demo_frac, base_correct_mass) of every cell of ``setting`` (every builder takes both)."""
+    return [(w, m) for w in cfg.wrong_demo_fracs for m in cfg.base_correct_masses]
 
 
 def held_out_metrics(d: pd.DataFrame) -> pd.DataFrame:
@@ -96,7 +88,7 @@ def held_out_metrics(d: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([d, train], axis=1).assign(eval_prompts="held-out")
 
 
-def _jobs(cfg: ReportConfig, setting: str) -> list[tuple[str, str, list[tuple[int, float, float]]]]:
+def _jobs(cfg: ReportConfig, setting: str) -> list[tuple[str, Method, list[tuple[int, float, float]]]]:
     """(family, spec, [(config_id, sft_lr, rl_lr), ...]): the configurations of one spec run together."""
     out = {}
     for fam, cs in tuning_grid(cfg, setting).items():
@@ -234,7 +226,7 @@ def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
             rl_algorithm=algo,
             num_generations=G,
             family=fam,
-            method=str(Method.parse(spec)),
+            method=str(spec),
             sft_steps=pipe.sft_steps,
         )
         for frame in (d, esc):
@@ -244,14 +236,6 @@ def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         frames.append(d)
         escapes.append(esc.assign(rl_steps=max(cfg.rl_budgets)))
     out, esc = pd.concat(frames, ignore_index=True), pd.concat(escapes, ignore_index=True)
-    # Where the builder has no base_correct_mass knob, record the base's measured mass on correct answers.
-    for setting in cfg.settings:
-        rows = out["setting"] == setting
-        if out.loc[rows, "base_correct_mass"].isna().any():
-            base = out[rows & (out["family"] == "none") & (out["config_id"] == 0) & (out["stage"] == "sft")]
-            mass = round(float(base["J"].mean()), 3)
-            out.loc[rows, "base_correct_mass"] = mass
-            esc.loc[esc["setting"] == setting, "base_correct_mass"] = mass
     front = [
         *analysis.CELL,
         "samples",

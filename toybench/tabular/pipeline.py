@@ -6,7 +6,8 @@ Design choices
   axis first; the loss is the SUM over seeds of each seed's loss, so one autograd call gives
   every seed its own gradient and plain SGD keeps the seeds independent (tested against a
   per-seed loop). Every seed has the same number of rows and tokens, so each seed's reduction
-  is a fixed fraction of the batch reduction (``_seedwise``).
+  is a fixed fraction of the batch reduction (``toybench.objectives.normalise`` with the seeds as
+  groups).
 * Exact where the setting allows it: SFT uses the finite demonstration set (all of it, every
   step), as a count-weighted sum over its distinct (seed, prompt, demonstration) rows
   (``_DemoRows``: the same loss and gradient, up to float rounding, with fewer rows); exact PG
@@ -15,7 +16,8 @@ Design choices
   (``dynamics.leaf_kl``) weights the k1 estimator by pi(leaf) WITH gradient, which makes its
   gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt from each seed's own
   rollout stream (``rollouts.RolloutStreams``: independent of the batch) and uses
-  ``group_advantages`` + ``clipped_surrogate_loss``.
+  ``group_advantages`` + ``toybench.objectives.grpo_per_token`` (clipped surrogate, k3 KL)
+  normalised by ``toybench.objectives.normalise`` with the seeds as independent groups.
 * Per-prompt (tabular) parameters get each prompt's own mean gradient; shared (log-linear)
   parameters get the mean over prompts.
 * Metrics are exact (enumeration) at every step on the RL prompts: SFT loss on held-out
@@ -23,7 +25,7 @@ Design choices
   implausible answers, KL to base. Where the scenario has held-out eval prompts (shared
   parameters: ``SharedBandit``, ``SharedTree``) the same metrics on them are the ``eval_*`` columns; settings
   with per-prompt parameters cannot measure generalisation and have no such columns. Every loss
-  comes from ``toybench.losses`` via ``toybench.methods``.
+  comes from ``toybench.losses`` via ``toybench.objectives`` and ``toybench.methods``.
 * ``gift_seq@beta``: the exact per-position conditionals of the sequence-level Gibbs target
   q(y) ∝ pi_base(y) exp(beta 1[y = demo]) are enumerated on the prefix tree once per run
   (``sequence_target``, ``TreeGeometry.gibbs_logp``) and the SFT loss is the cross-entropy to them.
@@ -40,7 +42,15 @@ import torch
 from toybench import losses, metrics
 from toybench.advantages import group_advantages
 from toybench.config import require
-from toybench.methods import Method, loss_type_reduction
+from toybench.methods import Method
+from toybench.objectives import (
+    Counts,
+    SFTInputs,
+    grpo_per_token,
+    loss_type_reduction,
+    normalise,
+    sft_per_token,
+)
 from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
 from toybench.tabular.envs import Scenario
 from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logp
@@ -203,16 +213,6 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- stages
-def _seedwise(per_token: torch.Tensor, mode: str, S: int, rows_per_seed: int) -> torch.Tensor:
-    """Sum over seeds of each seed's ``losses.reduce`` (equal row/token counts per seed)."""
-    mask = torch.ones_like(per_token)
-    if mode in ("token_mean", "seq_mean"):
-        return S * losses.reduce(per_token, mask, mode)
-    if mode == "constant":
-        return losses.reduce(per_token, mask, "constant", constant=rows_per_seed * per_token.shape[1])
-    return losses.reduce(per_token, mask, "sum")
-
-
 @torch.no_grad()
 def sequence_target(sc: Scenario, beta: float) -> torch.Tensor:
     """log q(. | y_<t) at every demo's prefixes, q(y) ∝ pi_base(y) exp(beta 1[y = demo]): [B, H, V].
@@ -274,18 +274,13 @@ class _DemoRows:
         return policy.path_logits(params, self.seed, self.prompt, self.nodes)
 
 
-def _collapses(method: Method) -> bool:
-    """Whether ``method``'s per-token loss is row by row (``_DemoRows``): all but entropy_sft with rho < 1."""
-    return not (method.kind == "entropy_sft" and method["rho"] < 1)
-
-
 def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=None, demo=None):
     """Sum over tokens, mean over a prompt's demos (shared parameters also average over prompts).
 
     ``demo``: the batch's ``_DemoRows`` (None: every row); ``base_seq`` / ``seq_target`` are on its
     rows, in its order."""
     n, P_sft = sc.demo_leaves.shape[2], len(sc.sft_prompts)
-    demo = demo or _DemoRows.of(sc, _collapses(method))
+    demo = demo or _DemoRows.of(sc, not method.couples_rows)
     logits = demo.policy_logits(policy, params)  # (U, H, V)
     teacher_logits = demo.policy_logits(policy, teacher) if method.needs_teacher else None
     inputs = dict(
@@ -297,13 +292,13 @@ def _sft_loss(sc, policy, params, teacher, method: Method, base_seq, seq_target=
         behavior_logp=sc.demo_behavior_logp.reshape(-1, sc.geometry.H)[demo.rows],
         sequence_target=seq_target,
     )
-    if _collapses(method):
-        per_token = method.loss(**inputs)  # (U, H)
+    if not method.couples_rows:
+        per_token = sft_per_token(method, SFTInputs(**inputs))  # (U, H)
     else:  # the loss couples rows (an entropy quantile): take it per seed, as that seed's own run would
         per_token = torch.zeros_like(demo.targets, dtype=logits.dtype)
         for rows in (demo.seed == s for s in range(sc.num_seeds)):
             sub = {k: None if v is None else v[rows] for k, v in inputs.items()}
-            per_token[rows] = method.loss(**sub)
+            per_token[rows] = sft_per_token(method, SFTInputs(**sub))
     weighted = per_token * demo.weight[:, None]
     loss = losses.reduce(weighted, torch.ones_like(weighted), "constant", constant=n)
     return loss if isinstance(policy, TabularPolicy) else loss / P_sft
@@ -360,12 +355,19 @@ def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None, z=None, logp
         logp = sequence_logp(z, leaves, g)  # (S*P_rl*G, H)
         if old_logp is None:
             old_logp = logp.detach()
-        per_token = losses.clipped_surrogate_loss(logp, old_logp, adv, cfg.epsilon, cfg.epsilon_high)
-        if cfg.kl_coef > 0:
-            per_token = per_token + cfg.kl_coef * losses.kl_penalty(logp, ref_logp, kind="k3")
-        # Per prompt (tabular) or per seed (shared): a seed's batch is its P_rl * G sequences;
-        # dr_grpo's max_completion_length is the horizon H.
-        loss = _seedwise(per_token, loss_type_reduction(cfg.loss_type), S, P_rl * G) * (P_rl * scale)
+        per_token = grpo_per_token(
+            logp,
+            old_logp,
+            ref_logp,
+            adv,
+            epsilon=cfg.epsilon,
+            epsilon_high=cfg.epsilon_high,
+            kl_coef=cfg.kl_coef,
+        )
+        # Per prompt (tabular) or per seed (shared): a seed's batch is its P_rl * G sequences, the
+        # seeds are independent groups; dr_grpo's max_completion_length is the horizon H.
+        mask = torch.ones_like(per_token)
+        loss = normalise(per_token, mask, cfg.loss_type, Counts.of(mask, g.H, groups=S)) * (P_rl * scale)
         (grad,) = torch.autograd.grad(loss, params)
         params = params.detach() - _step_size(lr, cfg.rl_lr, params) * grad
     return params.detach()
@@ -412,40 +414,60 @@ def run_method(
     name = method if isinstance(method, str) else str(method)
     spec = Method.parse(method)
     policy = policy or make_policy(sc)
-    S = sc.num_seeds
     params = policy.init()
-    sft_lr, rl_lr = _step_size(sft_lrs, cfg.sft_lr, params), _step_size(rl_lrs, cfg.rl_lr, params)
-    teacher = spec.init_state(params).teacher
-    demo = _DemoRows.of(sc, _collapses(spec))  # the distinct demonstrations and their counts
-    base_seq = demo.logits(sc.base_logits)
-    seq_target = sequence_target(sc, spec["beta"])[demo.rows] if spec.needs_sequence_target else None
-    records: list[tuple[str, int, dict]] = []
-    const = eval_constants(sc)
-    const_eval = eval_constants(sc, "eval") if sc.eval_prompts is not None else None
+    rec = _Recorder(sc, policy, cfg, record_steps)
+    params = _sft_stage(sc, policy, params, spec, cfg, _step_size(sft_lrs, cfg.sft_lr, params), rec)
+    _rl_stage(sc, policy, params, cfg, rl_lrs, rec, rollout_seeds)
+    if not rec.records:
+        raise ValueError(f"record_steps {record_steps} selects no step of this run")
+    df = _to_frame(rec.records, name, spec, sc.num_seeds, list(rec.records[0][2]), cfg.sft_steps)
+    degenerate = sc.behavior_deterministic.numpy() & spec.needs_behavior_logp
+    df.insert(df.columns.get_loc(metric_names(cfg)[-1]) + 1, "pear_degenerate", degenerate[df["seed"]])
+    if escape_threshold is not None:
+        df.attrs["escape"] = escape_frame(torch.stack(rec.J_rl), escape_threshold, name)
+    return df
 
-    J_rl: list[torch.Tensor] = []  # per-prompt J along RL, for the escape-time analysis (T5)
 
-    def wanted(stage, step):
-        return record_steps is None or step in record_steps.get(stage, ())
+class _Recorder:
+    """The metrics of a run at its recorded steps (``record_steps``; None: every step), and the
+    per-prompt J at every RL step (the escape-time analysis, T5)."""
 
-    def record(stage, step, params, logp=None):
+    def __init__(self, sc: Scenario, policy: Policy, cfg: PipelineConfig, record_steps):
+        self.sc, self.policy, self.cfg, self.record_steps = sc, policy, cfg, record_steps
+        self.const = eval_constants(sc)
+        self.const_eval = eval_constants(sc, "eval") if sc.eval_prompts is not None else None
+        self.records: list[tuple[str, int, dict]] = []
+        self.J_rl: list[torch.Tensor] = []
+
+    def wanted(self, stage: str, step: int) -> bool:
+        return self.record_steps is None or step in self.record_steps.get(stage, ())
+
+    def __call__(self, stage: str, step: int, params: torch.Tensor, logp: torch.Tensor | None = None):
         """Metrics at a recorded step (all prompts' logits only then); J per prompt at every RL step."""
-        if not wanted(stage, step):
+        sc, policy, const = self.sc, self.policy, self.const
+        if not self.wanted(stage, step):
             if stage == "rl":  # escape times: J per prompt at every RL step
                 if logp is None:
                     logp = sc.geometry.leaf_logp(policy.prompt_logits(params, const["prompts"]))
-                J_rl.append((logp.exp() * const["reward"]).sum(-1))
+                self.J_rl.append((logp.exp() * const["reward"]).sum(-1))
             return
         z = policy.node_logits(params)
-        m = evaluate(sc, z, cfg, const, per_prompt=True, logp=logp)
+        m = evaluate(sc, z, self.cfg, const, per_prompt=True, logp=logp)
         if stage == "rl":
-            J_rl.append(m["J"])
+            self.J_rl.append(m["J"])
         row = {k: v.mean(1) for k, v in m.items()}
-        if const_eval is not None:
-            row.update({f"eval_{k}": v for k, v in evaluate(sc, z, cfg, const_eval).items()})
-        records.append((stage, step, row))
+        if self.const_eval is not None:
+            row.update({f"eval_{k}": v for k, v in evaluate(sc, z, self.cfg, self.const_eval).items()})
+        self.records.append((stage, step, row))
 
-    if wanted("sft", 0):
+
+def _sft_stage(sc, policy, params, spec: Method, cfg: PipelineConfig, sft_lr, record: _Recorder):
+    """``cfg.sft_steps`` SGD steps of ``spec``'s SFT loss (none for ``none``); returns the parameters."""
+    teacher = spec.init_state(params).teacher
+    demo = _DemoRows.of(sc, not spec.couples_rows)  # the distinct demonstrations and their counts
+    base_seq = demo.logits(sc.base_logits)
+    seq_target = sequence_target(sc, spec["beta"])[demo.rows] if spec.needs_sequence_target else None
+    if record.wanted("sft", 0):
         record("sft", 0, params)
     for step in range(1, cfg.sft_steps + 1):
         if spec.kind != "none":
@@ -455,12 +477,21 @@ def run_method(
             params = params.detach() - sft_lr * grad
             if spec.ema_due(step):
                 teacher = spec.ema_update(teacher, params)
-        if wanted("sft", step):
+        if record.wanted("sft", step):
             record("sft", step, params)
+    return params
 
+
+def _rl_stage(
+    sc, policy, params, cfg: PipelineConfig, rl_lrs, record: _Recorder, rollout_seeds=None
+) -> torch.Tensor:
+    """``cfg.rl_steps`` steps of exact PG or GRPO from ``params`` (the KL reference); the parameters.
+    ``rollout_seeds``: GRPO's stream of each seed (``run_method``)."""
+    rl_lr = _step_size(rl_lrs, cfg.rl_lr, params)
     ref_params = params.detach().clone()
     with torch.no_grad():
         ref_logp = sc.geometry.leaf_logp(policy.prompt_logits(ref_params, sc.rl_prompts))
+    S = sc.num_seeds
     gen = RolloutStreams(cfg.grpo_seed, torch.arange(S) if rollout_seeds is None else rollout_seeds)
     if cfg.rl_algorithm == "exact_pg":  # one forward pass serves both the record and the gradient
         for step in range(cfg.rl_steps + 1):
@@ -479,14 +510,7 @@ def run_method(
             record("rl", step, params.detach(), logp)
             if step < cfg.rl_steps:
                 params = _grpo_update(sc, policy, params, ref_params, cfg, gen, rl_lrs, z, logp)
-    if not records:
-        raise ValueError(f"record_steps {record_steps} selects no step of this run")
-    df = _to_frame(records, name, spec, S, list(records[0][2]), cfg.sft_steps)
-    degenerate = sc.behavior_deterministic.numpy() & spec.needs_behavior_logp
-    df.insert(df.columns.get_loc(metric_names(cfg)[-1]) + 1, "pear_degenerate", degenerate[df["seed"]])
-    if escape_threshold is not None:
-        df.attrs["escape"] = escape_frame(torch.stack(J_rl), escape_threshold, name)
-    return df
+    return params
 
 
 def escape_frame(J: torch.Tensor, threshold: float, method: str) -> pd.DataFrame:

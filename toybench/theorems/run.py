@@ -14,14 +14,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
+from tyro.conf import Suppress
 
 from toybench.analysis import markdown_table
-from toybench.config import fill_defaults, prepare_out_dir, require
+from toybench.config import fill_quick, prepare_out_dir, require
 from toybench.theorems.figures import FIGURES, make_figures
 from toybench.theorems.gift import check_gift_tilt
 from toybench.theorems.symbolic import check_symbolic
@@ -150,6 +152,8 @@ class TheoremsConfig:
     """PASS iff the Spearman correlation of initial mass and median GRPO escape steps is <= this."""
     figures: bool = True
     """Write the PNG figures."""
+    quick_filled: Annotated[tuple[str, ...], Suppress] = ()
+    """Set by :meth:`resolved`: the fields ``quick`` filled (not a flag)."""
 
     def validate(self, prefix: str = "") -> None:
         """Raise ValueError naming the first bad field (``prefix`` names the config it is nested in).
@@ -178,15 +182,19 @@ class TheoremsConfig:
                 f"{prefix}t5_tree_boost must be (low, high) with low < high, got {self.t5_tree_boost}"
             )
 
-    def resolved(self) -> TheoremsConfig:
-        """The config actually run, validated: ``quick`` shrinks the sizes the user left at their defaults,
-        never the tolerances."""
-        cfg = fill_defaults(self, QUICK) if self.quick else self
+    def resolved(self, given: set[str] | None = None) -> TheoremsConfig:
+        """The config actually run, validated: ``quick`` shrinks the sizes whose flags are not in ``given``
+        (:func:`toybench.config.fill_quick`; None: those left at their defaults), never the tolerances.
+        Idempotent: ``quick`` is applied once (``quick_filled`` records it)."""
+        cfg = self
+        if self.quick and not self.quick_filled:
+            cfg, filled = fill_quick(self, QUICK, given)
+            cfg = dataclasses.replace(cfg, quick_filled=tuple(filled) or ("(nothing)",))
         cfg.validate()
         return cfg
 
 
-# The --quick sizes (only fields left at their defaults are replaced).
+# The --quick sizes (only fields whose flags the user did not type are replaced).
 QUICK = dict(
     bandit_instances=16,
     tree_instances=4,

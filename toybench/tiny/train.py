@@ -1,7 +1,8 @@
 """Training stages of the tiny-transformer scale: pretraining (cached), SFT with every method, GRPO.
 
-Trainers only gather tensors and call ``toybench.losses`` (through ``toybench.methods`` for the SFT
-methods) and ``toybench.advantages``; they hold no loss formula. Each stage is a function of a
+Trainers only gather tensors and call ``toybench.objectives`` (the GRPO loss, its normaliser and the
+SFT loss of a ``toybench.methods.Method``), ``toybench.losses`` and ``toybench.advantages``; they
+hold no loss formula. Each stage is a function of a
 model and data that returns per-step records (dicts) and trains the model in place.
 """
 
@@ -18,7 +19,8 @@ from tqdm.auto import tqdm
 
 from toybench import losses
 from toybench.advantages import group_advantages
-from toybench.methods import Method, loss_type_reduction
+from toybench.methods import Method
+from toybench.objectives import Counts, SFTInputs, grpo_per_token, normalise, sft_per_token
 from toybench.tasks.arith import Puzzle, pretraining_corpus
 from toybench.tiny.config import TinyConfig, pretrain_key
 from toybench.tiny.data import TOK, SeqData, rewards, text_pairs_data
@@ -75,9 +77,12 @@ def _seed_major(model: GPT | GPTStack, x: torch.Tensor) -> torch.Tensor:
     return x[None].expand(S, *x.shape)
 
 
-def _per_seed_reduce(per_token: torch.Tensor, mask: torch.Tensor, mode: str, **kw) -> torch.Tensor:
-    """``losses.reduce`` of each seed's ``[B, N]`` slice of ``[S, B, N]`` -> ``[S]``."""
-    return torch.stack([losses.reduce(x, m, mode, **kw) for x, m in zip(per_token, mask)])
+def _per_seed_reduce(
+    per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, length: int | None = None
+) -> torch.Tensor:
+    """Each seed's ``[B, N]`` slice of ``[S, B, N]`` normalised over its own batch
+    (``toybench.objectives.normalise``; ``length``: dr_grpo's max completion length) -> ``[S]``."""
+    return torch.stack([normalise(x, m, loss_type, Counts.of(m, length)) for x, m in zip(per_token, mask)])
 
 
 def completion_nll(model: GPT | GPTStack, data: SeqData, batch: int = 512) -> float | list[float]:
@@ -114,9 +119,16 @@ def pretrain_base(
     torch.manual_seed(cfg.pretrain_seed)
     model = GPT(cfg.model_config)
     if path.exists():
-        blob = torch.load(path, weights_only=True)
-        model.load_state_dict(blob["state_dict"])
-        return model, {"cached": True, "path": str(path), "final_loss": float(blob["final_loss"])}
+        try:
+            blob = torch.load(path, weights_only=True)
+            model.load_state_dict(blob["state_dict"])
+            final_loss = float(blob["final_loss"])
+        except Exception as e:  # noqa: BLE001 -- any unpickling/shape failure means a corrupt cache file
+            raise ValueError(
+                f"cannot read {path}: a corrupt cached base model ({type(e).__name__}); "
+                "delete it to pretrain again"
+            ) from None
+        return model, {"cached": True, "path": str(path), "final_loss": final_loss}
     texts = pretraining_corpus(cfg.pretrain_texts, seed=cfg.pretrain_seed, exclude=exclude, **cfg.task_knobs)
     data = text_pairs_data(texts, cfg.prompt_len, cfg.max_completion_length)
     opt = _optimizer(model, cfg.pretrain_lr)
@@ -205,7 +217,8 @@ def run_sft(
                 extra["teacher_logits"] = completion_logprobs(teacher, prompt, comp)[1].flatten(0, 1)
         if behavior_logp is not None:
             extra["behavior_logp"] = behavior_logp[rows, idx].flatten(0, 1)
-        per_token = spec.loss(logits.flatten(0, 1), comp.flatten(0, 1), mask.flatten(0, 1), **extra)
+        inputs = SFTInputs(mask.flatten(0, 1), comp.flatten(0, 1), logits.flatten(0, 1), **extra)
+        per_token = sft_per_token(spec, inputs)
         loss = _per_seed_reduce(per_token.view(comp.shape), mask, "token_mean")  # (S,)
         for r, v in zip(recs, _step(opt, model, loss, f"SFT ({method})")):
             r["train_loss"] = v
@@ -241,8 +254,9 @@ def run_grpo(
     """GRPO of ``model`` in place on ``puzzles`` (prompts ``[M, P]``), one update per sampled batch.
 
     Per step: ``rl_prompts`` puzzles x ``num_generations`` samples at ``temperature``; rewards from
-    the verifier; ``group_advantages``; ``clipped_surrogate_loss`` with ``epsilon``/``epsilon_high``
-    (+ ``kl_coef`` x k3 ``kl_penalty`` to the RL start) reduced as ``loss_type`` says. Records the
+    the verifier; ``group_advantages``; ``toybench.objectives.grpo_per_token`` with
+    ``epsilon``/``epsilon_high`` (+ ``kl_coef`` x k3 KL to the RL start) normalised as ``loss_type``
+    says over each seed's own batch (``toybench.objectives.normalise``). Records the
     mean reward and the loss every step and ``on_eval(step)`` every ``rl_eval_every`` steps.
     Seeds as in :func:`run_sft`: each copy of a stack picks its prompts and samples with its own
     generator.
@@ -253,7 +267,6 @@ def run_grpo(
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     opt = _optimizer(model, cfg.rl_lr)
     G = cfg.num_generations
-    mode = loss_type_reduction(cfg.loss_type)
     records: list[list[dict]] = [[] for _ in seeds]
     for step in range(cfg.rl_steps + 1):
         recs: list[dict] = [{"step": step} for _ in seeds]
@@ -278,18 +291,18 @@ def run_grpo(
         adv = group_advantages(r.view(-1, G)).view(r.shape)  # (S, n G)
         model.train()
         logp, _ = completion_logprobs(model, prompt, comp)  # (S, n G, N)
-        per_token = losses.clipped_surrogate_loss(
-            logp.flatten(0, 1), logp.detach().flatten(0, 1), adv.flatten(), cfg.epsilon, cfg.epsilon_high
-        )
+        ref_logp = None
         if ref is not None:
             with torch.no_grad():
-                ref_logp, _ = completion_logprobs(ref, prompt, comp)
-            per_token = per_token + cfg.kl_coef * losses.kl_penalty(
-                logp.flatten(0, 1), ref_logp.flatten(0, 1), "k3"
-            )
-        # dr_grpo: sum / (sequences x max_completion_length), as TRL
-        constant = comp.shape[1] * cfg.max_completion_length if mode == "constant" else None
-        loss = _per_seed_reduce(per_token.view(comp.shape), mask, mode, constant=constant)  # (S,)
+                ref_logp = completion_logprobs(ref, prompt, comp)[0].flatten(0, 1)
+        per_token = grpo_per_token(
+            logp.flatten(0, 1), None, ref_logp, adv.flatten(),
+            epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, kl_coef=cfg.kl_coef,
+        )  # fmt: skip
+        # each seed normalises its own batch; dr_grpo: sum / (sequences x max_completion_length), as TRL
+        loss = _per_seed_reduce(
+            per_token.view(comp.shape), mask, cfg.loss_type, cfg.max_completion_length
+        )  # (S,)
         for rec, v, rs in zip(recs, _step(opt, model, loss, "GRPO"), r):
             rec["train_loss"] = v
             rec["train_reward"] = float(rs.mean())

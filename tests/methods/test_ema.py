@@ -55,13 +55,13 @@ def test_pipeline_feeds_the_loss_the_ema_of_the_model_trajectory(monkeypatch):
     model_s (gathering node logits along the demos is linear, so the EMA commutes with it)."""
     every, keep, steps = 3, 0.4, 8
     calls = []
-    real = Method.loss
+    real = Method.token_loss
 
-    def recording(self, logits, targets, mask, **kw):
-        calls.append((logits.detach().clone(), kw["teacher_logits"].detach().clone()))
-        return real(self, logits, targets, mask, **kw)
+    def recording(self, logits, targets, base_logits=None, teacher_logits=None, mask=None):
+        calls.append((logits.detach().clone(), teacher_logits.detach().clone()))
+        return real(self, logits, targets, base_logits, teacher_logits, mask=mask)
 
-    monkeypatch.setattr(Method, "loss", recording)
+    monkeypatch.setattr(Method, "token_loss", recording)
     sc = ReasoningTree([0], num_prompts=2, V=3, H=3)
     run_method(sc, f"curio,ema_every={every},ema_keep={keep}", PipelineConfig(sft_steps=steps, rl_steps=0))
     assert len(calls) == steps

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "methods.md"]
 REF = re.compile(r"`((?:toybench|theory)(?:\.[A-Za-z_][A-Za-z_0-9]*)+)")
 

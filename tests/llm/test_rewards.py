@@ -13,8 +13,11 @@ def length_reward(completions, prompts, answer, **kwargs):
     assert len(prompts) == len(completions) == len(answer) == len(kwargs["topic"])
     return [float(len(c)) + (kwargs["topic"][i] == "x") for i, c in enumerate(completions)]
 
-def bad(completions, **kwargs):
-    return [None] * len(completions)
+def bad(completions, **kwargs):  # None would be "not scored" (TRL); a string is an error
+    return ["high"] * len(completions)
+
+def nan(completions, **kwargs):
+    return [float("nan")] * len(completions)
 
 def short(completions, **kwargs):
     return [1.0]
@@ -58,7 +61,12 @@ def test_bad_reward_specs(plugin, spec, msg):
 
 
 @pytest.mark.parametrize(
-    "spec,msg", [("myrewards:bad", "not a number|non-finite"), ("myrewards:short", "1 values")]
+    "spec,msg",
+    [
+        ("myrewards:bad", "not a number|non-finite"),
+        ("myrewards:nan", "not a number|non-finite"),
+        ("myrewards:short", "1 values"),
+    ],
 )
 def test_bad_reward_values_name_the_function(plugin, spec, msg):
     with pytest.raises(ValueError, match=f"{spec}.*({msg})"):

@@ -126,6 +126,34 @@ def test_quick_fills_only_what_the_user_did_not_set():
     assert TheoremsConfig(quick=True).resolved().sft_steps < TheoremsConfig().sft_steps
 
 
+def test_quick_never_overrides_a_typed_flag_even_at_its_default(tmp_path, monkeypatch):
+    """--quick fills only the flags absent from the command line; typing a default value keeps it."""
+    import json
+
+    import toybench.report as report
+    from toybench.cli import parse
+    from toybench.report.config import QUICK, ReportConfig
+
+    default = ReportConfig()
+    cfg = parse("report", ["--quick", "--rl-budgets", "20", "80", "--seeds", str(default.seeds)])
+    assert cfg.rl_budgets == (20, 80) and cfg.pipeline.rl_steps == 80 and cfg.seeds == default.seeds
+    assert cfg.val_seeds == QUICK["val_seeds"] and "val_seeds" in cfg.quick_filled
+    assert "rl_budgets" not in cfg.quick_filled and "seeds" not in cfg.quick_filled
+    nested = ["--quick", "--pipeline.sft-steps", "100", "--tiny.seeds", "5", "--theorems.sft-steps", "2000"]
+    cfg = parse("report", nested)
+    assert cfg.pipeline.sft_steps == 100 and cfg.tiny.seeds == 5 and cfg.theorems.sft_steps == 2000
+    assert cfg.tiny.rl_steps == QUICK["tiny"]["rl_steps"] and "tiny.rl_steps" in cfg.quick_filled
+    assert cfg.theorems.tree_instances < default.theorems.tree_instances  # quick reaches the theorems
+    th = parse("theorems", ["--quick", "--bandit-instances", str(default.theorems.bandit_instances)])
+    assert th.bandit_instances == default.theorems.bandit_instances
+    assert th.tree_instances < default.theorems.tree_instances
+    # the same through the command: config.json records the typed budgets (the run itself is stubbed)
+    monkeypatch.setattr(report, "run_map", lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        main(["report", "--quick", "--skip-theorems", "--rl-budgets", "20", "80", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "config.json").read_text())["rl_budgets"] == [20, 80]
+
+
 def test_plot_names_the_file_it_cannot_read(tmp_path, capsys):
     (tmp_path / "results.csv").write_text('a,b\n1,"x\n')
     (tmp_path / "config.json").write_text("{}")

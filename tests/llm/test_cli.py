@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +101,53 @@ def test_ctrl_c_exits_cleanly(monkeypatch, tmp_path, capsys):
 def test_results_table():
     t = results_table({"a/b": 0.5, "n": 3, "tiny": 1e-7})
     assert t.splitlines()[0].split() == ["metric", "value"] and "0.5000" in t and "1e-07" in t
+
+
+def test_validation_is_pure_and_the_world_is_checked_in_set_up(tmp_path):
+    """``validate`` imports no kernel and opens no file; ``check_world`` then refuses what is missing."""
+    code = f"""
+import dataclasses
+import sys
+from llm.config import SFTConfig, check_world, validate
+cfg = SFTConfig(tiny=True, data={str(tmp_path / "nope.jsonl")!r}, reward=("nosuchmodule:f",),
+                method="gift@5", loss_impl="fused", lr=1e-3, max_completion_length=8)
+opened = []
+sys.addaudithook(lambda event, args: opened.append(args[0]) if event == "open" else None)
+validate(cfg)
+try:
+    validate(dataclasses.replace(cfg, method="entropy_sft@0.1,top_k=5"))
+except ValueError as e:
+    print(e)
+print(sorted(m for m in ("llm.fused", "llm.objectives", "llm.rewards", "llm.checkpoint") if m in sys.modules))
+print(opened)
+try:
+    check_world(cfg)
+except ValueError as e:
+    print(e)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    fused, kernels, opened, world = lines.stdout.splitlines()
+    assert fused.startswith("--loss-impl fused cannot run 'entropy_sft@0.1,top_k=5'")
+    assert kernels == "[]" and opened == "[]"
+    assert world.startswith("--data must be 'arith' or a JSONL file")
+
+
+def test_resolve_runs_once_per_command(monkeypatch, tmp_path):
+    import llm.config as C
+
+    calls = []
+    validate = C.validate
+    monkeypatch.setattr(C, "validate", lambda cfg: calls.append(type(cfg).__name__) or validate(cfg))
+    seen = {}
+
+    def fake_run_sft(cfg):
+        seen["cfg"] = C.resolve(cfg)  # what the runner does: the resolved config comes back as it is
+        return {"sft/loss": 0.5, "step": 1}
+
+    monkeypatch.setattr("llm.sft.run_sft", fake_run_sft)
+    assert main(["sft", "--quick", *NO_MODEL, "--out", str(tmp_path / "o")]) == 0
+    assert calls == ["SFTConfig"] and seen["cfg"].resolved
+    changed = dataclasses.replace(seen["cfg"], lr=-1.0)  # a changed config is validated again
+    with pytest.raises(ValueError, match="--lr must be > 0"):
+        C.resolve(changed)

@@ -9,7 +9,16 @@ from toybench import testing as K
 
 N = 4  # hypothesis examples per property: the kit is derandomised, so this is a fixed sample
 
-STOP_GRAD = "sg[.] by design: finite differences see the stop-gradient factor move"
+
+def _weighted_sft_grad(G, logits, targets):
+    """d/dz of sum_t sg[G_t] (-log pi(y_t)) = G_t (pi - e_y): the declared gradient of a
+    stop-gradient-weighted SFT loss (DFT: G = pi(y); PEAR: its weights)."""
+    p = logits.softmax(-1)
+    return G[..., None] * (p - torch.nn.functional.one_hot(targets, p.shape[-1]).to(p.dtype))
+
+
+def _dft_grad(logits, targets):
+    return _weighted_sft_grad(L.logprobs(logits, targets).exp(), logits, targets)
 
 
 def _pear(level):
@@ -18,6 +27,14 @@ def _pear(level):
         return G * L.sft_loss(logits, targets)
 
     return fn
+
+
+def _pear_grad(level):
+    def grad(logits, targets, behavior_logp, mask):
+        G = L.pear_weights(L.logprobs(logits, targets), behavior_logp, mask, level=level, block_size=2)
+        return _weighted_sft_grad(G, logits, targets)
+
+    return grad
 
 
 def _kl(kind):
@@ -72,16 +89,14 @@ SHIPPED = {
         ("teacher_logits",),
         {"rtol": 1e-6, "atol": 1e-6},  # bisection: a comparison at a tie may flip under a shift
     ),
-    "dft": (L.dft_loss, (), {"skip": {"gradcheck": STOP_GRAD}}),
+    "dft": (L.dft_loss, (), {"grad": _dft_grad}),  # sg[pi(y)]: checked against its declared gradient
     **{
         f"pear_{level}": (
             _pear(level),
             ("behavior_logp", "mask"),
             {
-                "skip": {
-                    "position_independence": "PEAR weights multiply the log-ratios of later tokens",
-                    "gradcheck": STOP_GRAD,
-                }
+                "skip": {"position_independence": "PEAR weights multiply the log-ratios of later tokens"},
+                "grad": _pear_grad(level),
             },
         )
         for level in L.PEAR_LEVELS

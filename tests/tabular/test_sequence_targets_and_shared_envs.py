@@ -1,5 +1,5 @@
-"""Issue 11, environment side: gift_seq (exact sequence Gibbs target), PEAR's pi_beta, held-out prompts,
-the base-competence knob of the tree and the shared bandit."""
+"""The environments' sequence targets and shared settings: gift_seq (exact sequence Gibbs target),
+PEAR's pi_beta, held-out prompts, the base-competence knob of the tree and the shared bandit."""
 
 import dataclasses
 import math
