@@ -217,3 +217,35 @@ def test_selections_at_a_grid_edge():
     assert sel.at["sft", "rl_lr"] == 4.0 and not sel.at["sft", "at_edge"]  # interior
     assert sel.at["none", "rl_lr"] == 16.0 and sel.at["none", "rl_at_edge"] and sel.at["none", "at_edge"]
     assert not sel["sft_at_edge"].any()  # one SFT learning rate: no interior, no edge counted
+
+
+def test_exploration_predictor_is_a_within_cell_rank_correlation():
+    """Across the configurations of a cell, a pre-RL measure that orders them as the post-RL result does
+    gets rho = +1, one that orders them the other way -1; the mean over cells comes with its interval."""
+    from toybench.analysis.exploration import cell_correlations, exploration_table
+
+    out = []
+    for cell_err in (0.0, 0.2):
+        for cid in range(4):
+            for seed in range(3):
+                base = dict(
+                    CELL, wrong_demo_frac=cell_err, family="sft", config_id=cid, split="test", seed=seed
+                )
+                out.append(
+                    dict(
+                        base,
+                        stage="sft",
+                        J=0.1 * cid,
+                        entropy=1 - 0.1 * cid,
+                        coverage=0.5,
+                        **{"pass@1": 0.1 * cid},
+                    )
+                )
+                out.append(dict(base, stage="rl", J=0.2 + 0.1 * cid * (1 + cell_err)))
+    df = pd.DataFrame(out)
+    c = cell_correlations(df).set_index(["wrong_demo_frac", "predictor"])["rho"]
+    assert c[(0.0, "pass@1")] == pytest.approx(1.0) and c[(0.0, "entropy")] == pytest.approx(-1.0)
+    assert c[(0.2, "entropy")] == pytest.approx(-1.0) and np.isnan(c[(0.0, "coverage")])  # constant
+    t = exploration_table(df).set_index("predictor")
+    assert t.at["entropy", "rho"] == pytest.approx(-1.0) and t.at["entropy", "cells"] == 2
+    assert t.at["coverage", "cells"] == 0
