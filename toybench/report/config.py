@@ -76,7 +76,7 @@ class ReportConfig:
     and pear only in the trees)."""
     wrong_demo_fracs: tuple[float, ...] = (0.0, 0.2, 0.4)
     """Map axis: fraction of prompts whose demonstrations are the teacher's mistake."""
-    base_correct_masses: tuple[float, ...] = (0.005, 0.1)
+    base_correct_masses: tuple[float, ...] = (1e-4, 0.01)
     """Map axis: pi_base's mass on correct answers (every setting's builder takes it)."""
     rl_budgets: tuple[int, ...] = (20, 80)
     """Map axis: RL steps (each budget is a prefix of the longest run, so budgets cost nothing extra).
