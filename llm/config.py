@@ -90,7 +90,25 @@ class RunConfig:
     and the tiny model gains nothing). bf16-pure keeps the weights themselves in bf16 (warns: updates
     below ~1/256 of a weight are rounded away)."""
     gradient_checkpointing: str = "auto"
-    """auto | on | off: recompute each decoder layer's activations in backward. auto: on on GPU."""
+    """auto | on | off: recompute each decoder layer's activations in backward. auto: on only when
+    the estimated activations of the largest micro-batch would not fit in the free GPU memory beside
+    the gradients and AdamW state (:func:`llm.train.checkpointing_needed`); off on CPU."""
+    use_liger_kernel: bool = False
+    """Liger-Kernel's Triton kernels (TRL's name): RMSNorm, SwiGLU and RoPE patched into the model,
+    and for the NLL methods (sft, pear_*) its fused linear cross-entropy as the SFT loss (other
+    methods keep ``--loss-impl``'s). Needs a CUDA device and the ``gpu`` extra (``pip install
+    'sft-for-rl[gpu]'``). Same loss and gradient up to float rounding."""
+    torch_compile: bool = False
+    """``torch.compile`` each decoder layer (the loss and sampling stay eager). Pays on a GPU for
+    long runs (the first steps compile); same loss and gradient up to float rounding."""
+    save_optimizer: bool = False
+    """Keep the optimizer state (and the EMA teacher) in the checkpoint of the LAST step too, and
+    every earlier checkpoint full (the inverse of TRL's ``save_only_model``). Default: checkpoints
+    before the last step carry what resuming needs; at the end the run keeps lean weight-only
+    checkpoints in the base model's dtype and ``final/`` hard-linked to the last one."""
+    peak_tflops: float = 0.0
+    """Peak FLOP/s of the device (TFLOP/s) for the logged ``perf/mfu``; 0 = look the CUDA device up
+    in :data:`llm.log.PEAK_TFLOPS` (bf16 dense), no MFU on CPU."""
     max_length: int = 1024
     """SFT: prompt + completion tokens per example; longer examples are cut on the right (TRL's
     ``max_length``), counted and logged as ``sft/truncated``. 0 = no limit."""
@@ -155,7 +173,11 @@ class SFTKnobs:
     reference) | fused (``llm.fused``: one vocabulary sweep per chunk with analytic gradients, fewer
     matmuls, nothing V-wide kept; sft, dft, pear, entropy_sft without top_k, gift, curio with the
     default temperature constants) | naive (full ``[B, T, V]`` logits: small vocabularies only).
-    All three give the same loss and update up to float rounding (tested)."""
+    All three give the same loss and update up to float rounding (tested). chunked stays the default
+    on a GPU too: fused saves memory but was measured slower there (issue 20, one H200, Qwen3-0.6B,
+    8 x 1024 tokens: MFU 6.9% fused vs 13.0% chunked for sft; likely cause, reasoned from the code
+    and not profiled: its in-place sweeps over row blocks of each chunk launch many small kernels
+    where chunked launches a few large ones). Use fused where memory, not speed, is the limit."""
     behavior_model: str = ""
     """PEAR behaviour policy (model path); default: the base model. Log-probs are collected once."""
     eval_every: int = 25
@@ -269,6 +291,10 @@ class PipelineConfig(RunConfig):
     """Evaluation samples per prompt."""
     ks: tuple[int, ...] = (1, 4, 16)
     """Evaluation pass@k."""
+    seeds: int = 1
+    """Run every method at seeds ``seed, seed+1, ..., seed+seeds-1`` (each seed its own
+    ``<out>/seed-<s>/`` tree) and report means with 95% intervals paired by seed
+    (``summary.csv``, ``paired.csv``, ``report.md``). 1 = one run, laid out directly under ``out``."""
 
 
 QUICK = {
@@ -343,6 +369,8 @@ RULES: dict[str, Rule] = {
     "max_length": at_least(0, "(0 = no limit)"),
     "top_k": at_least(0, "(0 = off)"),
     "top_p": Rule(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "peak_tflops": at_least(0),
+    "seeds": at_least(1),
     "seed": Rule(lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "lr": POSITIVE,
     "temperature": POSITIVE,
@@ -441,6 +469,7 @@ def check_world(cfg: RunConfig) -> None:
         raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", f"is {cfg.device!r} but CUDA is not available")
+    _check_liger(cfg, dev)
     if cfg.data != "arith" and not Path(cfg.data).is_file():
         raise ConfigError("data", f"must be 'arith' or a JSONL file; {cfg.data!r} does not exist")
     if cfg.heldout_data and not Path(cfg.heldout_data).is_file():
@@ -460,6 +489,20 @@ def check_world(cfg: RunConfig) -> None:
             f"{cfg.out!r} already holds a run ({prev}); pass --resume to continue it or --overwrite to "
             "replace it",
         )
+
+
+def _check_liger(cfg: RunConfig, dev) -> None:
+    """``--use-liger-kernel`` needs the package (the ``gpu`` extra) and a CUDA device (Triton kernels)."""
+    if not cfg.use_liger_kernel:
+        return
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("use_liger_kernel", "needs the liger-kernel package: pip install 'sft-for-rl[gpu]'")
+    if dev.type == "cpu" and (cfg.device != "auto" or not torch.cuda.is_available()):
+        raise ConfigError("use_liger_kernel", "needs a CUDA device (Liger-Kernel's kernels are Triton)")
 
 
 def _check_loss_impl(cfg: RunConfig, methods: list[str]) -> None:

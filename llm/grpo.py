@@ -33,7 +33,7 @@ import torch
 from llm import dist
 from llm.config import GRPOConfig, resolve
 from llm.data import collate
-from llm.log import due
+from llm.log import NO_TIMER, due
 from llm.objectives import entropy_fn, logp_fn
 from llm.rewards import Rewards
 from llm.rollout import Rollout, generate
@@ -108,11 +108,14 @@ def clip_stats(logp, old_logp, adv, mask, epsilon: float, epsilon_high: float) -
     return torch.stack([reduce(x.float(), mask, "sum") for x in (low, high, low | high)])
 
 
-def grpo_update(model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, last_ckpt: str) -> dict:
+def grpo_update(
+    model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, last_ckpt: str, timer=NO_TIMER
+) -> dict:
     """``num_iterations`` optimizer steps on one rollout batch, each accumulating over ``mbs``.
 
     Returns the summed (over ranks) statistics of the last pass: loss, grad norm, entropy, KL and
-    clip-indicator sums over counted tokens.
+    clip-indicator sums over counted tokens. ``timer`` (:class:`llm.log.StepTimer`) times the
+    reference/old log-probs as the ``logprob`` phase and the passes as ``train``.
     """
     norm = Normaliser.of([b["loss_mask"] for b in mbs])
     # TRL counts every sequence (empty ones too); dr_grpo's length is max_completion_length
@@ -123,8 +126,12 @@ def grpo_update(model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, l
         with torch.no_grad(), prec.autocast():
             return score(m, b, logp_fn, chunk_size=cfg.chunk_size, temperature=T)
 
+    n_tok = sum(int(b["attention_mask"].sum()) for b in mbs)
+    timer.begin("logprob", n_tok * ((ref is not None) + (cfg.num_iterations > 1)))
     ref_logp = [logps(ref, b) for b in mbs] if ref is not None else [None] * len(mbs)
     old_logp = [logps(model, b) for b in mbs] if cfg.num_iterations > 1 else [None] * len(mbs)
+    timer.end("logprob")
+    timer.begin("train", n_tok * cfg.num_iterations)
     model.train()
     for it in range(cfg.num_iterations):
         last = it == cfg.num_iterations - 1
@@ -169,6 +176,7 @@ def grpo_update(model, mbs, ref, cfg: GRPOConfig, prec, opt, sched, step: int, l
                 ).double()
         dist.all_reduce_sum(loss_sum)
         gnorm = optimizer_step(model, opt, sched if last else _NoSched(), loss_sum, cfg.clip, step, last_ckpt)
+    timer.end("train")
     dist.all_reduce_sum(stats)
     tokens = float(stats[1].clamp_min(1))
     out = {"loss": float(loss_sum), "grad_norm": gnorm, "entropy": float(stats[0]) / tokens}
@@ -215,7 +223,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
         idx = batch_indices(len(prompts), step, cfg.prompts_per_step, cfg.seed + 1)
         local = [prompts[i] for i in idx[di.rank * per_rank : (di.rank + 1) * per_rank]]
         torch.manual_seed(rollout_seed(cfg.seed, step, di.rank))
-        with prec.autocast():
+        with prec.autocast(), loop.timer.phase("generation"):
             groups = generate(
                 model,
                 tok,
@@ -239,6 +247,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
         batch = rollout_batch(groups, tok.pad_token_id, cfg.mask_truncated_completions)
         batch["adv"] = sequence_advantages(all_rewards, cfg.adv_scale, di.rank, per_rank).cpu()
         lengths = torch.stack([batch["completion_len"].sum(), batch["truncated"].float().sum()]).to(device)
+        loop.timer.tokens["generation"] += int(batch["completion_len"].sum())  # this rank's new tokens
         upd = grpo_update(
             model,
             micro_batches(batch, cfg.micro_batch_size, device),
@@ -249,6 +258,7 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
             sched,
             step,
             loop.last_ckpt,
+            timer=loop.timer,
         )
         dist.all_reduce_sum(lengths)
         record = _step_record(cfg, step, all_rewards, upd, lengths, sched.get_last_lr()[0])

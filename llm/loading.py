@@ -8,7 +8,8 @@ Design choices
 - dtype: weights are loaded in float32 (the master copy AdamW updates) and the forward runs under
   bf16 autocast on GPU (:func:`precision`); pure bf16 weights only with ``dtype="bf16-pure"`` (a
   warning: AdamW steps below ~1/256 of a weight are rounded away, so at lr 1e-6..2e-5 most weights
-  never move). ``trust_remote_code`` is off unless asked.
+  never move). ``trust_remote_code`` is off unless asked. A run saves ``final/`` in the dtype the
+  base model is stored in (:func:`stored_dtype`: bf16 for Qwen3, 1.2 GB rather than 2.4).
 - The tiny preset is built and pretrained in :mod:`llm.tiny`; :func:`llm.tiny.model_path` returns
   its cached directory, which :func:`load_model` then reads like any other (imports run one way:
   ``llm.tiny`` uses this module, never the reverse).
@@ -17,6 +18,7 @@ Design choices
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -93,6 +95,17 @@ def _resolve_path(model: str) -> str:
         ) from None
 
 
+def stored_dtype(model: str) -> torch.dtype:
+    """The dtype ``model``'s weights are stored in (``config.json``'s ``dtype``/``torch_dtype``; bf16
+    for the Qwen3 hub checkpoints, float32 for the tiny model); float32 when the config names none.
+    Runs save ``final/`` in this dtype (training itself keeps fp32 master weights)."""
+    conf = Path(_resolve_path(model)) / "config.json"
+    name = json.loads(conf.read_text()) if conf.is_file() else {}
+    name = name.get("dtype") or name.get("torch_dtype") or "float32"
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
 def load_tokenizer(model: str, trust_remote_code: bool = False):
     """The tokenizer (and chat template) stored with ``model``; pad token set, left padding."""
     from transformers import AutoTokenizer
@@ -140,4 +153,5 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "resolve_device",
+    "stored_dtype",
 ]

@@ -4,16 +4,119 @@ sample completions every N steps, and the results printed once (rank 0) as a tab
 Metric names are TRL's where TRL has one (``reward``, ``reward_std``, ``frac_reward_zero_std``,
 ``kl``, ``entropy``, ``clip_ratio/*``, ``completions/mean_length``, ``learning_rate``, ``loss``,
 ``grad_norm``), prefixed by the stage in the JSONL (``grpo/reward``) as the loops write them.
+Throughput (NeMo-RL's convention, :class:`StepTimer`): every step logs ``perf/step_time`` (seconds,
+the whole step), ``perf/tokens_per_s`` (the tokens the step processed on rank 0, which logs, / step
+time) and, per phase (``generation``, ``logprob``, ``train``), ``perf/<phase>_time`` and
+``perf/<phase>_tokens_per_s``; ``perf/peak_memory_gib`` (peak allocated CUDA memory in the step) on
+a GPU, and ``perf/mfu`` when a peak FLOP/s is known (:data:`PEAK_TFLOPS`, bf16 dense, by device
+name) or given (``--peak-tflops``). MFU counts 6 N FLOPs per trained token and 2 N per generated or
+scored token (N = parameters; attention's quadratic term and activation recomputation are left out,
+as in the usual MFU).
 TensorBoard goes through ``torch.utils.tensorboard`` (needs the ``tensorboard`` package, in the
 ``llm`` extra); wandb is used only if installed and runs offline unless ``WANDB_MODE`` says otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import time
 from pathlib import Path
+
+import torch
+
+#: Peak dense bf16 tensor-core TFLOP/s by a substring of ``torch.cuda.get_device_name()`` (vendor
+#: data sheets; SXM parts). Unknown devices log no MFU unless ``--peak-tflops`` is given.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+PHASES = ("generation", "logprob", "train")
+#: FLOPs per token and parameter of each phase (forward 2, forward + backward 6)
+_FLOPS_PER_PARAM = {"generation": 2, "logprob": 2, "train": 6}
+
+
+def peak_flops(device: torch.device, given_tflops: float = 0.0) -> float:
+    """Peak FLOP/s for MFU: ``given_tflops`` when > 0, else the table entry of the CUDA device, else 0."""
+    if given_tflops > 0:
+        return given_tflops * 1e12
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v * 1e12 for k, v in PEAK_TFLOPS.items() if k in name), 0.0)
+
+
+class StepTimer:
+    """Wall time and tokens of one training step, split into phases (see the module docstring).
+
+    ``start()`` at the top of a step, ``with timer.phase(name, tokens):`` (or ``begin``/``end``)
+    around each phase (CUDA is synchronised at the edges so the times are real), ``record()`` for
+    the ``perf/*`` metrics."""
+
+    def __init__(self, device: torch.device, n_params: int, peak: float = 0.0) -> None:
+        self.device, self.n_params, self.peak = torch.device(device), n_params, peak
+        self.start()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self._sync()
+        self.t0 = time.perf_counter()
+        self.time = dict.fromkeys(PHASES, 0.0)
+        self.tokens = dict.fromkeys(PHASES, 0)
+        self._open: dict[str, float] = {}
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def begin(self, name: str, tokens: int = 0) -> None:
+        """Phase ``name`` (one of :data:`PHASES`) starts here, processing ``tokens`` tokens."""
+        self._sync()
+        self._open[name] = time.perf_counter()
+        self.tokens[name] += int(tokens)
+
+    def end(self, name: str) -> None:
+        """Phase ``name`` ends here (its time adds up over the step)."""
+        self._sync()
+        self.time[name] += time.perf_counter() - self._open.pop(name)
+
+    @contextlib.contextmanager
+    def phase(self, name: str, tokens: int = 0):
+        """Time the block as phase ``name`` (:meth:`begin` ... :meth:`end`)."""
+        self.begin(name, tokens)
+        try:
+            yield
+        finally:
+            self.end(name)
+
+    def record(self) -> dict:
+        """The ``perf/*`` metrics of the step so far."""
+        self._sync()
+        total = max(time.perf_counter() - self.t0, 1e-9)
+        out = {"perf/step_time": total, "perf/tokens_per_s": sum(self.tokens.values()) / total}
+        for p in PHASES:
+            if self.tokens[p] > 0 and self.time[p] > 0:  # phases that ran
+                out[f"perf/{p}_time"] = self.time[p]
+                out[f"perf/{p}_tokens_per_s"] = self.tokens[p] / self.time[p]
+        if self.device.type == "cuda":
+            out["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self.peak > 0:
+            flops = sum(_FLOPS_PER_PARAM[p] * self.n_params * self.tokens[p] for p in PHASES)
+            out["perf/mfu"] = flops / total / self.peak
+        return out
+
+
+class _NoTimer:
+    """A :class:`StepTimer` that times nothing (code run without a step loop: tests, benchmarks)."""
+
+    def begin(self, name: str, tokens: int = 0) -> None:
+        pass
+
+    def end(self, name: str) -> None:
+        pass
+
+
+NO_TIMER = _NoTimer()
 
 
 class RunLogger:
@@ -131,4 +234,13 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if math.isfinite(v) and v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5) else f"{v:.4f}"
 
 
-__all__ = ["RunLogger", "due", "results_table"]
+__all__ = [
+    "NO_TIMER",
+    "PEAK_TFLOPS",
+    "PHASES",
+    "RunLogger",
+    "StepTimer",
+    "due",
+    "peak_flops",
+    "results_table",
+]

@@ -89,6 +89,10 @@ def sft_token_loss(
     The three implementations give the same values and gradients up to float rounding (tested for
     sft, gift, curio, entropy_sft); ``aux_models`` are GIFT's frozen base / CurioSFT's teacher.
     """
+    if impl == "liger":  # --use-liger-kernel on an NLL method (llm.liger; the sft loop picks it)
+        from llm.liger import liger_token_nll
+
+        return liger_token_nll(model, batch)
     if impl == "chunked":
         return score(model, batch, sft_token_fn(method), aux_models=aux_models, chunk_size=chunk_size)
     if impl not in LOSS_IMPLS:

@@ -21,6 +21,7 @@ decoupling probe T2 runs the other way in GRPO).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 from llm import dist
 from llm.config import SFTConfig, resolve
 from llm.data import Example, collate, sft_seqs
+from llm.liger import nll_method
 from llm.loading import load_model
 from llm.log import RunLogger
 from llm.objectives import logp_fn
@@ -83,6 +85,8 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
     n_cut = counts["truncated"]
 
     method = Method.parse(cfg.method)
+    if cfg.use_liger_kernel and nll_method(method):  # Liger's fused linear cross-entropy (llm.liger)
+        cfg = dataclasses.replace(cfg, loss_impl="liger")
     if method.kind == "none":
         raise ValueError("method 'none' has no SFT stage (run grpo from the base model)")
     state = method.init_state(model)  # frozen base / EMA teacher, as the method declares
@@ -119,6 +123,7 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
         # seq_mean over the sequences with a counted token; constant: the global padded length
         counts = Counts(norm.seqs, norm.tokens, norm.t_max)
         loss_sum = torch.zeros((), device=device)
+        loop.timer.begin("train", tokens=sum(int(b["attention_mask"].sum()) for b in batches))
         for b in batches:
             with prec.autocast():
                 token_loss = sft_token_loss(model, b, method, aux, cfg.chunk_size, cfg.loss_impl)  # (B, T-1)
@@ -131,6 +136,7 @@ def run_sft(cfg: SFTConfig, model=None, tok=None) -> dict:
             loss_sum += loss.detach()
         dist.all_reduce_sum(loss_sum)
         gnorm = optimizer_step(model, opt, sched, loss_sum, cfg.clip, step, loop.last_ckpt)
+        loop.timer.end("train")
         if method.ema_due(step + 1):
             method.ema_update(state.teacher, model)
         record = {

@@ -94,21 +94,21 @@ def node_index(prefix, V: int) -> int:
     >>> node_index([], 3), node_index([0], 3), node_index([2], 3), node_index([1, 0], 3)
     (0, 1, 3, 7)
     """
-    t = len(prefix)
-    local = 0
-    for y in prefix:
-        if not 0 <= int(y) < V:
-            raise ValueError(f"prefix token {y} outside the vocabulary [0, {V})")
-        local = local * V + int(y)
-    return (V**t - 1) // (V - 1) + local
+    return (V ** len(prefix) - 1) // (V - 1) + _base_v(prefix, V, "prefix token")
 
 
 def leaf_index(y, V: int) -> int:
     """Index of the full sequence y among the V^H leaves (y read as a base-V number)."""
+    return _base_v(y, V, "token")
+
+
+def _base_v(tokens, V: int, what: str) -> int:
+    """``tokens`` read as a base-V number (first token most significant); ValueError naming ``what``
+    for a token outside [0, V)."""
     local = 0
-    for a in y:
+    for a in tokens:
         if not 0 <= int(a) < V:
-            raise ValueError(f"token {a} outside the vocabulary [0, {V})")
+            raise ValueError(f"{what} {a} outside the vocabulary [0, {V})")
         local = local * V + int(a)
     return local
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from theory.mdp import horizon_of
 from toybench.advantages import group_advantages
 from toybench.losses import gift_loss, kl_penalty, logprobs, policy_gradient_loss, sft_loss
 from toybench.tabular.envs import TreeGeometry
@@ -50,12 +51,10 @@ def geometry(z: Tensor) -> TreeGeometry:
     if z.ndim != 3:
         raise ValueError(f"z must have shape (I, N, V), got {tuple(z.shape)}")
     V, N = z.shape[-1], z.shape[-2]
-    H, n = 0, 0
-    while n < N:
-        n += V**H
-        H += 1
-    if n != N:
-        raise ValueError(f"z has {N} nodes, not (V^H - 1)/(V - 1) for V = {V}")
+    try:
+        H = horizon_of(N, V)
+    except ValueError:
+        raise ValueError(f"z has {N} nodes, not (V^H - 1)/(V - 1) for V = {V}") from None
     return _geometry(V, H)
 
 

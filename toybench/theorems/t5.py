@@ -15,6 +15,18 @@ from toybench.theorems.common import BANDIT, MDP, SIM, SYMBOLIC, as_t, make_row
 __all__ = ["check_t5_bandit", "check_t5_mdp"]
 
 
+def _steps_to(mass: np.ndarray, threshold: float) -> np.ndarray:
+    """Per run (columns of ``mass``, rows are steps): the first step at which ``mass >= threshold``,
+    ``inf`` for a run that never gets there."""
+    reached = mass >= threshold
+    return np.where(reached.any(0), reached.argmax(0), np.inf)
+
+
+def _best_answer_mass(z: torch.Tensor) -> torch.Tensor:
+    """Probability of answer 0 (the rewarded one) of bandit logits z of shape (I, 1, V)."""
+    return torch.softmax(z[:, 0], -1)[:, 0]
+
+
 def check_t5_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
     """T5: exact PG escape time from initial mass m on the best answer ~ (V-1)/V (F(x1) - F(m))."""
     V, x1 = cfg.bandit_vocab, cfg.t5_threshold
@@ -38,16 +50,9 @@ def check_t5_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
     R[:, 0] = 1.0
     dt = cfg.t5_dt
     steps = int(np.ceil(1.2 * T_sym.max() / dt)) + 1
-    _, mass = dyn.run(
-        as_t(logits)[:, None],
-        lambda z: dyn.pg_surrogate(z, R),
-        steps,
-        dt,
-        record=lambda z: torch.softmax(z[:, 0], -1)[:, 0],
-    )
-    mass = mass.numpy()
-    reached = mass >= x1
-    T_sim = np.where(reached.any(0), reached.argmax(0), np.inf) * dt
+    z0 = as_t(logits)[:, None]
+    _, mass = dyn.run(z0, lambda z: dyn.pg_surrogate(z, R), steps, dt, record=_best_answer_mass)
+    T_sim = _steps_to(mass.numpy(), x1) * dt
     rows.append(
         make_row(
             "T5 PG steps-to-threshold x time step = escape time",
@@ -71,7 +76,15 @@ def check_t5_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
             ">=",
         )
     )
-    # sampled GRPO (seeded): the same trend, plus groups with no success get zero advantage
+    grpo_rows, med = _t5_grpo_bandit(cfg, rng, logits, R, m)
+    return rows + grpo_rows, dict(m=m, T_sim=T_sim, T_sym=T_sym, T_grpo=med * cfg.t5_grpo_lr)
+
+
+def _t5_grpo_bandit(
+    cfg, rng, logits: np.ndarray, R: torch.Tensor, m: np.ndarray
+) -> tuple[list[dict], np.ndarray]:
+    """T5 with sampled GRPO (seeded): the same trend, and the runs stuck because every group of the
+    smallest mass had no success (zero advantage). Returns the rows and the median steps per mass."""
     S = cfg.t5_grpo_seeds
     zg = as_t(np.repeat(logits, S, 0))[:, None]  # (len(m) * S, 1, V)
     Rg = R.repeat_interleave(S, 0)
@@ -81,13 +94,12 @@ def check_t5_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
         lambda z: dyn.grpo_surrogate(z, Rg, cfg.num_generations, gen),
         cfg.t5_grpo_steps,
         cfg.t5_grpo_lr,
-        record=lambda z: torch.softmax(z[:, 0], -1)[:, 0],
+        record=_best_answer_mass,
     )
-    hit = mass_g.numpy() >= x1
-    steps_g = np.where(hit.any(0), hit.argmax(0), np.inf).reshape(len(m), S)
+    steps_g = _steps_to(mass_g.numpy(), cfg.t5_threshold).reshape(len(m), S)
     med = np.median(steps_g, axis=1)
     rho = spearmanr(m, med).statistic
-    rows.append(
+    rows = [
         make_row(
             f"T5 sampled GRPO (G={cfg.num_generations}): median steps fall with initial mass",
             BANDIT,
@@ -96,9 +108,7 @@ def check_t5_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
             "Spearman rho(mass, median steps)",
             rho,
             cfg.tol_t5_rho,
-        )
-    )
-    rows.append(
+        ),
         make_row(
             f"T5 sampled GRPO: runs not escaped within {cfg.t5_grpo_steps} steps (m={m[0]:.2g})",
             BANDIT,
@@ -108,9 +118,9 @@ def check_t5_bandit(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
             np.mean(np.isinf(steps_g[0])),
             0,
             "report",
-        )
-    )
-    return rows, dict(m=m, T_sim=T_sim, T_sym=T_sym, T_grpo=med * cfg.t5_grpo_lr)
+        ),
+    ]
+    return rows, med
 
 
 def check_t5_mdp(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
@@ -132,7 +142,7 @@ def check_t5_mdp(cfg, rng: np.random.Generator) -> tuple[list[dict], dict]:
         record=lambda x: dyn.leaf_probs(x)[:, 0],
     )
     reached = mass.numpy() >= cfg.t5_threshold
-    steps = np.where(reached.any(0), reached.argmax(0), np.inf)
+    steps = _steps_to(mass.numpy(), cfg.t5_threshold)
     order = np.argsort(m)
     rows = [
         make_row(

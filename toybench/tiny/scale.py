@@ -111,7 +111,8 @@ def _find(methods: list[str], kind: str) -> str | None:
 
 
 def _fmt(c: Comparison) -> str:
-    return f"{c.diff:+.3f} ± {c.se:.3f}"
+    """``diff ± se (verdict)``, as every claim paragraph quotes a comparison."""
+    return f"{c.diff:+.3f} ± {c.se:.3f} ({c.verdict})"
 
 
 def decide(pairs: list[tuple[Comparison, str]]) -> bool | None:
@@ -164,48 +165,40 @@ def _says(ok: bool | None) -> str:
 
 
 def _claim_gift(summary: pd.DataFrame, gift: str, sft: str, kk: str) -> str:
-    a = compare(summary, gift, sft, "sft_pass@1")
-    b = compare(summary, gift, sft, f"sft_{kk}")
-    c = compare(summary, gift, sft, "rl_pass@1")
+    a, b, c = (compare(summary, gift, sft, col) for col in ("sft_pass@1", f"sft_{kk}", "rl_pass@1"))
     return (
         f"*GIFT* ({gift} vs {sft}; claim: a better RL start, with higher pass@k before RL and higher "
-        f"pass@1 after RL). Before RL {kk} {_fmt(b)} ({b.verdict}); after GRPO pass@1 {_fmt(c)} "
-        f"({c.verdict}). The claim {_says(decide([(b, 'higher'), (c, 'higher')]))} at this scale. "
-        f"Side observation of the paper, pass@1 before RL lower than SFT's: {_fmt(a)} ({a.verdict}), "
+        f"pass@1 after RL). Before RL {kk} {_fmt(b)}; after GRPO pass@1 {_fmt(c)}. "
+        f"The claim {_says(decide([(b, 'higher'), (c, 'higher')]))} at this scale. "
+        f"Side observation of the paper, pass@1 before RL lower than SFT's: {_fmt(a)}, "
         f"which {_says(decide([(a, 'lower')]))}."
     )
 
 
 def _claim_curio(summary: pd.DataFrame, curio: str, sft: str, kk: str) -> str:
-    a = compare(summary, curio, sft, "sft_pass@1")
-    c = compare(summary, curio, sft, "rl_pass@1")
+    a, c = (compare(summary, curio, sft, col) for col in ("sft_pass@1", "rl_pass@1"))
     ok = decide([(a, "higher"), (c, "higher")])
     return (
         f"*CurioSFT* ({curio} vs {sft}; claim: better after SFT and after GRPO). pass@1 after SFT "
-        f"{_fmt(a)} ({a.verdict}), after GRPO {_fmt(c)} ({c.verdict}). The claim {_says(ok)}."
+        f"{_fmt(a)}, after GRPO {_fmt(c)}. The claim {_says(ok)}."
     )
 
 
 def _claim_pear(summary: pd.DataFrame, pear: str, sft: str, kk: str) -> str:
-    c = compare(summary, pear, sft, f"rl_{kk}")
-    a = compare(summary, pear, sft, "sft_pass@1")
+    c, a = (compare(summary, pear, sft, col) for col in (f"rl_{kk}", "sft_pass@1"))
     return (
-        f"*PEAR* ({pear} vs {sft}; claim: higher pass@k after RL). {kk} after GRPO {_fmt(c)} "
-        f"({c.verdict}); pass@1 after SFT {_fmt(a)} ({a.verdict}). The claim "
-        f"{_says(decide([(c, 'higher')]))}."
+        f"*PEAR* ({pear} vs {sft}; claim: higher pass@k after RL). {kk} after GRPO {_fmt(c)}; "
+        f"pass@1 after SFT {_fmt(a)}. The claim {_says(decide([(c, 'higher')]))}."
     )
 
 
 def _claim_entropy_sft(summary: pd.DataFrame, ent: str, sft: str, kk: str) -> str:
-    h = compare(summary, ent, sft, "sft_entropy")
-    d = compare(summary, ent, sft, "sft_distinct")
-    v = compare(summary, ent, sft, "sft_valid")
+    h, d, v = (compare(summary, ent, sft, col) for col in ("sft_entropy", "sft_distinct", "sft_valid"))
     ok = decide([(h, "higher"), (d, "not higher")])
     return (
         f"*Entropy-SFT failure mode* ({ent} vs {sft}; claim: entropy rises without more distinct "
-        f"correct solutions). After SFT: entropy {_fmt(h)} ({h.verdict}), distinct correct per "
-        f"puzzle {_fmt(d)} ({d.verdict}), well-formed fraction {_fmt(v)} ({v.verdict}). The claim "
-        f"{_says(ok)}."
+        f"correct solutions). After SFT: entropy {_fmt(h)}, distinct correct per puzzle {_fmt(d)}, "
+        f"well-formed fraction {_fmt(v)}. The claim {_says(ok)}."
     )
 
 
@@ -222,25 +215,31 @@ def _claim_sft_helps_rl(summary: pd.DataFrame, methods: list[str]) -> str:
     )
 
 
+def _stage_change(summary: pd.DataFrame, sft: str, column: str, expected: str) -> tuple[str, str]:
+    """``sft``'s mean change of ``column`` (``mu ± se``) and "k of n" methods whose mean change has
+    the ``expected`` sign, with the verdict of the sign test appended to the second."""
+    mu, se = _mean_se(summary.loc[summary["method"] == sft, column])
+    all_mu = summary.groupby("method")[column].mean()
+    moved = int((all_mu > 0).sum() if expected == "higher" else (all_mu < 0).sum())
+    return (
+        f"{mu:+.3f} ± {se:.3f}",
+        f"{moved} of {len(all_mu)} methods. The claim {_says(_sign_test(mu, se, expected))}.",
+    )
+
+
 def _claim_sft_then_rl(summary: pd.DataFrame, sft: str) -> str:
-    mu, se = _mean_se(summary.loc[summary["method"] == sft, "rl_delta_sft_loss"])
-    ok = _sign_test(mu, se, "higher")
-    all_mu = summary.groupby("method")["rl_delta_sft_loss"].mean()
+    change, tally = _stage_change(summary, sft, "rl_delta_sft_loss", "higher")
     return (
         f"*Non-decoupling, SFT then RL* (claim: the SFT loss on held-out expert data rises during RL). "
-        f"For {sft}: change {mu:+.3f} ± {se:.3f} nats/token; it rises for "
-        f"{int((all_mu > 0).sum())} of {len(all_mu)} methods. The claim {_says(ok)}."
+        f"For {sft}: change {change} nats/token; it rises for {tally}"
     )
 
 
 def _claim_rl_then_sft(summary: pd.DataFrame, sft: str) -> str:
-    mu, se = _mean_se(summary.loc[summary["method"] == sft, "post_sft_delta_reward"])
-    ok = _sign_test(mu, se, "lower")
-    all_mu = summary.groupby("method")["post_sft_delta_reward"].mean()
+    change, tally = _stage_change(summary, sft, "post_sft_delta_reward", "lower")
     return (
         f"*Non-decoupling, RL then SFT* (claim: reward falls during a further SFT stage). For {sft}: "
-        f"pass@1 change {mu:+.3f} ± {se:.3f}; it falls for {int((all_mu < 0).sum())} of {len(all_mu)} "
-        f"methods. The claim {_says(ok)}."
+        f"pass@1 change {change}; it falls for {tally}"
     )
 
 
@@ -326,11 +325,14 @@ def run_transformer_section(
         json.dumps({"config": dataclasses.asdict(cfg), "info": info}, indent=2, default=str)
     )
     ks = pass_ks(cfg.eval_samples)
-    kmax = ks[-1]
     plot_passk(summary, ks, out_dir / "transformer_passk.png")
     plot_curves(records, "rl", out_dir / "transformer_rl.png", "GRPO")
     plot_curves(records, "post_sft", out_dir / "transformer_post_sft.png", "further SFT after GRPO")
+    return _section_markdown(cfg, summary, info, ks[-1]), records
 
+
+def _section_markdown(cfg: TinyConfig, summary: pd.DataFrame, info: dict, kmax: int) -> str:
+    """The section's Markdown: set-up paragraph, the two summary tables, the figures and the claims."""
     headline = summary_table(
         summary,
         {
@@ -387,7 +389,7 @@ def run_transformer_section(
         "",
     ]
     md += [f"- {c}" for c in claims(summary, kmax)]
-    return "\n".join(md) + "\n", records
+    return "\n".join(md) + "\n"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,68 @@
+"""Liger-Kernel on request (``--use-liger-kernel``, TRL's name): its Triton RMSNorm, SwiGLU and RoPE
+kernels patched into the model (:func:`apply_liger`), and for the methods whose per-token loss is
+the plain negative log-likelihood (``sft``, the ``pear_*`` family, whose weights multiply that NLL
+afterwards) its fused linear cross-entropy (:func:`liger_token_nll`: the ``lm_head`` matmul and the
+cross-entropy in one chunked kernel, no ``[N, V]`` logits kept). Every other method keeps
+``--loss-impl``'s path. The package is the ``gpu`` extra (``pip install 'sft-for-rl[gpu]'``),
+imported only here and only when asked: a missing package or an unsupported architecture is one
+clear error. The kernels are Triton, so CUDA only; equality with the plain step (loss, gradient
+norm, parameters) is a ``gpu`` test (tests/llm/test_lean.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llm.chunked import final_hidden, output_weight
+from toybench.methods import Method
+
+IGNORE = -100
+
+
+def _import(name: str):
+    try:
+        import importlib
+
+        return importlib.import_module(name)
+    except ImportError:
+        raise RuntimeError(
+            "--use-liger-kernel needs the liger-kernel package (pip install 'sft-for-rl[gpu]'; CUDA + Triton)"
+        ) from None
+
+
+def apply_liger(model) -> None:
+    """Patch Liger-Kernel's RMSNorm, SwiGLU and RoPE into ``model`` (the loss stays ours)."""
+    patches = _import("liger_kernel.transformers.monkey_patch").MODEL_TYPE_TO_APPLY_LIGER_FN
+    kind = getattr(model.config, "model_type", "")
+    if kind not in patches:
+        raise ValueError(f"--use-liger-kernel: Liger-Kernel has no kernels for model type {kind!r}")
+    patches[kind](
+        model=model,
+        rope=True,
+        swiglu=True,
+        rms_norm=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=False,
+    )
+
+
+def nll_method(method: str | Method) -> bool:
+    """Whether ``method``'s per-token loss is the plain NLL ``-log pi(y_t)`` (sft, pear_*)."""
+    kind = Method.parse(method).kind if isinstance(method, str) else method.kind
+    return kind == "sft" or kind.startswith("pear_")
+
+
+def liger_token_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-token NLL ``[B, T-1]`` (0 off ``loss_mask``) by Liger's fused linear cross-entropy
+    (``reduction="none"``: each token's gradient is scaled by its upstream weight in backward)."""
+    flce = _import("liger_kernel.transformers").LigerFusedLinearCrossEntropyLoss
+    h = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, T-1, D)
+    w = output_weight(model)
+    mask = batch["loss_mask"]
+    targets = batch["targets"].masked_fill(mask == 0, IGNORE)
+    B, T, D = h.shape
+    loss = flce(ignore_index=IGNORE, reduction="none")(w, h.reshape(B * T, D), targets.reshape(-1))
+    return loss.reshape(B, T).to(torch.float32) * mask
+
+
+__all__ = ["apply_liger", "liger_token_nll", "nll_method"]
