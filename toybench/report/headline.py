@@ -73,6 +73,23 @@ def soft_regime(a: MapAnalysis) -> pd.DataFrame:
     return hit[[*analysis.CELL, "claim", "vs_sft", "vs_sft_early"]].reset_index(drop=True)
 
 
+def family_means(a: MapAnalysis, ks: tuple[int, ...] = (1, 16, 64)) -> pd.DataFrame:
+    """One row per map (``map_order``): each family's post-RL pass@k for ``ks`` at its selected
+    configuration, averaged over the test seeds and the map's cells at the longest RL budget, as
+    'p1 / p16 / p64'."""
+    t = a.test[(a.test["stage"] == "rl") & (a.test["rl_steps"] == a.test["rl_steps"].max())]
+    cols = [f"pass@{k}" if k > 1 else "J" for k in ks if k == 1 or f"pass@{k}" in t]
+    m = t.groupby([*analysis.MAP, "family"], sort=False)[cols].mean()
+    fams = list(dict.fromkeys(t["family"]))
+    rows = []
+    for key in map_order(a):
+        row = dict(setting=key[0], rl=rl_label(key[1], key[2]))
+        for f in fams:
+            row[f] = " / ".join(f"{m.loc[(*key, f), c]:.2f}" for c in cols) if (*key, f) in m.index else "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def claim_sentences(a: MapAnalysis) -> list[str]:
     """Per claim: in how many cells it reproduces / is refuted / is equivalent, under sampled RL and
     under exact PG."""
@@ -133,6 +150,11 @@ def headline_markdown(a: MapAnalysis, cfg: dict) -> str:
         "settings measure optimisation (escape), not generalisation.",
         "",
         analysis.markdown_table(outcome_counts(a)),
+        "",
+        "Post-RL pass@1 / pass@16 / pass@64 (exact per prompt from the policy) of each family at its "
+        "selected configuration, test seeds, mean over the map's cells at the longest RL budget:",
+        "",
+        analysis.markdown_table(family_means(a)),
         "",
         *claim_sentences(a),
         "",
