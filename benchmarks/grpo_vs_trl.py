@@ -1,7 +1,10 @@
-"""One GRPO step on the tiny Qwen3: ours vs TRL's GRPOTrainer, same model, prompts and group size.
+"""One GRPO step: ours vs TRL's GRPOTrainer, same model, prompts and group size.
 
 Throughput = prompts * G / wall time of one step (generation + scoring + update), after a warm-up
-step for each; both sides in this process, same dtype (fp32) and threads, best of ``--repeats``.
+step for each; both sides in this process, same device and dtype (CPU: fp32; CUDA: fp32 weights
+with bf16 autocast, TRL's ``bf16=True``), no gradient checkpointing, no KL, best of ``--repeats``.
+The model is the tiny preset unless ``--model`` names a directory (``benchmarks/llm_gpu.py`` passes
+its stand-in Qwen3-0.6B).
 Completions are forced to exactly ``--max-new`` tokens on both sides (``min_new_tokens`` =
 ``max_completion_length``: ours through the loop's ``generate`` call, TRL's through
 ``generation_kwargs``), so EOS cannot shorten one side; the RESULT line prints the mean completion
@@ -21,7 +24,7 @@ import torch
 
 
 def ours(
-    model_dir: str, prompts: int, group: int, max_new: int, out: str, repeats: int
+    model_dir: str, prompts: int, group: int, max_new: int, out: str, repeats: int, device: str = "cpu"
 ) -> tuple[float, float]:
     """(samples/s, mean completion length) of our GRPO step, completions forced to ``max_new``."""
     import llm.grpo
@@ -41,7 +44,8 @@ def ours(
     tok = load_tokenizer(model_dir)
     cfg = dict(
         model=model_dir,
-        device="cpu",
+        device=device,
+        gradient_checkpointing="off",
         n_train=4 * prompts,
         n_heldout=4,
         prompts_per_step=prompts,
@@ -55,11 +59,11 @@ def ours(
         prompt_style="compact",
     )
     run_grpo(
-        GRPOConfig(**cfg, steps=1, out=out + "/w"), model=load_model(model_dir, "cpu"), tok=tok
+        GRPOConfig(**cfg, steps=1, out=out + "/w"), model=load_model(model_dir, device), tok=tok
     )  # warm-up
 
     def wall(steps: int) -> float:
-        m = load_model(model_dir, "cpu")
+        m = load_model(model_dir, device)
         t0 = time.perf_counter()
         run_grpo(GRPOConfig(**cfg, steps=steps, out=out + f"/o{steps}"), model=m, tok=tok)
         return time.perf_counter() - t0
@@ -75,7 +79,7 @@ def ours(
 
 
 def trl_rate(
-    model_dir: str, prompts: int, group: int, max_new: int, out: str, repeats: int
+    model_dir: str, prompts: int, group: int, max_new: int, out: str, repeats: int, device: str = "cpu"
 ) -> tuple[float, float]:
     """(samples/s, mean completion length) of TRL's warm GRPO steps (best of ``repeats``)."""
     from datasets import Dataset
@@ -102,17 +106,18 @@ def trl_rate(
         learning_rate=1e-4,
         logging_steps=1,
         report_to=[],
-        use_cpu=True,
+        use_cpu=device == "cpu",
+        gradient_checkpointing=False,
         save_strategy="no",
         temperature=1.0,
         top_k=0,
         top_p=1.0,
         beta=0.0,
         disable_tqdm=True,
-        bf16=False,
+        bf16=device != "cpu",
     )
     trainer = GRPOTrainer(
-        model=load_model(model_dir, "cpu"),
+        model=load_model(model_dir, device),
         reward_funcs=reward,
         args=args,
         train_dataset=ds,
@@ -147,16 +152,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="best of this many timings per side")
     ap.add_argument("--pretrain-steps", type=int, default=1500, help="tiny model (cached)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="", help="a model directory (default: the tiny preset)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from llm.tiny import model_path
 
-    model_dir = model_path("", True, __import__("llm.config").config.DEFAULT_CACHE, a.pretrain_steps)
+    model_dir = a.model or model_path(
+        "", True, __import__("llm.config").config.DEFAULT_CACHE, a.pretrain_steps
+    )
+    dev = a.device
     with tempfile.TemporaryDirectory() as out:
-        r_ours, len_ours = ours(model_dir, a.prompts, a.group, a.max_new, out, a.repeats)
+        r_ours, len_ours = ours(model_dir, a.prompts, a.group, a.max_new, out, a.repeats, dev)
         print(f"ours: {r_ours:.1f} samples/s  mean completion length {len_ours:.1f}", flush=True)
         try:
-            r_trl, len_trl = trl_rate(model_dir, a.prompts, a.group, a.max_new, out, a.repeats)
+            r_trl, len_trl = trl_rate(model_dir, a.prompts, a.group, a.max_new, out, a.repeats, dev)
         except ImportError as e:
             print(f"TRL is not installed ({e}); install the benchmark extra: pip install trl")
             print(f"RESULT grpo_speedup_vs_trl=nan mean_completion_len={len_ours:.1f}")
@@ -166,7 +176,8 @@ def main() -> None:
             print(f"RESULT grpo_speedup_vs_trl=nan mean_completion_len={len_ours:.1f}")
             return
     print(f"trl:  {r_trl:.1f} samples/s  mean completion length {len_trl:.1f}")
-    print(f"(prompts={a.prompts} G={a.group} max_new={a.max_new}, CPU fp32, threads={a.threads})")
+    prec = "CPU fp32" if dev == "cpu" else f"{dev} bf16 autocast"
+    print(f"(prompts={a.prompts} G={a.group} max_new={a.max_new}, {prec}, threads={a.threads})")
     print(
         f"RESULT grpo_speedup_vs_trl={r_ours / r_trl:.2f} mean_completion_len={len_ours:.1f}"
         f" trl_mean_completion_len={len_trl:.1f}"

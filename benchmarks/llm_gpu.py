@@ -1,36 +1,48 @@
-"""GPU check of the llm loops at Qwen3-0.6B size (one GPU, ~5 min on an H200).
+"""The prepared GPU check of ``llm/`` at Qwen3-0.6B size: one script, ~6 minutes on one H200.
 
-Weights cannot be downloaded, so the model is the Qwen3-0.6B configuration with random weights
-(real sizes: 28 layers, d=1024, V=151,936, tied embeddings; ~0.6B parameters), run as the loops run
-it: fp32 master weights, bf16 autocast, gradient checkpointing, the chunked-vocabulary losses.
+Weights cannot be downloaded, so it first builds a stand-in Qwen3-0.6B directory: the real
+configuration (28 layers, d = 1024, 16/8 heads, V = 151,936, tied embeddings; 0.596B parameters),
+random weights saved in bf16 like the hub checkpoint, and the tiny preset's character tokenizer (the
+model's vocabulary is wider than the tokenizer, as Qwen3's own is). Runs use ``--dtype auto`` (fp32
+master weights, bf16 autocast). Sections, each printing ``RESULT`` lines (a table of them comes last):
 
-Measured (printed as ``RESULT`` lines):
-  sft[sft], sft[gift@5], each by --loss-impl chunked and fused (``llm.scoring.sft_token_loss``):
-      tokens/s of one optimizer step (forward + backward + AdamW) on batch x seq tokens, and
-      MFU = 6 * N_params * tokens/s (+ attention, 12 * L * d * seq) over the GPU's bf16 dense
-      peak (--peak-tflops, H200: 989).
-  grpo generation: completion tokens/s of ``llm.rollout.generate`` (KV cache, sampling at T=1).
-  grpo train: tokens/s of the GRPO update (llm.grpo.grpo_update: micro-batches, tempered
-      log-probs, loss) on --grpo-seqs x --completion tokens, and its peak memory
-      (default 8 x 1024 completion tokens, checkpointing on).
+  decode    OUR generator, ``llm.rollout.HFGenerator`` (static KV cache, decode step replayed as a
+            CUDA graph; and the same loop eager), at batch 16, 128 and 512: ms per decode step and
+            completion tokens/s (lengths forced); HF ``model.generate`` beside it at 16 and 128.
+  sft       one SFT step (forward + backward + AdamW) on batch x seq tokens: tokens/s, MFU
+            (6 N + 12 L d T FLOPs per token over --peak-tflops) and peak memory, for sft and gift@5,
+            loss_impl chunked / fused, checkpointing on / off, and every throughput option that
+            ``llm.train.prepare_model`` offers (Liger kernels, torch.compile) when present.
+  pipeline  ``llm pipeline`` on the stand-in (``gift@5 curio none``, 8 SFT steps of 16, 3 GRPO steps
+            of 16 x 8 samples, completions up to 512 tokens as by default; random weights rarely
+            emit an EOS, so they run to the limit): wall time, peak GPU memory and disk per stage.
+  grpo      one GRPO step, 16 prompts x 8 samples x 128 forced tokens, no KL, no checkpointing:
+            ours vs TRL's GRPOTrainer (``benchmarks/grpo_vs_trl.py``; skipped without trl).
 
-    python benchmarks/llm_gpu.py             # defaults fit ~8 minutes on one H200
-    python benchmarks/llm_gpu.py --quick     # smaller shapes, a smoke test (~1 min)
+    python benchmarks/llm_gpu.py                       # everything (~6 minutes on an H200)
+    python benchmarks/llm_gpu.py --only decode sft     # some sections
+    python benchmarks/llm_gpu.py --cpu-smoke           # every code path on CPU at toy shapes
 
-Without CUDA it prints a message and exits 0 (nothing is measured on CPU).
+A section that would start after ``--deadline-s`` seconds is skipped and says so. Without CUDA (and
+without ``--cpu-smoke``) it prints a message and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import inspect
+import shutil
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's llm/, not an installed one
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's llm/, not an installed one
 
 QWEN3_06B = dict(
     vocab_size=151_936,
@@ -44,13 +56,19 @@ QWEN3_06B = dict(
     rope_theta=1_000_000.0,
     tie_word_embeddings=True,
 )
+#: --cpu-smoke: the same code paths on a model a CPU runs in seconds
+SMOKE = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16)
+#: rough seconds per section on an H200: --deadline-s skips a section with less time left, and the
+#: sft section skips its remaining variants once it has used its share
+COST = {"decode": 30, "sft": 80, "pipeline": 150, "grpo": 60}
+
+RESULTS: list[str] = []
 
 
-def flops_per_token(model, seq: int) -> float:
-    """Training FLOPs per token: 6 N (dense) + 12 L d T (attention scores and values, fwd + bwd)."""
-    c = model.config
-    n = sum(p.numel() for p in model.parameters())
-    return 6 * n + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq
+def result(line: str) -> None:
+    """Print a ``RESULT`` line now and keep it for the closing table."""
+    RESULTS.append(line)
+    print("RESULT " + line, flush=True)
 
 
 def sync() -> None:
@@ -58,12 +76,13 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def peak_gib() -> float:
+def peak_gib(reset: bool = True) -> float:
     """Peak allocated CUDA memory since the last reset (0 on CPU), then reset."""
     if not torch.cuda.is_available():
         return 0.0
     peak = torch.cuda.max_memory_allocated() / 2**30
-    torch.cuda.reset_peak_memory_stats()
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
     return peak
 
 
@@ -78,144 +97,293 @@ def timed(fn, reps: int) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=8, help="SFT sequences per step")
-    ap.add_argument("--seq", type=int, default=1024, help="SFT tokens per sequence")
-    ap.add_argument("--chunk", type=int, default=4096, help="chunk_size of the chunked losses")
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per measurement")
-    ap.add_argument("--gen-prompts", type=int, default=16, help="prompts of the generation benchmark")
-    ap.add_argument("--num-generations", type=int, default=8, help="samples per prompt")
-    ap.add_argument("--gen-tokens", type=int, default=256, help="completion tokens per sample (forced)")
-    ap.add_argument("--grpo-seqs", type=int, default=8, help="sequences of the GRPO update")
-    ap.add_argument("--completion", type=int, default=1024, help="completion tokens per GRPO sequence")
-    ap.add_argument("--micro-batch-size", type=int, default=4, help="GRPO micro-batch (sequences)")
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H200 SXM: 989)")
-    ap.add_argument("--quick", action="store_true", help="small shapes: a smoke test")
-    ap.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)  # code path check, 2 layers
-    a = ap.parse_args()
-    if a.quick or a.cpu_smoke:
-        a.batch, a.seq, a.reps, a.gen_prompts, a.gen_tokens, a.completion = 2, 256, 1, 4, 32, 256
-    if not torch.cuda.is_available() and not a.cpu_smoke:
-        print("benchmarks/llm_gpu.py: no CUDA GPU (torch.cuda.is_available() is False); nothing measured.")
-        return 0
-    from transformers import AutoModelForCausalLM, Qwen3Config
+def disk_gb(path: Path) -> float:
+    """Bytes on disk under ``path`` (a hard-linked file counted once, as ``du`` does), in GB."""
+    files = {
+        (s.st_dev, s.st_ino): s.st_size for f in Path(path).rglob("*") if f.is_file() for s in [f.stat()]
+    }
+    return sum(files.values()) / 1e9
 
-    from llm.data import collate
-    from llm.grpo import grpo_update, micro_batches, rollout_batch
-    from llm.loading import precision
-    from llm.rollout import Rollout
-    from llm.scoring import sft_token_loss
-    from llm.train import Normaliser, make_optimizer, prepare_model
-    from toybench.objectives import Counts, normalise
 
-    torch.manual_seed(0)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    prec = precision("auto", dev)  # bf16-mixed: fp32 master weights, bf16 autocast
-    shape = QWEN3_06B | (dict(num_hidden_layers=2, vocab_size=4096) if a.cpu_smoke else {})
-    model = AutoModelForCausalLM.from_config(Qwen3Config(**shape), dtype=torch.float32).to(dev)
-    model = prepare_model(model, prec, checkpointing=True)
-    base = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32).to(dev)
-    base.load_state_dict(model.state_dict())
-    base.eval().requires_grad_(False)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"model: Qwen3-0.6B config, random init, {n_params / 1e9:.3f}B parameters, {prec.name}, checkpointing"
+def build_standin(path: Path, smoke: bool) -> Path:
+    """The stand-in Qwen3-0.6B directory: real shapes, random bf16 weights, the tiny tokenizer."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from llm.tiny import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    config = Qwen3Config(
+        **(QWEN3_06B | (SMOKE if smoke else {})),
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
-    V = model.config.vocab_size
-    opt, sched = make_optimizer(model, 1e-5, 100, 0, 1.0)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"stand-in: {path} ({n / 1e9:.3f}B parameters, {disk_gb(path):.2f} GB on disk, bf16)", flush=True)
+    return path
 
-    # ---- SFT steps: sft and gift@5 (gift also runs the frozen base's forward)
+
+def bench_decode(model_dir: Path, a) -> None:
+    """Our generator (graph and eager) and HF ``generate``: ms per decode step, tokens/s."""
+    from llm.loading import load_model, precision
+    from llm.rollout import HFGenerator, Sampling
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model, prec = load_model(str(model_dir), dev), precision("auto", dev)
+    model.eval()
+    V, L, P = model.config.vocab_size, a.gen_tokens, 64
+    s = Sampling(L, min_new_tokens=L, eos_token_ids=(model.config.eos_token_id,), pad_token_id=0)
+    for B in a.gen_batches:
+        prompts = torch.randint(0, V, (B, P)).tolist()
+        engines = [("graph", True), ("eager", False)] if dev == "cuda" else [("eager", False)]
+        for name, graph in engines:
+            if name == "eager" and B > 128:
+                continue  # launch-bound: its time per step does not depend on the batch
+            gen = HFGenerator(model, batch_size=B, graph=graph)
+            with prec.autocast():
+                peak_gib()
+                dt = timed(lambda gen=gen, prompts=prompts: gen.generate(prompts, 1, s), 1)
+            result(
+                f"decode[ours,{name}] batch={B} new_tokens={L} step_ms={1e3 * dt / L:.2f} "
+                f"tokens_per_s={B * L / dt:.0f} peak_gib={peak_gib():.2f}"
+            )
+        if B > 128:
+            continue
+        ids = torch.tensor(prompts, device=dev)
+        kw = dict(max_new_tokens=L, min_new_tokens=L, do_sample=True, top_k=0, top_p=1.0, pad_token_id=0)
+
+        def hf(ids=ids, kw=kw, model=model):
+            with torch.no_grad(), prec.autocast():
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **kw)
+
+        dt = timed(hf, 1)
+        result(
+            f"decode[hf.generate] batch={B} new_tokens={L} step_ms={1e3 * dt / L:.2f} "
+            f"tokens_per_s={B * L / dt:.0f}"
+        )
+    del model
+    _free()
+
+
+def flops_per_token(model, seq: int) -> float:
+    """Training FLOPs per token: 6 N (dense) + 12 L d T (attention scores and values, fwd + bwd)."""
+    c = model.config
+    n = sum(p.numel() for p in model.parameters())
+    return 6 * n + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq
+
+
+def sft_variants(smoke: bool) -> list[tuple[str, str, str, dict]]:
+    """(method, loss_impl, label, prepare_model kwargs): plain ones, then each option the checkout has."""
+    from llm.train import prepare_model
+
+    plain = [
+        ("sft", "chunked", "checkpointing", dict(checkpointing=True)),
+        ("sft", "chunked", "plain", dict(checkpointing=False)),
+        ("sft", "fused", "plain", dict(checkpointing=False)),
+        ("gift@5", "chunked", "plain", dict(checkpointing=False)),
+        ("gift@5", "fused", "plain", dict(checkpointing=False)),
+    ]
+    params = inspect.signature(prepare_model).parameters
+    extra = []
+    for opt in ("liger", "use_liger_kernel", "compile", "torch_compile"):
+        if opt not in params:
+            continue
+        if smoke or ("liger" in opt and importlib.util.find_spec("liger_kernel") is None):
+            print(f"sft: {opt!r} skipped (no liger_kernel, or --cpu-smoke)")
+            continue
+        extra.append(("sft", "chunked", opt, dict(checkpointing=False, **{opt: True})))
+    return plain + extra
+
+
+def bench_sft(model_dir: Path, a) -> None:
+    """One SFT step per variant: tokens/s, MFU, peak memory."""
+    from llm.data import collate
+    from llm.loading import load_model, precision
+    from llm.scoring import sft_token_loss
+    from llm.train import make_optimizer, prepare_model
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    prec = precision("auto", dev)
+    V = 4096 if a.cpu_smoke else 151_936
     seqs = [(torch.randint(0, V, (a.seq,)).tolist(), [0] * 64 + [1] * (a.seq - 64)) for _ in range(a.batch)]
     batch = {k: v.to(dev) for k, v in collate(seqs, 0).items()}
-    norm = Normaliser.of([batch["loss_mask"]])
-    for method, impl in [(m, i) for m in ("sft", "gift@5") for i in ("chunked", "fused")]:
-        aux = [base] if method.startswith("gift") else []
+    n_tok = batch["loss_mask"].sum()  # token_mean: the timing does not depend on the reduction
+    for method, impl, label, kw in sft_variants(a.cpu_smoke):
+        if a.sft_labels and label not in a.sft_labels:
+            continue
+        if time.perf_counter() > a.section_end:
+            result(f"sft[{method},{impl},{label}] skipped: the section's time share is used")
+            continue
+        model = prepare_model(load_model(str(model_dir), dev), prec, **kw)
+        opt, _ = make_optimizer(model, 1e-5, 100, 0, 1.0)
+        aux = (
+            [load_model(str(model_dir), dev).eval().requires_grad_(False)]
+            if method.startswith("gift")
+            else []
+        )
 
-        def sft_step(method=method, impl=impl, aux=aux):
+        def step(model=model, opt=opt, aux=aux, method=method, impl=impl):
             model.train()
             with prec.autocast():
-                per_token = sft_token_loss(model, batch, method, aux, a.chunk, impl)
-                loss = normalise(
-                    per_token, batch["loss_mask"], "token_mean", Counts(norm.seqs, norm.tokens, norm.t_max)
-                )
+                loss = sft_token_loss(model, batch, method, aux, a.chunk, impl).sum() / n_tok
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
         peak_gib()
-        dt = timed(sft_step, a.reps)
+        try:
+            dt = timed(step, a.reps)
+        except Exception as e:  # noqa: BLE001 -- one option failing must not hide the others' numbers
+            traceback.print_exc()
+            result(f"sft[{method},{impl},{label}] failed: {type(e).__name__}: {str(e)[:120]}")
+            continue
         tps = a.batch * a.seq / dt
         mfu = tps * flops_per_token(model, a.seq) / (a.peak_tflops * 1e12)
-        peak = peak_gib()
-        print(
-            f"RESULT sft[{method}] loss_impl={impl} batch={a.batch} seq={a.seq} step_s={dt:.3f} "
-            f"tokens_per_s={tps:.0f} mfu={mfu:.3f} peak_gib={peak:.2f}"
+        result(
+            f"sft[{method},{impl},{label}] tokens={a.batch}x{a.seq} step_s={dt:.3f} "
+            f"tokens_per_s={tps:.0f} mfu={mfu:.3f} peak_gib={peak_gib():.2f}"
         )
+        del model, opt, aux
+        _free()
 
-    # ---- GRPO generation: KV-cached sampling of gen_prompts x num_generations completions
-    prompt = torch.randint(0, V, (a.gen_prompts * a.num_generations, 64), device=dev)
 
-    def gen():
-        model.eval()
-        with torch.no_grad(), prec.autocast():
-            model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=a.gen_tokens,
-                min_new_tokens=a.gen_tokens,
-                do_sample=True,
-                top_k=0,
-                top_p=1.0,
-                use_cache=True,
-                pad_token_id=0,
-            )
-
-    model.config.use_cache = True
-    peak_gib()
-    dt = timed(gen, 1)
-    model.config.use_cache = False
-    n_tok = a.gen_prompts * a.num_generations * a.gen_tokens
-    print(
-        f"RESULT grpo_generation seqs={a.gen_prompts * a.num_generations} completion={a.gen_tokens} "
-        f"s={dt:.2f} tokens_per_s={n_tok / dt:.0f} peak_gib={peak_gib():.2f}"
+def bench_grpo(model_dir: Path, a) -> None:
+    """Ours vs TRL 1.16 on one GRPO step (``benchmarks/grpo_vs_trl.py``)."""
+    spec = importlib.util.spec_from_file_location("grpo_vs_trl", ROOT / "benchmarks" / "grpo_vs_trl.py")
+    gvt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gvt)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    P, G, L = a.grpo_prompts, a.grpo_group, a.grpo_tokens
+    with tempfile.TemporaryDirectory(dir=a.work) as out:
+        r_ours, len_ours = gvt.ours(str(model_dir), P, G, L, out, 1, dev)
+        result(f"grpo[ours] prompts={P} G={G} tokens={L} step_s={P * G / r_ours:.2f} mean_len={len_ours:.0f}")
+        if importlib.util.find_spec("trl") is None:
+            result("grpo[trl] skipped: trl is not importable")
+            return
+        try:
+            r_trl, len_trl = gvt.trl_rate(str(model_dir), P, G, L, out, 1, dev)
+        except Exception as e:  # noqa: BLE001 -- report TRL API drift instead of a traceback
+            result(f"grpo[trl] failed: {type(e).__name__}: {str(e)[:160]}")
+            return
+    result(
+        f"grpo[trl] prompts={P} G={G} tokens={L} step_s={P * G / r_trl:.2f} mean_len={len_trl:.0f} "
+        f"ours_speedup={r_ours / r_trl:.2f}x"
     )
+    _free()
 
-    # ---- GRPO update: grpo_seqs x completion tokens, micro-batched, checkpointing, KL to the base
-    G = 4
-    groups = [
-        [
-            Rollout(
-                tuple(torch.randint(0, V, (64,)).tolist()),
-                tuple(torch.randint(0, V, (a.completion,)).tolist()),
-                "",
-            )
-            for _ in range(G)
-        ]
-        for _ in range(a.grpo_seqs // G)
+
+def bench_pipeline(model_dir: Path, a) -> None:
+    """``llm pipeline`` on the stand-in: time, peak memory and disk of every stage call."""
+    import llm.pipeline
+    from llm.cli import main as llm_main
+
+    stages: list[tuple[str, float, float, str]] = []
+    for name in ("run_sft", "run_grpo", "run_eval"):
+        real = getattr(llm.pipeline, name)
+
+        def wrapped(cfg, *args, _real=real, _name=name, **kw):
+            peak_gib()
+            t0 = time.perf_counter()
+            out = _real(cfg, *args, **kw)
+            sync()
+            stages.append((_name[4:], time.perf_counter() - t0, peak_gib(), cfg.out))
+            return out
+
+        setattr(llm.pipeline, name, wrapped)
+    out = Path(a.work) / "pipeline"
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    args = ["pipeline", "--model", str(model_dir), "--device", dev, "--out", str(out), "--overwrite"]
+    args += [
+        "--methods",
+        *a.methods,
+        "--n-train",
+        "64",
+        "--n-heldout",
+        "16",
+        "--n-samples",
+        "4",
+        "--ks",
+        "1",
+        "4",
     ]
-    rb = rollout_batch(groups, 0, mask_truncated=False)
-    rb["adv"] = torch.randn(len(rb["input_ids"]))
-    mbs = micro_batches(rb, a.micro_batch_size, dev)
-    cfg = SimpleNamespace(
-        temperature=1.0,
-        chunk_size=a.chunk,
-        num_iterations=1,
-        epsilon=0.2,
-        epsilon_high=0.28,
-        kl_coef=0.04,
-        kl_kind="k3",
-        loss_type="dapo",
-        max_completion_length=a.completion,
-        clip=1.0,
-    )
-    peak_gib()
-    dt = timed(lambda: grpo_update(model, mbs, base, cfg, prec, opt, sched, 0, ""), a.reps)
-    n_tok = a.grpo_seqs * (64 + a.completion)
-    print(
-        f"RESULT grpo_train seqs={a.grpo_seqs} completion={a.completion} micro_batch={a.micro_batch_size} "
-        f"step_s={dt:.3f} tokens_per_s={n_tok / dt:.0f} peak_gib={peak_gib():.2f}"
-    )
+    args += ["--max-completion-length", str(a.pipeline_tokens), "--sft.steps", "8", "--sft.batch-size", "16"]
+    args += ["--grpo.steps", "3", "--grpo.prompts-per-step", str(a.grpo_prompts)]
+    args += ["--grpo.num-generations", str(a.grpo_group), "--grpo.pass-k", str(min(4, a.grpo_group))]
+    args += ["--sft.eval-every", "4", "--grpo.eval-every", "2"]
+    t0 = time.perf_counter()
+    rc = llm_main(args)
+    total = time.perf_counter() - t0
+    for stage, dt, peak, where in stages:
+        rel = Path(where).relative_to(out)
+        result(f"pipeline[{rel}] {stage} s={dt:.1f} peak_gib={peak:.1f} disk_gb={disk_gb(Path(where)):.3f}")
+    result(f"pipeline[total] rc={rc} methods={' '.join(a.methods)} s={total:.1f} disk_gb={disk_gb(out):.2f}")
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def _free() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", default=list(COST), choices=list(COST), help="sections to run")
+    ap.add_argument("--deadline-s", type=float, default=480, help="skip sections that would start later")
+    ap.add_argument("--work", default="", help="scratch directory (default: a temporary one)")
+    ap.add_argument("--gen-batches", type=int, nargs="+", default=[16, 128, 512], help="decode batch sizes")
+    ap.add_argument("--gen-tokens", type=int, default=128, help="completion tokens per sample (forced)")
+    ap.add_argument("--batch", type=int, default=8, help="SFT sequences per step")
+    ap.add_argument("--seq", type=int, default=1024, help="SFT tokens per sequence")
+    ap.add_argument("--chunk", type=int, default=4096, help="chunk_size of the SFT losses")
+    ap.add_argument("--reps", type=int, default=3, help="timed SFT steps per variant")
+    ap.add_argument("--sft-labels", nargs="*", default=[], help="only these SFT variants (e.g. liger plain)")
+    ap.add_argument("--grpo-prompts", type=int, default=16, help="GRPO prompts per step")
+    ap.add_argument("--grpo-group", type=int, default=8, help="GRPO samples per prompt")
+    ap.add_argument("--grpo-tokens", type=int, default=128, help="GRPO completion tokens (forced)")
+    ap.add_argument("--pipeline-tokens", type=int, default=512, help="pipeline max completion (real default)")
+    ap.add_argument("--methods", nargs="+", default=["gift@5", "curio", "none"], help="pipeline methods")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H200 SXM: 989)")
+    ap.add_argument("--cpu-smoke", action="store_true", help="every code path on CPU at toy shapes")
+    a = ap.parse_args(argv)
+    if a.cpu_smoke:
+        a.gen_batches, a.gen_tokens, a.batch, a.seq, a.chunk, a.reps = [4], 8, 2, 128, 512, 1
+        a.grpo_prompts, a.grpo_group, a.grpo_tokens, a.methods = 2, 2, 8, ["gift@5", "none"]
+        a.pipeline_tokens = 8
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    if not torch.cuda.is_available() and not a.cpu_smoke:
+        print("benchmarks/llm_gpu.py: no CUDA GPU (torch.cuda.is_available() is False); nothing measured.")
+        return 0
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=a.work or None) as work:
+        a.work = work
+        model_dir = build_standin(Path(work) / "qwen3-0.6b-standin", a.cpu_smoke)
+        for name in a.only:
+            left = a.deadline_s - (time.perf_counter() - t0)
+            if left < COST[name] * (0.05 if a.cpu_smoke else 1):
+                result(f"{name} skipped: {left:.0f} s left of --deadline-s {a.deadline_s:.0f}")
+                continue
+            s0 = time.perf_counter()
+            a.section_end = s0 + COST[name]
+            globals()[f"bench_{name}"](model_dir, a)
+            print(f"[{name}: {time.perf_counter() - s0:.0f} s]", flush=True)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke shapes)"
+    print(f"\nRESULT table: {gpu}, torch {torch.__version__}, {time.perf_counter() - t0:.0f} s in all")
+    for line in RESULTS:
+        print("  " + line)
     return 0
 
 

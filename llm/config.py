@@ -247,8 +247,10 @@ class GRPOKnobs:
     micro_batch_size: int = 8
     """Sequences per forward/backward of the GRPO update (gradients accumulate over the rollout
     batch; the loss is normalised over the whole batch, so the step does not depend on it)."""
-    generation_batch_size: int = 64
-    """Sequences per ``generate`` call (KV-cache memory ~ this x (prompt + completion) length)."""
+    generation_batch_size: int = 0
+    """Sequences per decoding batch (KV-cache memory ~ this x (prompt + completion) length); 0 = a
+    whole step's rollouts in one batch when its cache fits in half the free memory, else the most
+    that do (``llm.rollout.auto_batch_size``)."""
     mask_truncated_completions: bool = False
     """Drop completions that hit ``max_completion_length`` without an EOS from the loss (TRL's name)."""
     top_p: float = 1.0
@@ -360,9 +362,9 @@ RULES: dict[str, Rule] = {
             "tiny_pretrain_steps",
             "save_total_limit",
             "micro_batch_size",
-            "generation_batch_size",
         )
     },
+    "generation_batch_size": at_least(0, "(0 = auto)"),
     **{n: at_least(0) for n in ("warmup", "clip", "weight_decay", "epsilon", "epsilon_high", "kl_coef")},
     **{n: at_least(0) for n in ("n_heldout", "min_new_tokens", "log_completions_every")},
     "stop_after": at_least(-1),

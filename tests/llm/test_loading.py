@@ -36,5 +36,6 @@ def test_cuda_device_without_cuda():
 def test_gpu_bf16_load(tiny_dir):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    m = load_model(str(tiny_dir), "cuda")
-    assert m.dtype == torch.bfloat16
+    m = load_model(str(tiny_dir), "cuda")  # fp32 master weights by default (bf16 autocast runs the forward)
+    assert m.dtype == torch.float32 and m.device.type == "cuda"
+    assert load_model(str(tiny_dir), "cuda", torch.bfloat16).dtype == torch.bfloat16

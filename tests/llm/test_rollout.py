@@ -266,3 +266,91 @@ def test_generate_greedy_end_to_end(tiny):
     b = generate(model, tok, exs, 1, greedy=True, max_completion_length=20, batch_size=1)
     assert a == b  # batching and padding do not change the greedy path
     assert all(r.text == tok.decode(list(r.response_ids), skip_special_tokens=True) for g in a for r in g)
+
+
+# --- the static-KV decoder (CUDA-graph replay on GPU: tests/llm/test_gpu.py) ----------------------
+
+
+def test_static_decoder_samples_like_the_hf_forward(tiny):
+    """Same generator, same draws: the static decoder's logits match the HF forward's so closely
+    that the sampled tokens agree one for one (temperature, top-k and top-p on)."""
+    model, tok, prompts = tiny
+    s = Sampling(
+        20,
+        temperature=1.3,
+        top_k=12,
+        top_p=0.95,
+        eos_token_ids=eos_ids(model, tok),
+        pad_token_id=tok.pad_token_id,
+    )
+
+    def draw(fast):
+        return HFGenerator(model, rng=torch.Generator().manual_seed(4), fast=fast).generate(prompts, 4, s)
+
+    a = draw(True)
+    assert a == draw(False)
+    assert len({c.ids for g in a for c in g}) > 3  # really sampled: the draws differ
+
+
+def _nudge(model, prompt, target, steps=3):
+    """A few AdamW steps pushing ``target`` up after every prefix of ``prompt`` (changes greedy paths)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    ids = torch.tensor([prompt])
+    for _ in range(steps):
+        loss = -model(ids).logits.log_softmax(-1)[..., target].mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cached_decoder_sees_optimizer_steps(tiny_dir, tiny, autocast):
+    """The decoder (KV cache, and on GPU its graph) is kept across calls; its weight buffers (fused,
+    in bf16 under autocast) are refreshed from the parameters at every call, so a step is never missed."""
+    import contextlib
+
+    import llm.rollout as rollout
+
+    _, tok, prompts = tiny
+    model = load_model(str(tiny_dir), "cpu")
+    s = Sampling(12, greedy=True, eos_token_ids=(_never(tok),), pad_token_id=tok.pad_token_id)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+    gen = HFGenerator(model)
+    with ctx():
+        before = gen.generate(prompts, 2, s)
+        dec = rollout._DECODERS[model]
+        assert dec.w[0]["qkv"].dtype == (torch.bfloat16 if autocast else torch.float32)  # bf16 under autocast
+        assert gen.generate(prompts, 2, s) == before and rollout._DECODERS[model] is dec  # reused
+    model.train()
+    _nudge(model, prompts[0], target=tok.convert_tokens_to_ids("7"))
+    model.eval()
+    with ctx():
+        after = gen.generate(prompts, 2, s)
+        assert rollout._DECODERS[model] is dec  # the same cache and buffers ...
+        rollout._DECODERS.clear()
+        fresh = gen.generate(prompts, 2, s)
+    assert after == fresh and after != before  # ... saw the new weights
+
+
+def test_auto_batch_size_takes_the_whole_call_when_it_fits(tiny):
+    from llm.rollout import auto_batch_size
+
+    model, _, prompts = tiny
+    assert auto_batch_size(model, 48, 40) == 48  # a few KB per sequence: everything fits
+    assert auto_batch_size(model, 48, 40, frac=1e-12) == 1  # never below one sequence
+    c = model.config
+    per_seq = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 40 * 4 + 24 * c.vocab_size
+    free = auto_batch_size(model, 10**9, 40) * per_seq / 0.5  # the budget it used, back out
+    assert 10 * per_seq < free  # plausibly the machine's free memory, not a constant
+
+
+def test_large_decoder_is_released_after_the_call(tiny, monkeypatch):
+    import llm.rollout as rollout
+
+    model, tok, prompts = tiny
+    s = Sampling(6, greedy=True, eos_token_ids=eos_ids(model, tok), pad_token_id=tok.pad_token_id)
+    a = HFGenerator(model).generate(prompts, 2, s)
+    assert model in rollout._DECODERS  # a few KB: kept for the next call
+    monkeypatch.setattr(rollout, "KEEP_FRACTION", 0.0)
+    assert HFGenerator(model).generate(prompts, 2, s) == a
+    assert model not in rollout._DECODERS  # over the share: freed after the call
