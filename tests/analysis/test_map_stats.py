@@ -7,7 +7,14 @@ import pytest
 
 from toybench import analysis
 
-CELL = dict(setting="s", wrong_demo_frac=0.2, base_correct_mass=0.1, rl_steps=10)
+CELL = dict(
+    setting="s",
+    rl_algorithm="grpo",
+    num_generations=4,
+    wrong_demo_frac=0.2,
+    base_correct_mass=0.1,
+    rl_steps=10,
+)
 
 
 def frame(rl_means: dict, seeds=range(8), split="test", noise=0.01, sft_means=None, cell=CELL, config_id=0):
@@ -90,20 +97,28 @@ def test_effects_are_paired_by_seed():
 
 
 @pytest.mark.parametrize(
-    "means, expected",
+    "means, noise, expected, vs_none",
     [
-        ({"none": 0.3, "sft": 0.5, "gift": 0.7}, "reproduces"),  # above both
-        ({"none": 0.8, "sft": 0.5, "gift": 0.7}, "does not reproduce"),  # below none
-        ({"none": 0.3, "sft": 0.7, "gift": 0.7}, "inconclusive"),  # equal to sft up to noise
+        ({"none": 0.3, "sft": 0.5, "gift": 0.7}, 0.02, "reproduces", "reproduces"),  # above both
+        # the claim is vs SFT -> RL: below none is reported apart (the secondary comparison)
+        ({"none": 0.8, "sft": 0.5, "gift": 0.7}, 0.02, "reproduces", "refuted"),
+        ({"none": 0.3, "sft": 0.7, "gift": 0.6}, 0.02, "refuted", "reproduces"),  # below sft by > margin
+        ({"none": 0.3, "sft": 0.7, "gift": 0.7}, 0.005, "equivalent", "reproduces"),  # equal, precisely
+        ({"none": 0.3, "sft": 0.7, "gift": 0.7}, 0.05, "inconclusive", "reproduces"),  # equal up to noise
+        # significantly above sft, but by less than the margin (0.02): no effect that matters
+        ({"none": 0.3, "sft": 0.7, "gift": 0.71}, 0.002, "equivalent", "reproduces"),
     ],
 )
-def test_claim_outcome_follows_the_data(means, expected):
-    test = frame(means, noise=0.02)
+def test_claim_outcome_follows_the_data(means, noise, expected, vs_none):
+    test = frame(means, noise=noise)
     effects = analysis.map_effects(test)
-    effects, _, verdicts = analysis.claim_verdicts(effects, pd.DataFrame(columns=["p"]), "pass@4")
-    v = verdicts[verdicts["claim"] == "c"]
+    tests = analysis.claim_tests(effects, pd.DataFrame(), "pass@4")
+    v = analysis.claim_verdicts(tests)
+    v = v[v["claim"] == "c"]
     assert v["outcome"].tolist() == [expected]
-    assert (effects["p_holm"] >= effects["p"] - 1e-12).all()
+    assert v["outcome_vs_none"].tolist() == [vs_none]
+    for c in analysis.map_stats.P_COLS:
+        assert (tests[f"{c}_holm"] >= tests[c] - 1e-12).all()
 
 
 def test_reversal_claim():
@@ -113,12 +128,16 @@ def test_reversal_claim():
     sel = analysis.select_configs(df)
     rev = analysis.map_reversal(df, sel)
     assert rev["best_after_sft"].iloc[0] == "sft" and rev["best_after_rl"].iloc[0] == "gift"
-    _, rev, v = analysis.claim_verdicts(analysis.map_effects(analysis.selected_rows(df, sel)), rev, "pass@4")
+    eff = analysis.map_effects(analysis.selected_rows(df, sel))
+    v = analysis.claim_verdicts(analysis.claim_tests(eff, rev, "pass@4"))
     assert v[v["claim"] == "a"]["outcome"].tolist() == ["reproduces"]
+    # no reversal candidate (validation picks the same family after SFT and after RL): no test, and the
+    # absence of a test is not a refutation
     same = pd.concat([frame(rl_means, split=sp) for sp in ("val", "test")])
     rev2 = analysis.map_reversal(same, analysis.select_configs(same))
-    _, _, v2 = analysis.claim_verdicts(analysis.map_effects(same[same.split == "test"]), rev2, "pass@4")
-    assert v2[v2["claim"] == "a"]["outcome"].tolist() == ["does not reproduce"]
+    eff2 = analysis.map_effects(same[same.split == "test"])
+    v2 = analysis.claim_verdicts(analysis.claim_tests(eff2, rev2, "pass@4"))
+    assert v2[v2["claim"] == "a"]["outcome"].tolist() == ["not testable"]
 
 
 def test_condition_is_computed_not_typed():
