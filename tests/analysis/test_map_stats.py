@@ -173,11 +173,3 @@ def test_family_contrast_is_paired_per_stage():
     assert c.at["rl", "diff"] == pytest.approx(0.1) and c.at["rl", "p"] < 0.05
     assert abs(c.at["sft", "diff"]) < 0.02 and c.at["sft", "n"] == 8
     assert analysis.family_contrast(d, "gift", "pear").empty  # no shared cell
-
-
-def test_grid_edges_counts_low_high_and_interior():
-    sel = pd.DataFrame({"family": ["sft"] * 4 + ["gift"] * 2, "sft_lr": [0.5, 2.0, 8.0, 2.0, 1.0, 4.0]})
-    e = analysis.grid_edges(sel, {"sft": (8.0, 0.5, 2.0), "gift": (1.0, 4.0)}).set_index("family")
-    assert e.loc["sft", ["at_low_edge", "at_high_edge", "interior"]].tolist() == [1, 1, 2]
-    assert e.loc["gift", ["at_low_edge", "at_high_edge", "interior"]].tolist() == [1, 1, 0]
-    assert e.at["sft", "grid"] == "0.5, 2, 8"
