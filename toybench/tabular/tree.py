@@ -15,8 +15,9 @@ from toybench.tabular.envs import (
     TreeGeometry,
     builder_data_config,
     demo_data,
-    eval_generator,
+    hidden_directions,
     mean_mass_shift,
+    shared_prompts,
     shared_scenario,
     shift_to_mass,
     stack_seeds,
@@ -225,17 +226,10 @@ class SharedTree(Scenario):
             raise ValueError(f"V**H = {V**H} leaves is too many for exact enumeration")
         geom = TreeGeometry(V, H)
         N = geom.num_nodes
-        sft_idx, rl_idx = torch.arange(sft_prompts), torch.arange(sft_prompts, num_prompts)
-        eval_idx = torch.arange(num_prompts, num_prompts + eval_prompts) if eval_prompts else None
-        cfg.update(sft_prompts=sft_idx, rl_prompts=rl_idx)
-
-        gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-        ges = [eval_generator(seed) for seed in seeds] if eval_prompts else []
+        eval_idx, gens, ges = shared_prompts(cfg, seeds, num_prompts, sft_prompts, eval_prompts)
         per_seed, per_seed_eval = [], []
         for gen, ge in zip(gens, ges or [None] * len(gens)):
-            u = torch.randn(k, generator=gen)
-            u = u / u.norm() * k**0.5
-            v = torch.randn(k, generator=gen)
+            u, v = hidden_directions(k, gen)
             theta0 = torch.cat(
                 [
                     torch.tensor([exec_margin, answer_margin]),
