@@ -362,23 +362,3 @@ def family_contrast(test: pd.DataFrame, a: str, b: str, metric: str = "J") -> pd
             if {a, b} <= set(g.columns):
                 rows.append(dict(zip(CELL, cell), stage=stage, **paired_test(g[a], g[b])))
     return pd.DataFrame(rows)
-
-
-def grid_edges(selected: pd.DataFrame, grids: dict[str, tuple[float, ...]]) -> pd.DataFrame:
-    """Per family: how many selected configurations sit at the low / high end of the family's learning-
-    rate grid (``grids``: family -> its grid; a grid of fewer than 3 values has no interior)."""
-    rows = []
-    for fam, g in selected.groupby("family", sort=False):
-        grid = sorted(grids[fam])
-        lr = g["sft_lr"].to_numpy(float)
-        rows.append(
-            dict(
-                family=fam,
-                grid=", ".join(f"{x:g}" for x in grid),
-                selections=len(g),
-                at_low_edge=int(np.isclose(lr, grid[0]).sum()),
-                at_high_edge=int(np.isclose(lr, grid[-1]).sum()),
-                interior=int((~np.isclose(lr, grid[0]) & ~np.isclose(lr, grid[-1])).sum()),
-            )
-        )
-    return pd.DataFrame(rows)
