@@ -5,8 +5,11 @@
 
 The vectorised pipeline runs all seeds in one batch (one autograd call per step); the baseline
 runs the SAME code once per seed in a Python loop, at the same settings. The report's map batches
-learning-rate configurations x cells x seeds into one run (default 6 lrs x 6 cells x 15 seeds = 540,
-each seed with its own step size, recording only the steps the report reads), hence ``--seeds 540``.
+configurations x cells x seeds into one run (default 6 configurations x 6 cells x 20 seed rows = 720:
+5 validation, 10 test and 5 stability copies; each row with its own SFT and RL step sizes, recording
+only the steps the report reads), hence ``--seeds 720``. Its RL stage is sampled GRPO by default
+(``--rl-algorithm``, ``--num-generations``): every seed draws from its own rollout stream, so the
+loop's single-seed runs sample exactly what the batch samples.
 The loop's time is measured on ``--loop-sample`` of those seeds and scaled to all of them (every
 single-seed run does the same work). Both sides are timed ``--repeats`` times, interleaved, and the
 best time of each gives the speed-up (every repeat's ratio is printed too).
@@ -39,8 +42,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sweeps and the --quick report")
     ap.add_argument(
-        "--seeds", type=int, default=540, help="batch for the speed-up (the map's 6 lrs x 6 cells x 15 seeds)"
+        "--seeds", type=int, default=720, help="batch for the speed-up (the map's 6 configs x 6 cells x 20)"
     )
+    ap.add_argument("--rl-algorithm", choices=("grpo", "exact_pg"), default="grpo", help="the RL stage")
+    ap.add_argument("--num-generations", type=int, default=16, help="GRPO's group size G")
     ap.add_argument("--no-report", action="store_true", help="skip the timed `toybench report` run")
     ap.add_argument(
         "--threads",
@@ -53,14 +58,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reuse_freed_memory()  # as the `toybench` entry point does; for the loop and the vectorised run alike
+    rl = dict(rl_algorithm=args.rl_algorithm, num_generations=args.num_generations, num_iterations=1)
     cfg = (
-        PipelineConfig(sft_steps=10, rl_steps=10, rl_lr=2.0)
+        PipelineConfig(sft_steps=10, rl_steps=10, rl_lr=2.0, **rl)
         if args.quick
-        else PipelineConfig(sft_steps=40, rl_steps=60, rl_lr=2.0)
+        else PipelineConfig(sft_steps=40, rl_steps=80, rl_lr=2.0, **rl)
     )
     method = "gift@2"
 
-    print(f"# wall time of one method ({method}), SFT {cfg.sft_steps} + RL {cfg.rl_steps} steps, exact PG")
+    print(
+        f"# wall time of one method ({method}), SFT {cfg.sft_steps} + RL {cfg.rl_steps} steps, "
+        f"{args.rl_algorithm}"
+    )
     print("\n| seeds | tree V=5 H=4 (s) | bandit V=32 (s) |\n|---|---|---|")
     for S in (5, 10, 20) if not args.quick else (2, 4):
         t_tree = timed(lambda S=S: run_method(ReasoningTree(range(S), V=5, H=4), method, cfg))
@@ -73,15 +82,17 @@ def main() -> None:
         print(f"| {V} | {H} | {V**H} | {t:.2f} |")
 
     S, n = args.seeds, min(args.loop_sample, args.seeds)
-    lrs = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0, 16.0]).repeat_interleave(-(-S // 6))[:S]
+    sft_lrs = torch.tensor([0.5, 2.0]).repeat_interleave(-(-S // 2))[:S]  # the map's SFT x RL grid
+    rl_lrs = torch.tensor([2.0, 8.0, 32.0]).repeat(-(-S // 3))[:S]
     keep = {"sft": {cfg.sft_steps}, "rl": {cfg.rl_steps // 4, cfg.rl_steps}}  # as the map records
 
     escape = ReportConfig.reward_threshold  # the map also records the escape times
 
-    def run(make, seeds, lr):
+    def run(make, seeds, idx):
         return run_method(
-            make(seeds), method, cfg, escape_threshold=escape, sft_lrs=lr, rl_lrs=lr, record_steps=keep
-        )
+            make(seeds), method, cfg, escape_threshold=escape, sft_lrs=sft_lrs[idx], rl_lrs=rl_lrs[idx],
+            record_steps=keep, rollout_seeds=torch.tensor(seeds),
+        )  # fmt: skip
 
     def tree(s):
         return ReasoningTree(s, V=5, H=4)
@@ -89,15 +100,18 @@ def main() -> None:
     def bandit(s):
         return MultiAnswerBandit(s, V=32)
 
-    print(f"\n# vectorised vs per-seed loop, {S} seeds (each its own lr), tree V=5 H=4 and bandit V=32")
+    print(
+        f"\n# vectorised vs per-seed loop, {S} seeds (each its own step sizes), tree V=5 H=4 and bandit V=32"
+    )
     sample = range(0, S, max(1, S // n))[:n]  # spread over the lr grid
     vec, loop = [], []
     for _ in range(args.repeats):  # interleaved, so that a slow spell of the machine hits both
         vec.append(
-            timed(lambda: run(tree, list(range(S)), lrs)) + timed(lambda: run(bandit, list(range(S)), lrs))
+            timed(lambda: run(tree, list(range(S)), slice(0, S)))
+            + timed(lambda: run(bandit, list(range(S)), slice(0, S)))
         )
-        t = sum(timed(lambda s=s: run(tree, [s], lrs[s : s + 1])) for s in sample)
-        t += sum(timed(lambda s=s: run(bandit, [s], lrs[s : s + 1])) for s in sample)
+        t = sum(timed(lambda s=s: run(tree, [s], slice(s, s + 1))) for s in sample)
+        t += sum(timed(lambda s=s: run(bandit, [s], slice(s, s + 1))) for s in sample)
         loop.append(t * S / len(sample))
     for i, (v, lp) in enumerate(zip(vec, loop)):
         print(f"repeat {i + 1}: vectorised {v:.2f} s, per-seed loop {lp:.2f} s, ratio {lp / v:.1f}x")

@@ -238,25 +238,26 @@ def _cuda_sft(tiny_dir, tmp_path, name: str, **kw):
     return model, run_sft(SFTConfig(**(cfg | kw)), model=model, tok=load_tokenizer(str(tiny_dir)))
 
 
+def _assert_same_step(tiny_dir, tmp_path, ref_name: str, name: str, **kw):
+    """One CUDA SFT step with the options ``kw`` matches the plain step: loss, grad norm, parameters."""
+    ref, rec = _cuda_sft(tiny_dir, tmp_path, ref_name)
+    m, r = _cuda_sft(tiny_dir, tmp_path, name, **kw)
+    assert r["sft/loss"] == pytest.approx(rec["sft/loss"], rel=1e-4)
+    assert r["sft/grad_norm"] == pytest.approx(rec["sft/grad_norm"], rel=1e-3)
+    torch.testing.assert_close(_params(m), _params(ref), rtol=0, atol=1e-4)
+
+
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_liger_step_equals_plain(tiny_dir, tmp_path):
     pytest.importorskip("liger_kernel")
-    ref, rec = _cuda_sft(tiny_dir, tmp_path, "plain")
-    m, r = _cuda_sft(tiny_dir, tmp_path, "liger", use_liger_kernel=True)
-    assert r["sft/loss"] == pytest.approx(rec["sft/loss"], rel=1e-4)
-    assert r["sft/grad_norm"] == pytest.approx(rec["sft/grad_norm"], rel=1e-3)
-    torch.testing.assert_close(_params(m), _params(ref), rtol=0, atol=1e-4)
+    _assert_same_step(tiny_dir, tmp_path, "plain", "liger", use_liger_kernel=True)
 
 
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_compiled_layers_step_equals_eager(tiny_dir, tmp_path):
-    ref, rec = _cuda_sft(tiny_dir, tmp_path, "eager")
-    m, r = _cuda_sft(tiny_dir, tmp_path, "compiled", torch_compile=True)
-    assert r["sft/loss"] == pytest.approx(rec["sft/loss"], rel=1e-4)
-    assert r["sft/grad_norm"] == pytest.approx(rec["sft/grad_norm"], rel=1e-3)
-    torch.testing.assert_close(_params(m), _params(ref), rtol=0, atol=1e-4)
+    _assert_same_step(tiny_dir, tmp_path, "eager", "compiled", torch_compile=True)
 
 
 @pytest.mark.gpu

@@ -200,9 +200,11 @@ def test_tiny_psft_with_a_snapshot_per_step_is_sft(tiny):
 # ----------------------------------------------------------------------------- the report
 def test_report_runs_the_baselines_as_families_with_the_same_k():
     from toybench.report import ReportConfig, resolve, run_map
-    from toybench.report.config import BASELINE_FAMILIES, DEFAULT_FAMILIES
+    from toybench.report.config import BASELINE_FAMILIES, DEFAULT_METHODS
 
-    assert ReportConfig().methods == DEFAULT_FAMILIES  # not in the default run
+    assert (
+        not set(BASELINE_FAMILIES) & set(ReportConfig().methods) and ReportConfig().methods == DEFAULT_METHODS
+    )
     cfg = resolve(
         ReportConfig(
             skip_theorems=True,
@@ -210,6 +212,8 @@ def test_report_runs_the_baselines_as_families_with_the_same_k():
             val_seeds=1,
             lr_grid=(0.5, 2.0),
             knob_lrs=(1.0,),
+            rl_lrs=(2.0,),
+            rl_algorithms=("exact_pg",),
             settings=("tree",),
             methods=("none", "sft", *BASELINE_FAMILIES),
             wrong_demo_fracs=(0.0,),
@@ -223,7 +227,7 @@ def test_report_runs_the_baselines_as_families_with_the_same_k():
     )
     df, _ = run_map(cfg)
     k = df.groupby("family")["config_id"].nunique()
-    assert set(k.index) == {"none", "sft", *BASELINE_FAMILIES} and (k == 2).all()
+    assert set(k.index) == {"none", "sft", *BASELINE_FAMILIES} and (k.drop("none") == 2).all()
     want = {"asft", "asft@1", "sft_kl", "sft_kl@1", "prob@0.5", "prob@2", "psft@0.1", "psft", "prift@prob"}
     assert want | {"prift@mass", "chord_phi"} <= set(df["method"])
     assert set(df[df.family == "chord_phi"]["sft_lr"]) == {0.5, 2.0}  # no knob: the K learning rates

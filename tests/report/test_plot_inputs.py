@@ -30,6 +30,8 @@ def finished(tmp_path_factory):
         base_correct_masses=(0.2,),
         rl_budgets=(2,),
         pipeline=PipelineConfig(sft_steps=2),
+        sft_early_steps=1,
+        num_generations=(4,),
         bandit_prompts=3,
         bandit_V=6,
     )
@@ -41,6 +43,10 @@ def _rewrite_line(path, lineno, fn):
     lines = path.read_text().splitlines(keepends=True)
     lines[lineno - 1] = fn(lines[lineno - 1])
     path.write_text("".join(lines))
+
+
+def _column(path, name: str) -> int:
+    return path.read_text().splitlines()[0].split(",").index(name)
 
 
 def _set_field(line: str, i: int, value: str) -> str:
@@ -60,7 +66,7 @@ CORRUPT = {  # name -> (file, how it is corrupted, what the line says)
     ),
     "results_word": (
         "results.csv",
-        lambda p: _rewrite_line(p, 3, lambda s: _set_field(s, 2, "lots")),  # base_correct_mass
+        lambda p: _rewrite_line(p, 3, lambda s: _set_field(s, _column(p, "base_correct_mass"), "lots")),
         "line 3: column 'base_correct_mass' must hold numbers, got 'lots'",
     ),
     "config_not_json": ("config.json", lambda p: p.write_text('{"seeds": 2,'), "invalid JSON"),

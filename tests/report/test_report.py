@@ -4,14 +4,16 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
-from toybench.report import ReportConfig, replot, resolve, run_report
+from toybench.report import FAMILIES, ReportConfig, replot, resolve, run_report
 from toybench.tabular.pipeline import PipelineConfig
 
 # the smallest map: two test seeds, K = 2 configurations, a 3-token tree of horizon 3
 TINY = dict(
-    skip_theorems=True, seeds=2, lr_grid=(0.5, 2.0), knob_lrs=(1.0,), tree_prompts=3, tree_V=3, tree_H=3
-)
+    skip_theorems=True, seeds=2, lr_grid=(0.5, 2.0), knob_lrs=(1.0,), rl_lrs=(1.0, 4.0), num_generations=(4,),
+    sft_early_steps=1, tree_prompts=3, tree_V=3, tree_H=3,
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -21,7 +23,13 @@ TINY = dict(
         (dict(rl_budgets=(-5, 10)), "rl_budgets"),
         (dict(methods=("none", "sft", "magic")), "methods"),
         (dict(methods=("sft", "gift")), "methods"),
-        (dict(knob_lrs=(1.0,)), "knob_lrs"),
+        (dict(knob_lrs=(1.0, 2.0)), "knob_lrs"),  # 2 knob values x 2 lrs != K = 2
+        (dict(rl_lrs=(0.0, 1.0)), "rl_lrs"),
+        (dict(rl_algorithms=("grpo", "ppo")), "rl_algorithms"),
+        (dict(num_generations=(1, 4)), "num_generations"),
+        (dict(sft_early_steps=40), "sft_early_steps"),
+        (dict(pear_clips=("paper", "loose")), "pear_clips"),
+        (dict(min_effect=-0.1), "min_effect"),
         (dict(wrong_demo_fracs=(0.0, 1.5)), "wrong_demo_fracs"),
         (dict(gift_betas=(-1.0, 2.0)), "gift_betas"),  # names the flag typed (was: "methods")
         (dict(pipeline=PipelineConfig(pass_k=(1, 128)), eval_samples=64), "pass_k"),
@@ -58,12 +66,13 @@ def test_tiny_report_end_to_end(tmp_path):
         pipeline=PipelineConfig(sft_steps=3),
         bandit_prompts=4,
         bandit_V=8,
+        methods=FAMILIES,  # every family, gift_seq and dft included
         **TINY,
     )
     path = run_report(cfg)
     assert path == tmp_path / "report.md"
     text = path.read_text()
-    assert "## Map: `bandit`" in text and "selected: " in text and "Holm family" in text
+    assert "## Map: `bandit`" in text and "selected: " in text and "Holm families" in text
     for section in (
         "Base competence",
         "CANNOT measure generalisation",
@@ -77,21 +86,38 @@ def test_tiny_report_end_to_end(tmp_path):
     df = pd.read_csv(tmp_path / "results.csv")
     for col in ("wrong_demo_frac", "base_correct_mass", "rl_steps", "split", "method", "config_id", "family"):
         assert col in df.columns
-    assert set(df["split"]) == {"val", "test"} and set(df["rl_steps"]) == {2, 4}
+    assert set(df["split"]) == {"val", "test", "val_perturbed"} and set(df["rl_steps"]) == {2, 4}
     assert set(df[df.setting == "bandit"]["base_correct_mass"]) == {0.01, 0.2}
     assert set(df["wrong_demo_frac"]) == {0.0, 0.3}
-    # every family gets K = 2 configurations; methods are full specs
+    # every SFT family gets K = 2 SFT configurations x the 2 RL step sizes (none: the RL grid alone)
     k = df.groupby(["setting", "family"])["config_id"].nunique()
-    assert (k == 2).all() and "pear" in set(df[df.setting == "tree_offpolicy"]["family"])
+    assert (k.drop("none", level="family") == 4).all() and (k.xs("none", level="family") == 2).all()
+    assert "pear" in set(df[df.setting == "tree_offpolicy"]["family"])
     assert {"curio", "curio@0.5"} <= set(df["method"]) and "gift@2" in set(df["method"])
+    # SFT strength apart from the RL step size: every family shares the RL grid
+    assert df.groupby("family")["rl_lr"].agg(set).map(lambda x: x == {1.0, 4.0}).all()
+    assert df[df.family == "none"]["sft_lr"].isna().all() and set(df[df.family == "sft"]["sft_lr"]) == {
+        0.5,
+        2.0,
+    }
+    # sampled RL and exact PG side by side; early-stopped SFT runs fewer SFT steps
+    assert set(zip(df["rl_algorithm"], df["num_generations"])) == {("grpo", 4), ("exact_pg", 0)}
+    assert set(df[df.family == "sft_early"]["sft_steps"]) == {1} and set(
+        df[df.family == "sft"]["sft_steps"]
+    ) == {3}
+    sel = pd.read_csv(tmp_path / "selections.csv")
+    assert {"setting", "family", "config_id", "sft_lr", "rl_lr", "at_edge"} <= set(sel.columns)
+    assert len(sel) == len(df[["setting", "rl_algorithm", "num_generations", "wrong_demo_frac",
+                               "base_correct_mass", "rl_steps", "family"]].drop_duplicates())  # fmt: skip
     # validation and test seeds are disjoint
     assert not set(df[df.split == "val"]["seed"]) & set(df[df.split == "test"]["seed"])
+    assert set(df[df.split == "val_perturbed"]["seed"]) == set(df[df.split == "val"]["seed"])
     conf = json.loads((tmp_path / "config.json").read_text())
     assert conf["seeds"] == 2 and "timing" in conf
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert {"map_bandit.png", "map_tree_offpolicy.png"} <= set(pngs)
+    assert {"phase_bandit.png", "phase_tree_offpolicy.png"} <= set(pngs)
     headline = (tmp_path / "headline.md").read_text()
-    assert "| setting | teacher_error |" in headline and headline in text
+    assert "| setting | measures | rl |" in headline and headline in text
     # replot rebuilds figures and report.md from the saved records alone
     for p in tmp_path.glob("*.png"):
         p.unlink()
@@ -128,8 +154,13 @@ def test_shared_settings_report_held_out_prompts_and_the_trees_run_gift_seq():
     assert (shared["J"] - shared["train_J"]).abs().max() > 1e-3 and tree["train_J"].isna().all()
     assert {"gift_seq@2", "gift_seq@8"} <= set(df["method"]) and "eval_J" not in df
     assert set(df["base_correct_mass"]) == {0.01, 0.2}
-    # a configuration's learning rate is the step size of both stages, none included
-    assert (df["sft_lr"] == df["rl_lr"]).all() and set(df[df.family == "none"]["rl_lr"]) == {0.5, 2.0}
+    # SFT learning rate and RL step size are separate knobs; none tunes the shared RL grid alone
+    assert (
+        set(df[df.family == "none"]["rl_lr"]) == {1.0, 4.0} and df[df.family == "none"]["sft_lr"].isna().all()
+    )
+    assert set(zip(df[df.family == "sft"]["sft_lr"], df[df.family == "sft"]["rl_lr"])) == {
+        (a, b) for a in (0.5, 2.0) for b in (1.0, 4.0)
+    }
 
 
 def test_a_diverged_configuration_gets_nan_rows_and_is_never_selected():
@@ -147,7 +178,10 @@ def test_a_diverged_configuration_gets_nan_rows_and_is_never_selected():
     )
     sc = make_scenario(cfg, "bandit_shared", [0, 1, 2], 0.0, 0.005)
     # entropy-SFT at step size 100 on the log-linear bandit overflows (measured), at 1 it does not
-    df, esc = _run_configs(sc, "entropy_sft@0.1", cfg.pipeline, [(0, 1.0, 1.0), (1, 100.0, 100.0)], cfg)
+    ones = torch.ones(3)
+    df, esc = _run_configs(
+        sc, "entropy_sft@0.1", cfg.pipeline, [(0, 1.0, 1.0), (1, 100.0, 100.0)], cfg, torch.arange(3), ones
+    )
     bad = df[df.seed >= 3]
     assert bad["diverged"].all() and bad["J"].isna().all() and not df[df.seed < 3]["diverged"].any()
     assert esc[esc.seed >= 3]["initial"].isna().all() and len(esc) == 2 * len(esc[esc.seed < 3])
@@ -158,6 +192,8 @@ def test_a_diverged_configuration_gets_nan_rows_and_is_never_selected():
         rl_steps=2,
         family="entropy_sft",
         split="val",
+        rl_algorithm="exact_pg",
+        num_generations=0,
     )
     rows["config_id"] = (rows["seed"] >= 3).astype(int)
     rows.loc[rows.config_id == 1, "J"] = rows.loc[rows.config_id == 1, "J"].fillna(2.0).where(rows.seed != 4)

@@ -1,7 +1,7 @@
 """The tabular GRPO update against an independent hand computation (numpy, theory.mdp's tree indexing).
 
 One call of ``pipeline._grpo_update`` on a tiny scenario is recomputed from scratch: the same sampled
-leaves (recorded from ``torch.multinomial``), group advantages (r - mean) / (std + eps), per-token
+leaves (recorded from the rollout streams), group advantages (r - mean) / (std + eps), per-token
 ratios against the log-probs of the FIRST pass (fixed across all ``num_iterations`` passes), the
 asymmetric clip, the k3 penalty to the RL start, the seed-batch normaliser of each ``loss_type`` (a
 seed's batch is its P_rl * G sequences; per-prompt parameters get P_rl times it, i.e. each prompt's own
@@ -18,6 +18,7 @@ from theory import mdp
 from toybench.tabular import ReasoningTree, SharedBandit
 from toybench.tabular.pipeline import PipelineConfig, _grpo_update, run_method
 from toybench.tabular.policies import make_policy
+from toybench.tabular.rollouts import RolloutStreams
 
 F64 = torch.float64
 
@@ -82,17 +83,21 @@ def _hand_grpo(z_of, jac, params0, ref_z, reward, leaves, cfg, tabular, V, H):
     return params, trace
 
 
-def _record_multinomial(monkeypatch):
+def _record_samples(monkeypatch):
     seen = []
-    real = torch.multinomial
+    real = RolloutStreams.sample_leaves
 
-    def recording(*args, **kw):
-        out = real(*args, **kw)
+    def recording(self, *args, **kw):
+        out = real(self, *args, **kw)
         seen.append(out.clone())
         return out
 
-    monkeypatch.setattr(torch, "multinomial", recording)
+    monkeypatch.setattr(RolloutStreams, "sample_leaves", recording)
     return seen
+
+
+def _streams(seed, sc):
+    return RolloutStreams(seed, torch.arange(sc.num_seeds))
 
 
 def _tree(seeds=(0, 1)):
@@ -116,8 +121,8 @@ def _shared():
 def _run_both(monkeypatch, sc, cfg, start, ref):
     """The pipeline's update and the hand one from ``start`` (params) with RL start ``ref`` (params)."""
     pol = make_policy(sc)
-    seen = _record_multinomial(monkeypatch)
-    gen = torch.Generator().manual_seed(cfg.grpo_seed)
+    seen = _record_samples(monkeypatch)
+    gen = _streams(cfg.grpo_seed, sc)
     got = _grpo_update(sc, pol, start.clone(), ref.clone(), cfg, gen).numpy()
     (leaves,) = seen
     rl = sc.rl_prompts.numpy()
@@ -179,14 +184,15 @@ def test_grpo_clip_is_asymmetric_and_binds(monkeypatch):
     [1 - eps_high, 1 - eps_low) with A < 0, where swapping the two ranges changes the clip."""
     sc = _tree()
     start = make_policy(sc).init()
-    got, want, trace = _run_both(monkeypatch, sc, CLIP, start, start)
+    clip = PipelineConfig(**{**CLIP.__dict__, "grpo_seed": 3})  # a draw with a ratio in the upper band
+    got, want, trace = _run_both(monkeypatch, sc, clip, start, start)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
     band = [
         ((r > 1.2) & (r <= 1.28) & (A > 0)) | ((r < 0.8) & (r >= 0.72) & (A < 0)) for r, A, _ in trace[1:]
     ]
     assert any(b.any() for b in band), "no ratio in the asymmetric band: the test cannot see a swap"
     # and a symmetric clip gives a different update (the band above is what differs)
-    sym = PipelineConfig(**{**CLIP.__dict__, "epsilon_high": 0.2})
+    sym = PipelineConfig(**{**clip.__dict__, "epsilon_high": 0.2})
     got_sym, want_sym, _ = _run_both(monkeypatch, sc, sym, start, start)
     np.testing.assert_allclose(got_sym, want_sym, rtol=1e-10, atol=1e-10)
     assert np.abs(got_sym - got).max() > 1e-6
@@ -238,8 +244,8 @@ def test_tabular_prompt_update_is_independent_of_the_other_prompts(monkeypatch):
     (P = 1, the same samples) gives the pipeline's prompt-0 update (the P_rl factor undoes the mean)."""
     sc = _tree(seeds=(0,))
     start = make_policy(sc).init()
-    seen = _record_multinomial(monkeypatch)
-    gen = torch.Generator().manual_seed(CLIP.grpo_seed)
+    seen = _record_samples(monkeypatch)
+    gen = _streams(CLIP.grpo_seed, sc)
     got = _grpo_update(sc, make_policy(sc), start.clone(), start.clone(), CLIP, gen).numpy()
     leaves = seen[0].reshape(1, 2, CLIP.num_generations).numpy()[:, :1]
     alone = start.numpy()[:, :1]
@@ -257,14 +263,12 @@ def test_grpo_per_seed_step_sizes_equal_separate_runs():
     sc = _tree()
     start = make_policy(sc).init()
     got = _grpo_update(
-        sc, make_policy(sc), start.clone(), start.clone(), CLIP, torch.Generator().manual_seed(0),
+        sc, make_policy(sc), start.clone(), start.clone(), CLIP, _streams(0, sc),
         torch.tensor([6.0, 2.0]),
     )  # fmt: skip
     for s, lr in enumerate((6.0, 2.0)):
         cfg = PipelineConfig(**{**CLIP.__dict__, "rl_lr": lr})
-        one = _grpo_update(
-            sc, make_policy(sc), start.clone(), start.clone(), cfg, torch.Generator().manual_seed(0)
-        )
+        one = _grpo_update(sc, make_policy(sc), start.clone(), start.clone(), cfg, _streams(0, sc))
         torch.testing.assert_close(got[s], one[s], rtol=1e-12, atol=1e-12)
     assert (got[1] - got[0]).abs().max() > 1e-3
     # through run_method: rl_lrs reaches the GRPO update

@@ -8,8 +8,8 @@ computed from these numbers; nothing is hard-coded.
 
 Modules, one idea each: ``stats`` (intervals, paired tests, Holm, outcomes, Markdown tables),
 ``comparisons`` ((d) PEAR levels vs SFT on off-policy data, (e) RL steps to a threshold vs the initial
-mass on correct answers, theorem T5) and ``map_stats`` (the map: validation selection, effects, Holm,
-verdicts per cell and their conditions).
+mass on correct answers, theorem T5) and ``map_stats`` (the map: validation selection, effects against a
+minimum effect, one Holm family per claim, five outcomes per cell and their conditions).
 """
 
 from toybench.analysis.comparisons import (
@@ -21,21 +21,30 @@ from toybench.analysis.comparisons import (
 )
 from toybench.analysis.map_stats import (
     CELL,
+    MAP,
     MAP_CLAIMS,
-    OUTCOMES,
+    MIN_EFFECT,
+    PRIMARY_REF,
+    SECONDARY_REFS,
     MapAnalysis,
     analyse_map,
     best_per_cell,
+    claim_tests,
     claim_verdicts,
     condition,
+    config_scores,
     family_contrast,
-    grid_edges,
+    holm_family,
     map_effects,
     map_reversal,
+    pear_settings,
+    reversal_picks,
+    reversal_tests,
     select_configs,
     selected_rows,
 )
 from toybench.analysis.stats import (
+    OUTCOMES,
     ci95,
     fmt_ci,
     holm,
@@ -45,6 +54,7 @@ from toybench.analysis.stats import (
     paired_test,
     stage_end,
     summary,
+    tost,
 )
 
 __all__ = [
@@ -60,6 +70,7 @@ __all__ = [
     "markdown_table",
     "ESCAPE_BINS",
     "CELL",
+    "MAP",
     "MAP_CLAIMS",
     "OUTCOMES",
     "MapAnalysis",
@@ -68,7 +79,6 @@ __all__ = [
     "claim_verdicts",
     "condition",
     "family_contrast",
-    "grid_edges",
     "map_effects",
     "map_reversal",
     "select_configs",
@@ -76,4 +86,14 @@ __all__ = [
     "holm",
     "outcome",
     "paired_test",
+    "tost",
+    "MIN_EFFECT",
+    "PRIMARY_REF",
+    "SECONDARY_REFS",
+    "claim_tests",
+    "config_scores",
+    "holm_family",
+    "pear_settings",
+    "reversal_picks",
+    "reversal_tests",
 ]

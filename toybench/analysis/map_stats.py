@@ -1,5 +1,7 @@
-"""Statistics of the map: validation selection, effects vs ``sft`` and ``none`` paired by
-seed, Holm over the whole family, per-cell claim verdicts, their conditions, the best family per cell."""
+"""Statistics of the map: validation selection, effects vs ``sft`` (primary) and ``none`` /
+``sft_early`` (secondary) paired by seed against a minimum effect, one Holm family per claim and
+reference, five outcomes per cell (reproduces, refuted, equivalent, not testable, inconclusive), their
+conditions, the best family per cell. Validation rows fix every choice before any test row is read."""
 
 from __future__ import annotations
 
@@ -8,13 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from toybench.analysis.stats import fmt_ci, holm, outcome, paired_test
+from toybench.analysis.stats import OUTCOMES, fmt_ci, holm, outcome, paired_test
 
-# A map frame has one row per setting x cell x RL budget x method family x configuration x seed x stage,
+# A map frame has one row per setting x RL stage (algorithm, G) x cell x RL budget x method family x
+# configuration x seed x stage,
 # with columns CELL, ``family``, ``config_id``, ``method`` (full spec), ``split`` ('val' | 'test'),
 # ``seed``, ``stage`` ('sft': end of SFT | 'rl': end of the RL budget) and the metrics.
-CELL = ["setting", "wrong_demo_frac", "base_correct_mass", "rl_steps"]
-OUTCOMES = ("reproduces", "does not reproduce", "inconclusive")
+CELL = ["setting", "rl_algorithm", "num_generations", "wrong_demo_frac", "base_correct_mass", "rl_steps"]
+#: one map: a setting under one RL stage (its claims' conditions are computed over the map's cells)
+MAP = ["setting", "rl_algorithm", "num_generations"]
 
 
 #: validation means within this of a family's best count as tied (the lowest config_id wins), so that
@@ -22,26 +26,56 @@ OUTCOMES = ("reproduces", "does not reproduce", "inconclusive")
 SELECTION_TIE = 1e-4
 
 
-def select_configs(df: pd.DataFrame, metric: str = "J") -> pd.DataFrame:
-    """Per cell and method family, the configuration with the best mean post-RL ``metric`` on the
-    VALIDATION seeds (test rows are dropped before anything is computed). Means within
-    ``SELECTION_TIE`` of the best are tied and the lowest ``config_id`` among them wins; a
-    configuration with any non-finite validation value, a diverged run, scores -inf.
+def config_scores(df: pd.DataFrame, metric: str = "J", stability_tol: float | None = None) -> pd.DataFrame:
+    """Every configuration's validation score: mean post-RL ``metric`` over the VALIDATION seeds (no
+    other row is read), ``shift`` = |score on the stability copies (``split`` 'val_perturbed': the same
+    seeds with step sizes x (1 + 1e-6)) - score| (NaN without copies) and ``stable`` (shift <=
+    ``stability_tol``; None: every configuration is stable). A configuration with any non-finite validation
+    value (a diverged run) or an unstable one scores -inf.
 
-    Returns one row per cell x family: CELL, family, config_id, method, sft_lr, rl_lr, val_score.
+    One row per cell x family x configuration: CELL, family, config_id, method, sft_lr, rl_lr, val_score,
+    shift, stable, diverged.
     """
-    val = df[(df["split"] == "val") & (df["stage"] == "rl")]
     keys = [*CELL, "family", "config_id"]
+    rl = df[df["stage"] == "rl"]
+    val = rl[rl["split"] == "val"]
     extra = [c for c in ("method", "sft_lr", "rl_lr") if c in val.columns]
     score = val.groupby(keys, sort=False).agg(val_score=(metric, "mean"), **{c: (c, "first") for c in extra})
-    # a configuration with a non-finite validation run (diverged) is never selected over a finite one
-    bad = val[metric].isna().groupby([val[k] for k in keys], sort=False).any()
-    score.loc[bad[bad].index, "val_score"] = -np.inf
-    score = score.reset_index()
+    score["diverged"] = val[metric].isna().groupby([val[k] for k in keys], sort=False).any()
+    pert = rl[rl["split"] == "val_perturbed"].groupby(keys, sort=False)[metric].mean()
+    score["shift"] = (pert.reindex(score.index) - score["val_score"]).abs()
+    tol = np.inf if stability_tol is None else stability_tol
+    score["stable"] = ~(score["shift"] > tol)  # NaN (no copy, or diverged) is not evidence of instability
+    score.loc[score["diverged"] | ~score["stable"], "val_score"] = -np.inf
+    return score.reset_index()
+
+
+def select_configs(df: pd.DataFrame, metric: str = "J", stability_tol: float | None = None) -> pd.DataFrame:
+    """Per cell and method family, the configuration with the best validation score
+    (``config_scores``: mean post-RL ``metric`` on the VALIDATION seeds, unstable and diverged
+    configurations excluded). Means within ``SELECTION_TIE`` of the best are tied and the lowest
+    ``config_id`` among them wins.
+
+    Returns one row per cell x family: CELL, family, config_id, method, sft_lr, rl_lr, val_score, shift,
+    stable, diverged, and ``rl_at_edge`` / ``sft_at_edge`` / ``at_edge``: whether the chosen RL step size
+    (SFT learning rate) is the smallest or largest of the family's grid in the cell, counted only for a
+    grid of 3 or more values (a smaller grid has no interior).
+    """
+    score = config_scores(df, metric, stability_tol)
     best = score.groupby([*CELL, "family"])["val_score"].transform("max")
-    tied = score["val_score"] >= best - SELECTION_TIE  # -inf - tol is -inf: an all-diverged family ties
-    score = score[tied].sort_values([*CELL, "family", "config_id"])
-    return score.groupby([*CELL, "family"], sort=False).head(1).reset_index(drop=True)
+    tied = score["val_score"] >= best - SELECTION_TIE  # -inf - tol is -inf: an all-rejected family ties
+    sel = score[tied].sort_values([*CELL, "family", "config_id"])
+    sel = sel.groupby([*CELL, "family"], sort=False).head(1).reset_index(drop=True)
+    for col in ("rl_lr", "sft_lr"):
+        if col not in score:
+            continue
+        g = score.groupby([*CELL, "family"], sort=False)[col]
+        grid = pd.DataFrame({"lo": g.min(), "hi": g.max(), "k": g.nunique()}).reset_index()
+        m = sel.merge(grid, on=[*CELL, "family"], how="left")
+        edge = (m["k"] >= 3) & (np.isclose(m[col], m["lo"]) | np.isclose(m[col], m["hi"]))
+        sel[f"{col.removesuffix('_lr')}_at_edge"] = edge.to_numpy()
+    sel["at_edge"] = sel.get("rl_at_edge", False) | sel.get("sft_at_edge", False)
+    return sel
 
 
 def selected_rows(df: pd.DataFrame, sel: pd.DataFrame, split: str = "test") -> pd.DataFrame:
@@ -50,15 +84,19 @@ def selected_rows(df: pd.DataFrame, sel: pd.DataFrame, split: str = "test") -> p
     return df[df["split"] == split].merge(sel[keys], on=keys, how="inner")
 
 
+#: the comparison every claim is decided on: method -> RL vs SFT -> RL, as the papers state them
+PRIMARY_REF = "sft"
+#: comparisons reported apart, each its own Holm family: no SFT, and early-stopped SFT (less SFT)
+SECONDARY_REFS = ("none", "sft_early")
+#: default minimum effect in post-RL pass@1 (``ReportConfig.min_effect``)
+MIN_EFFECT = 0.02
+P_COLS = ("p_above", "p_below", "p_equiv")
+
 #: claim key -> (its method family, the metric it is about, what it says)
 MAP_CLAIMS = {
-    "b": ("curio", "J", "CurioSFT is a better RL initialiser than SFT and than no SFT (post-RL pass@1)"),
-    "c": (
-        "gift",
-        "J",
-        "GIFT (finite beta) is a better RL initialiser than SFT and than no SFT (post-RL pass@1)",
-    ),
-    "d": ("pear", "pass@k", "PEAR raises post-RL pass@k over SFT and over no SFT"),
+    "b": ("curio", "J", "CurioSFT -> RL beats SFT -> RL (post-RL pass@1)"),
+    "c": ("gift", "J", "GIFT (finite beta) -> RL beats SFT -> RL (post-RL pass@1)"),
+    "d": ("pear", "pass@k", "PEAR -> RL beats SFT -> RL in post-RL pass@k, on off-policy data"),
 }
 
 
@@ -74,97 +112,133 @@ def _cells(w: pd.DataFrame):
         yield cell, g.droplevel(lv).dropna(axis=1, how="all")
 
 
-def map_effects(test: pd.DataFrame, metrics: tuple[str, ...] = ("J",)) -> pd.DataFrame:
-    """Every family vs ``sft`` and vs ``none`` in every cell, post-RL, paired by seed (test rows only).
+def map_effects(test: pd.DataFrame, metrics: tuple[str, ...] = ("J",), margin: float = MIN_EFFECT):
+    """Every family vs each reference (``PRIMARY_REF``, ``SECONDARY_REFS``) present in a cell, post-RL,
+    paired by seed (test rows only), against the minimum effect ``margin``.
 
-    One row per cell x family x reference x metric: diff, ci, p, n (p not yet adjusted).
+    One row per cell x family x reference x metric: diff, ci, p (two-sided), n and the one-sided
+    ``p_above`` / ``p_below`` / ``p_equiv`` of ``paired_test`` (none adjusted yet). ``none`` is a reference
+    only; a secondary reference is compared with the others but not with ``sft``.
     """
     rl = test[test["stage"] == "rl"]
     rows = []
     for metric in metrics:
         for cell, g in _cells(_wide(rl, metric)):
             for fam in g.columns:
-                for ref in ("sft", "none"):
-                    if fam == ref or ref not in g.columns or (ref == "sft" and fam == "none"):
+                for ref in (PRIMARY_REF, *SECONDARY_REFS):
+                    skip = fam == "none" or (fam in SECONDARY_REFS and ref == PRIMARY_REF)
+                    if fam == ref or ref not in g.columns or skip:
                         continue
-                    rows.append(
-                        dict(
-                            zip(CELL, cell), family=fam, ref=ref, metric=metric, **paired_test(g[fam], g[ref])
-                        )
-                    )
+                    pt = paired_test(g[fam], g[ref], margin)
+                    rows.append(dict(zip(CELL, cell), family=fam, ref=ref, metric=metric, **pt))
     return pd.DataFrame(rows)
 
 
-def map_reversal(df: pd.DataFrame, sel: pd.DataFrame) -> pd.DataFrame:
-    """Claim (a) per cell: the family best after SFT is not the best after RL.
-
-    Both families are chosen on the validation seeds (``none`` excluded); on the test seeds two tests:
-    post-SFT J(best_sft) - J(best_rl) and post-RL J(best_rl) - J(best_sft). When validation picks the same
-    family for both, there is no reversal to test (diff NaN, outcome 'does not reproduce').
-    """
-    val, test = selected_rows(df, sel, "val"), selected_rows(df, sel, "test")
-    rows = []
-    for cell, g in val[val["family"] != "none"].groupby(CELL, sort=False):
+def reversal_picks(val: pd.DataFrame, sel: pd.DataFrame) -> list[tuple[tuple, str, str]]:
+    """Claim (a)'s candidates per cell, from VALIDATION rows only: (cell, family best after SFT, family
+    best after RL), each family at its selected configuration (``none`` excluded)."""
+    v = selected_rows(val, sel, "val")
+    picks = []
+    for cell, g in v[v["family"] != "none"].groupby(CELL, sort=False):
         m = g.groupby(["stage", "family"])["J"].mean()
-        best_sft, best_rl = m["sft"].idxmax(), m["rl"].idxmax()
+        picks.append((cell, m["sft"].idxmax(), m["rl"].idxmax()))
+    return picks
+
+
+def reversal_tests(test: pd.DataFrame, picks, margin: float = MIN_EFFECT) -> pd.DataFrame:
+    """Claim (a) on the TEST rows of the selected configurations, for the candidates ``picks``
+    (``reversal_picks``): post-SFT J(best_sft) - J(best_rl) and post-RL J(best_rl) - J(best_sft) against
+    ``margin``. A cell whose candidates coincide has no test (diff NaN): (a) is 'not testable' there."""
+    rows = []
+    for cell, best_sft, best_rl in picks:
         t = test[(test[CELL] == pd.Series(cell, index=CELL)).all(axis=1)]
         base = dict(zip(CELL, cell), best_after_sft=best_sft, best_after_rl=best_rl)
         if best_sft == best_rl:
-            rows.append(dict(base, test="none (same family)", diff=np.nan, ci=np.nan, p=np.nan, n=0))
+            nan = np.nan
+            rows.append(dict(base, test="none (same family)", diff=nan, ci=nan, p=nan, n=0))
+            rows[-1].update({c: nan for c in P_COLS})
             continue
         for stage, a, b in (("sft", best_sft, best_rl), ("rl", best_rl, best_sft)):
             w = _wide(t[t["stage"] == stage], "J").droplevel(list(range(len(CELL))))
-            rows.append(dict(base, test=f"after {stage.upper()}: {a} - {b}", **paired_test(w[a], w[b])))
+            rows.append(
+                dict(base, test=f"after {stage.upper()}: {a} - {b}", **paired_test(w[a], w[b], margin))
+            )
     return pd.DataFrame(rows)
 
 
-def claim_verdicts(effects: pd.DataFrame, reversal: pd.DataFrame, k_metric: str, alpha: float = 0.05):
-    """Holm over the report's whole family of tests (every effect vs sft / none, and (a)'s tests), then
-    one verdict per claim and cell. Returns (effects with p_holm, reversal with p_holm, verdicts).
+def map_reversal(df: pd.DataFrame, sel: pd.DataFrame, margin: float = MIN_EFFECT) -> pd.DataFrame:
+    """Claim (a) per cell: the family best after SFT is not the best after RL. Both families are chosen
+    on the validation seeds (``reversal_picks``), then tested on the test seeds (``reversal_tests``)."""
+    picks = reversal_picks(df[df["split"] == "val"], sel)
+    return reversal_tests(selected_rows(df, sel, "test"), picks, margin)
 
-    ``k_metric`` is the pass@k column that claim (d) is about.
+
+def holm_family(t: pd.DataFrame) -> pd.DataFrame:
+    """``t`` with ``<p>_holm`` for each of ``P_COLS``: Holm over ONE family made of every one-sided p of
+    every row of ``t`` (NaN stays NaN and does not count)."""
+    adj = holm(t[list(P_COLS)].to_numpy(float).ravel()).reshape(len(t), len(P_COLS))
+    return t.assign(**{f"{c}_holm": adj[:, i] for i, c in enumerate(P_COLS)})
+
+
+def claim_tests(
+    effects: pd.DataFrame, reversal: pd.DataFrame, k_metric: str, pear_settings=None
+) -> pd.DataFrame:
+    """Every test of every claim with its Holm adjustment: one family per claim and reference (the
+    primary comparison vs ``sft`` and each secondary one apart), over all the claim's cells.
+
+    Claim (d) is tested only in ``pear_settings`` (None: wherever PEAR ran). Columns: claim, ref,
+    CELL, family, metric, the test's numbers and ``p_above_holm`` / ``p_below_holm`` / ``p_equiv_holm``.
     """
-    p_all = np.concatenate(
-        [effects["p"].to_numpy(float), reversal["p"].to_numpy(float) if len(reversal) else []]
-    )
-    adj = holm(p_all)
-    effects = effects.assign(p_holm=adj[: len(effects)])
-    reversal = reversal.assign(p_holm=adj[len(effects) :]) if len(reversal) else reversal
-    rows = []
+    parts = []
     for key, (fam, metric, _) in MAP_CLAIMS.items():
         metric = k_metric if metric == "pass@k" else metric
-        e = effects[(effects["family"] == fam) & (effects["metric"] == metric)]
-        for cell, g in e.groupby(CELL, sort=False):
-            g = g.set_index("ref")
-            if not {"sft", "none"} <= set(g.index):
-                continue
-            verdict = outcome(g["diff"].tolist(), g["p_holm"].tolist(), alpha)
-            rows.append(
-                dict(
-                    zip(CELL, cell),
-                    claim=key,
-                    outcome=verdict,
-                    vs_sft=fmt_ci(g.at["sft", "diff"], g.at["sft", "ci"]),
-                    vs_none=fmt_ci(g.at["none", "diff"], g.at["none", "ci"]),
-                    p_holm=f"{g.at['sft', 'p_holm']:.2g} / {g.at['none', 'p_holm']:.2g}",
+        e = effects[(effects["family"] == fam) & (effects["metric"] == metric)] if len(effects) else effects
+        if key == "d" and pear_settings is not None and len(e):
+            e = e[e["setting"].isin(pear_settings)]
+        for _ref, g in e.groupby("ref", sort=False) if len(e) else []:
+            parts.append(holm_family(g).assign(claim=key))
+    if len(reversal):
+        parts.append(holm_family(reversal).assign(claim="a", ref=PRIMARY_REF, metric="J"))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["claim", "ref", *CELL])
+
+
+def _verdict(g: pd.DataFrame, alpha: float) -> str:
+    g = g[g["diff"].notna()]
+    return outcome(*(g[f"{c}_holm"].tolist() for c in P_COLS), alpha)
+
+
+def claim_verdicts(tests: pd.DataFrame, alpha: float = 0.05, untested: pd.DataFrame | None = None):
+    """One row per claim x cell: ``outcome`` from the primary comparison (vs ``sft``), each secondary
+    reference's outcome apart (``outcome_vs_<ref>``), the effects (``vs_<ref>``: mean ± 95% CI) and the
+    primary test's Holm-adjusted p (above / below / equivalent). ``untested`` (claim + CELL rows): cells
+    where a claim has no valid test (e.g. (d) where PEAR's data are not off-policy): 'not testable'.
+    """
+    rows = []
+    for (claim, *cell), g in tests.groupby(["claim", *CELL], sort=False):
+        row = dict(zip(CELL, cell), claim=claim)
+        for ref, r in g.groupby("ref", sort=False):
+            key = "outcome" if ref == PRIMARY_REF else f"outcome_vs_{ref}"
+            row[key] = _verdict(r, alpha)
+            eff = [(t, d, h) for t, d, h in zip(r.get("test", [""] * len(r)), r["diff"], r["ci"])]
+            row[f"vs_{ref}"] = "; ".join(
+                (f"{t}: " if isinstance(t, str) and t else "") + fmt_ci(d, h)
+                for t, d, h in eff
+                if np.isfinite(d)
+            )
+            if ref == PRIMARY_REF:
+                ok = r[r["diff"].notna()]
+                row["p_holm"] = "; ".join(
+                    "/".join(f"{q:.2g}" for q in x) for x in zip(*(ok[f"{c}_holm"] for c in P_COLS))
                 )
-            )
-    for cell, g in reversal.groupby(CELL, sort=False) if len(reversal) else []:
-        verdict = "does not reproduce" if g["diff"].isna().all() else outcome(g["diff"], g["p_holm"], alpha)
-        eff = "; ".join(
-            f"{t}: {fmt_ci(d, h)}" for t, d, h in zip(g["test"], g["diff"], g["ci"]) if np.isfinite(d)
-        )
-        rows.append(
-            dict(
-                zip(CELL, cell),
-                claim="a",
-                outcome=verdict,
-                vs_sft=eff or f"validation picks {g['best_after_sft'].iloc[0]} after SFT and after RL",
-                vs_none="",
-                p_holm=" / ".join(f"{p:.2g}" for p in g["p_holm"] if np.isfinite(p)),
-            )
-        )
-    return effects, reversal, pd.DataFrame(rows)
+        if claim == "a" and not row.get("vs_sft"):
+            row["vs_sft"] = f"validation picks {g['best_after_sft'].iloc[0]} after SFT and after RL"
+        rows.append(row)
+    for r in untested.itertuples(index=False) if untested is not None else []:
+        rows.append(dict(r._asdict(), outcome="not testable"))
+    out = pd.DataFrame(rows)
+    if len(out) and "outcome" not in out:
+        out["outcome"] = "not testable"
+    return out.fillna({"outcome": "not testable"}) if len(out) else out
 
 
 def condition(cells: pd.DataFrame, hit: pd.Series) -> str:
@@ -223,32 +297,59 @@ class MapAnalysis:
 
     selected: pd.DataFrame  # cell x family: the validation-selected configuration
     test: pd.DataFrame  # test rows of the selected configurations
-    effects: pd.DataFrame  # cell x family x reference x metric, with Holm-adjusted p
+    effects: pd.DataFrame  # cell x family x reference x metric: paired tests against the margin
     reversal: pd.DataFrame  # claim (a)'s tests
-    verdicts: pd.DataFrame  # claim x cell: outcome and effect sizes
+    tests: pd.DataFrame  # every claim test with its Holm adjustment (one family per claim and reference)
+    verdicts: pd.DataFrame  # claim x cell: outcomes and effect sizes
     best: pd.DataFrame  # cell: best family, significantly best or not
-    summary: pd.DataFrame  # claim x setting: the condition under which it reproduces
+    summary: pd.DataFrame  # claim x setting x outcome: the condition under which it holds
+    scores: pd.DataFrame  # every configuration's validation score, stability shift, rejection
+    margin: float = MIN_EFFECT  # the minimum effect
 
 
-def analyse_map(df: pd.DataFrame, k: int) -> MapAnalysis:
-    sel = select_configs(df, "J")
-    test = selected_rows(df, sel, "test")
-    effects = map_effects(test, ("J", f"pass@{k}"))
-    reversal = map_reversal(df, sel)
-    effects, reversal, verdicts = claim_verdicts(effects, reversal, f"pass@{k}")
-    best = best_per_cell(test, "J")
+def pear_settings(val: pd.DataFrame) -> list[str]:
+    """Settings where PEAR's offline data are off-policy (drawn from a stochastic pi_beta with recorded
+    log-probs on most seeds): the only ones where claim (d) is testable."""
+    if "pear_degenerate" not in val:
+        return []
+    p = val[(val["family"] == "pear") & (val["stage"] == "sft")]
+    frac = p.groupby("setting", sort=False)["pear_degenerate"].apply(lambda x: x.astype(bool).mean())
+    return [s for s, f in frac.items() if f <= 0.5]
+
+
+def analyse_map(
+    df: pd.DataFrame,
+    k: int,
+    margin: float = MIN_EFFECT,
+    alpha: float = 0.05,
+    stability_tol: float | None = None,
+) -> MapAnalysis:
+    """The map's statistics in two stages. Validation stage: only validation rows exist (and their
+    stability copies): configurations, claim (a)'s candidates and the settings where (d) applies are fixed
+    there. Test stage: the test rows of the selected configurations give every effect, test, verdict and
+    the best family per cell."""
+    val = df[df["split"] != "test"]
+    scores = config_scores(val, "J", stability_tol)
+    sel = select_configs(val, "J", stability_tol)
+    picks = reversal_picks(val, sel)
+    pears = pear_settings(val)
+    test = selected_rows(df[df["split"] == "test"], sel, "test")  # the test stage starts here
+    effects = map_effects(test, ("J", f"pass@{k}"), margin)
+    reversal = reversal_tests(test, picks, margin)
+    tests = claim_tests(effects, reversal, f"pass@{k}", pears)
+    pe = effects[(effects["family"] == "pear") & ~effects["setting"].isin(pears)] if len(effects) else effects
+    untested = pe[CELL].drop_duplicates().assign(claim="d", vs_sft="PEAR's data are not off-policy here")
+    verdicts = claim_verdicts(tests, alpha, untested)
     rows = []
-    for (claim, setting), g in verdicts.groupby(["claim", "setting"], sort=True):
-        for out in ("reproduces", "does not reproduce"):
-            rows.append(
-                dict(
-                    claim=claim,
-                    setting=setting,
-                    outcome=out,
-                    condition=condition(g, g["outcome"] == out),
-                )
-            )
-    return MapAnalysis(sel, test, effects, reversal, verdicts, best, pd.DataFrame(rows))
+    for (claim, *m), g in verdicts.groupby(["claim", *MAP], sort=True):
+        for out in OUTCOMES:
+            if (g["outcome"] == out).any():
+                hit = condition(g, g["outcome"] == out)
+                rows.append(dict(zip(MAP, m), claim=claim, outcome=out, condition=hit))
+    best = best_per_cell(test, "J")
+    return MapAnalysis(
+        sel, test, effects, reversal, tests, verdicts, best, pd.DataFrame(rows), scores, margin
+    )
 
 
 def family_contrast(test: pd.DataFrame, a: str, b: str, metric: str = "J") -> pd.DataFrame:
@@ -260,24 +361,4 @@ def family_contrast(test: pd.DataFrame, a: str, b: str, metric: str = "J") -> pd
         for cell, g in _cells(_wide(test[test["stage"] == stage], metric)):
             if {a, b} <= set(g.columns):
                 rows.append(dict(zip(CELL, cell), stage=stage, **paired_test(g[a], g[b])))
-    return pd.DataFrame(rows)
-
-
-def grid_edges(selected: pd.DataFrame, grids: dict[str, tuple[float, ...]]) -> pd.DataFrame:
-    """Per family: how many selected configurations sit at the low / high end of the family's learning-
-    rate grid (``grids``: family -> its grid; a grid of fewer than 3 values has no interior)."""
-    rows = []
-    for fam, g in selected.groupby("family", sort=False):
-        grid = sorted(grids[fam])
-        lr = g["sft_lr"].to_numpy(float)
-        rows.append(
-            dict(
-                family=fam,
-                grid=", ".join(f"{x:g}" for x in grid),
-                selections=len(g),
-                at_low_edge=int(np.isclose(lr, grid[0]).sum()),
-                at_high_edge=int(np.isclose(lr, grid[-1]).sum()),
-                interior=int((~np.isclose(lr, grid[0]) & ~np.isclose(lr, grid[-1])).sum()),
-            )
-        )
     return pd.DataFrame(rows)

@@ -1,5 +1,6 @@
 """Statistics and formatting shared by every analysis: 95% Student-t intervals, paired differences,
-paired t-tests, Holm-Bonferroni, three-way outcomes, Markdown tables (no torch, no I/O)."""
+paired t-tests against a minimum effect (one-sided and TOST), Holm-Bonferroni, the five outcomes of a
+claim, Markdown tables (no torch, no I/O)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 
 def markdown_table(t: pd.DataFrame, fmt: Callable[[Any], str] = str) -> str:
@@ -43,7 +44,7 @@ def ci95(x) -> tuple[float, float]:
         return float("nan"), float("nan")
     if len(x) < 2:
         return float(x.mean()), 0.0
-    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return float(x.mean()), float(special.stdtrit(len(x) - 1, 0.975) * x.std(ddof=1) / np.sqrt(len(x)))
 
 
 def fmt_ci(mean: float, half: float, digits: int = 3) -> str:
@@ -86,17 +87,69 @@ def _diff_text(m: float, h: float, n: int) -> str:
     return f"{m:+.3f} (95% CI [{m - h:+.3f}, {m + h:+.3f}], {n} seeds)"
 
 
-def paired_test(x: pd.Series, y: pd.Series) -> dict:
-    """Paired (by index = seed) difference x - y: mean, 95% CI half-width, two-sided t-test p, n."""
+def _one_sided(m: float, se: float, n: int, bound: float, above: bool) -> float:
+    """One-sided t-test p of H0 'mean <= bound' (``above``: evidence that the mean exceeds ``bound``) or
+    H0 'mean >= bound' (evidence that it is below). With no spread (se = 0) the answer is exact: 0 when
+    the constant difference lies strictly on the claimed side of ``bound``, else 1."""
+    if se == 0:
+        return 0.0 if (m > bound if above else m < bound) else 1.0
+    t = (m - bound) / se  # Student-t CDF as the special function (scipy.stats.t.cdf, without its overhead)
+    return float(special.stdtr(n - 1, -t) if above else special.stdtr(n - 1, t))
+
+
+def tost(d, margin: float) -> float:
+    """Paired equivalence test (two one-sided t-tests, TOST) of 'the mean difference lies within
+    (-margin, margin)': the larger of the p of H0 'mean <= -margin' and of H0 'mean >= margin'. A small p
+    says that no effect as large as ``margin`` exists; with ``margin`` = 0 it is never below 0.5.
+
+    >>> round(tost([0.01, 0.03, 0.02, 0.0, 0.04], 0.05), 4)
+    0.0066
+    """
+    d = np.asarray(d, dtype=float)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return float("nan")
+    m, se = float(d.mean()), _se(d)
+    return max(_one_sided(m, se, len(d), -margin, True), _one_sided(m, se, len(d), margin, False))
+
+
+def _se(d: np.ndarray) -> float:
+    """Standard error of the mean; exactly 0 when every value equals the first up to float noise."""
+    if np.allclose(d, d[0], rtol=0.0, atol=1e-12):
+        return 0.0
+    return float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def paired_test(x: pd.Series, y: pd.Series, margin: float = 0.0) -> dict:
+    """Paired (by index = seed) difference d = x - y against a minimum effect ``margin`` >= 0.
+
+    Returns diff (mean of d), ci (95% Student-t half-width), p (two-sided t-test of mean 0), n, and the
+    three one-sided decisions of a claim that predicts d > 0: ``p_above`` (H0 'mean <= margin': the effect
+    is at least the margin), ``p_below`` (H0 'mean >= -margin': the effect is at least the margin the
+    other way) and ``p_equiv`` (TOST: no effect as large as the margin). With no spread the t statistic
+    is infinite and each p is exactly 0 or 1 (the sign against the bound is exact).
+    """
     d = (x - y).dropna()
     m, h = ci95(d)
-    if len(d) < 2:
-        p = float("nan")
-    elif np.allclose(d, d.iloc[0]):
-        p = 1.0 if d.iloc[0] == 0 else 0.0  # no spread: the sign is exact
+    n = len(d)
+    if n < 2:
+        nan = float("nan")
+        return dict(diff=m, ci=h, p=nan, n=n, p_above=nan, p_below=nan, p_equiv=nan)
+    v = d.to_numpy(float)
+    se = _se(v)
+    if se == 0:
+        p = 1.0 if v[0] == 0 else 0.0  # no spread: the sign is exact
     else:
-        p = float(stats.ttest_1samp(d, 0.0).pvalue)
-    return dict(diff=m, ci=h, p=p, n=len(d))
+        p = float(2 * special.stdtr(n - 1, -abs(m) / se))
+    return dict(
+        diff=m,
+        ci=h,
+        p=p,
+        n=n,
+        p_above=_one_sided(m, se, n, margin, True),
+        p_below=_one_sided(m, se, n, -margin, False),
+        p_equiv=tost(v, margin),
+    )
 
 
 def holm(p) -> np.ndarray:
@@ -117,18 +170,30 @@ def holm(p) -> np.ndarray:
     return out
 
 
-def outcome(diffs, p_adj, alpha: float = 0.05) -> str:
-    """Claim outcome from its tests (each predicts diff > 0): reproduces when every test is significantly
-    positive after adjustment, does not reproduce when any is significantly negative, else inconclusive.
+#: the five outcomes of a claim in a cell
+OUTCOMES = ("reproduces", "refuted", "equivalent", "not testable", "inconclusive")
 
-    >>> outcome([0.1, 0.2], [0.01, 0.02]), outcome([0.1, -0.2], [0.01, 0.02])
-    ('reproduces', 'does not reproduce')
-    >>> outcome([0.1, 0.2], [0.01, 0.3])
-    'inconclusive'
+
+def outcome(p_above, p_below, p_equiv, alpha: float = 0.05) -> str:
+    """Outcome of a claim from its tests (each predicts an effect > 0 at least as large as the margin),
+    given each test's Holm-adjusted one-sided p-values (``paired_test``): reproduces when every test
+    shows an effect above the margin; refuted when any shows one at least the margin the other way;
+    equivalent when, short of that, any test shows no effect as large as the margin (TOST); not testable
+    without a test; inconclusive otherwise.
+
+    >>> outcome([0.01, 0.02], [1, 1], [1, 1]), outcome([0.01, 1], [1, 0.02], [1, 1])
+    ('reproduces', 'refuted')
+    >>> outcome([0.3], [1], [0.01]), outcome([], [], []), outcome([0.3], [0.4], [0.2])
+    ('equivalent', 'not testable', 'inconclusive')
     """
-    sig = [bool(np.isfinite(p) and p < alpha) for p in p_adj]
-    if any(s and d < 0 for s, d in zip(sig, diffs)):
-        return "does not reproduce"
-    if sig and all(s and d > 0 for s, d in zip(sig, diffs)):
+    sig = lambda ps: [bool(np.isfinite(p) and p < alpha) for p in ps]  # noqa: E731
+    above, below, equiv = sig(p_above), sig(p_below), sig(p_equiv)
+    if not above:
+        return "not testable"
+    if any(below):
+        return "refuted"
+    if all(above):
         return "reproduces"
+    if any(equiv):
+        return "equivalent"
     return "inconclusive"

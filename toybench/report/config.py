@@ -17,14 +17,25 @@ from toybench.theorems import TheoremsConfig
 from toybench.tiny.config import TinyConfig, quick_config
 
 SETTINGS = ("bandit", "bandit_shared", "tree", "tree_offpolicy", "tree_shared")
-#: the families of the default run
-DEFAULT_FAMILIES = ("none", "sft", "dft", "curio", "entropy_sft", "gift", "gift_seq", "pear")
-#: the baselines of docs/methods.md §1.8-1.12, run with --methods (not in the default run)
+#: the baselines of docs/methods.md §1.8-1.12, run with --methods (not in the default map)
 BASELINE_FAMILIES = ("asft", "sft_kl", "prob", "psft", "prift", "chord_phi")
 #: every family --methods accepts
-FAMILIES = (*DEFAULT_FAMILIES, *BASELINE_FAMILIES)
-#: families without a knob: their K configurations are the K learning rates of ``lr_grid``
-NO_KNOB = ("none", "sft", "dft", "chord_phi")
+FAMILIES = (
+    *("none", "sft", "sft_early", "dft", "curio", "entropy_sft", "gift", "gift_seq", "pear"),
+    *BASELINE_FAMILIES,
+)
+#: the default map: the reference families (none, SFT, early-stopped SFT) and the methods of the claims
+DEFAULT_METHODS = ("none", "sft", "sft_early", "curio", "gift", "pear")
+#: families without a knob: their K configurations are K SFT learning rates (``lr_grid``)
+PLAIN_FAMILIES = ("sft", "sft_early", "dft", "chord_phi")
+#: PEAR's clip knob: the paper's clips, or none at all
+PEAR_CLIPS = {"paper": "", "none": ",token_clip=-1e9:1e9,total_clip=-1e9:1e9"}
+#: the map's RL stages: label -> PipelineConfig fields (GRPO's group size is the num_generations axis)
+RL_ALGORITHMS = {
+    "grpo": dict(rl_algorithm="grpo", loss_type="grpo", adv_scale="group"),
+    "dr_grpo": dict(rl_algorithm="grpo", loss_type="dr_grpo", adv_scale="none"),
+    "exact_pg": dict(rl_algorithm="exact_pg"),
+}
 #: families that need a token MDP (run in the tree settings only)
 TOKEN_FAMILIES = ("gift_seq", "pear")
 
@@ -33,14 +44,18 @@ TOKEN_FAMILIES = ("gift_seq", "pear")
 class ReportConfig:
     """The main job: theorems + the map of SFT methods as RL initialisers (CPU, minutes).
 
-    The map sweeps the teacher's error rate, the base's mass on correct answers and the RL budget;
-    every method family gets the same number K of configurations (``lr_grid``, or ``knob_lrs`` x its
-    knob; a configuration's learning rate is the step size of both its SFT and its RL stage, so ``none``
-    tunes the same RL step sizes as everyone else), one is selected per cell on the validation seeds, and
-    every reported number comes from the disjoint test seeds. Settings with shared parameters
-    (``bandit_shared``, ``tree_shared``) report every metric on held-out prompts that neither SFT nor RL
-    sees. The SFT budget and RL settings are ``pipeline`` (``--pipeline.sft-steps``, ...; its
-    ``rl_steps``, ``sft_lr`` and ``rl_lr`` are set by ``rl_budgets`` and the tuning grid).
+    The map sweeps the RL stage (sampled GRPO at each group size G, and exact PG as the infinite-sample
+    contrast), the teacher's error rate, the base's mass on correct answers and the RL budget. SFT
+    strength and the RL step size are separate knobs: every SFT family gets the same number K of SFT
+    configurations (``lr_grid`` SFT learning rates, or ``knob_lrs`` x its knob), each crossed with the one
+    RL step-size grid ``rl_lrs`` that every family shares (``none``, with no SFT, gets ``rl_lrs`` alone).
+    One configuration is selected per cell on the validation seeds (step sizes whose result moves by more
+    than ``stability_tol`` under a float-level perturbation are rejected first), and every reported number
+    comes from the disjoint test seeds. ``sft_early`` (SFT stopped after ``sft_early_steps``) is the
+    baseline a soft SFT method must beat. Settings with shared parameters (``bandit_shared``,
+    ``tree_shared``) report every metric on held-out prompts that neither SFT nor RL sees. The SFT budget
+    and RL settings are ``pipeline`` (``--pipeline.sft-steps``, ...; its ``rl_steps``, ``sft_lr``,
+    ``rl_lr``, ``rl_algorithm`` and ``num_generations`` are set by the map's axes and grid).
     """
 
     out: Path = Path("out/report")
@@ -62,20 +77,37 @@ class ReportConfig:
     ``pipeline.grpo_seed``, ``theorems.seed``, ``tiny.task_seed`` and ``tiny.pretrain_seed``."""
     settings: tuple[str, ...] = SETTINGS
     """Settings to run (subset of bandit, bandit_shared, tree, tree_offpolicy, tree_shared)."""
-    methods: tuple[str, ...] = DEFAULT_FAMILIES
-    """Method families to run (none, sft, dft, curio, entropy_sft, gift, gift_seq, pear; gift_seq and pear
-    only in the trees). Also accepted, not in the default run: asft, sft_kl, prob, psft, prift, chord_phi
-    (docs/methods.md §1.8-1.12)."""
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    """Method families to run (none, sft, sft_early, dft, curio, entropy_sft, gift, gift_seq, pear; gift_seq
+    and pear only in the trees; also the baselines asft, sft_kl, prob, psft, prift, chord_phi of
+    docs/methods.md §1.8-1.12)."""
     wrong_demo_fracs: tuple[float, ...] = (0.0, 0.2, 0.4)
     """Map axis: fraction of prompts whose demonstrations are the teacher's mistake."""
-    base_correct_masses: tuple[float, ...] = (0.005, 0.1)
+    base_correct_masses: tuple[float, ...] = (1e-4, 0.01)
     """Map axis: pi_base's mass on correct answers (every setting's builder takes it)."""
     rl_budgets: tuple[int, ...] = (20, 80)
-    """Map axis: RL steps (each budget is a prefix of the longest run, so budgets cost nothing extra)."""
-    lr_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-    """Learning rates (SFT and RL step size) of families without a knob: none, sft, dft (K = its length)."""
-    knob_lrs: tuple[float, ...] = (1.0, 4.0, 16.0)
-    """Learning rates crossed with each knob (len(knob_lrs) x len(knob values) must equal K)."""
+    """Map axis: RL steps (each budget is a prefix of the longest run, so budgets cost nothing extra).
+    results.csv also records the budget in samples (``samples`` = G x steps x RL prompts)."""
+    rl_algorithms: tuple[str, ...] = ("grpo", "exact_pg")
+    """Map axis: the RL stage. 'grpo' samples G completions per prompt with std-normalised group
+    advantages (TRL's loss_type 'grpo'); 'dr_grpo' is Dr. GRPO (advantages not divided by the group std,
+    loss_type 'dr_grpo'); both give each seed its own rollout stream, the same for every method (common
+    random numbers). 'exact_pg' is the infinite-sample contrast (exact expected gradient, recorded with
+    num_generations = 0)."""
+    num_generations: tuple[int, ...] = (4, 16)
+    """Map axis: GRPO's group size G (samples per prompt per step), one map per value."""
+    lr_grid: tuple[float, ...] = (0.5, 2.0)
+    """SFT learning rates of the families without a knob: sft, sft_early, dft, chord_phi (K = its length)."""
+    knob_lrs: tuple[float, ...] = (1.0,)
+    """SFT learning rates crossed with each knob (len(knob_lrs) x len(knob values) must equal K)."""
+    rl_lrs: tuple[float, ...] = (2.0, 8.0, 32.0)
+    """The RL step-size grid, shared by every family (``none`` included), crossed with each SFT
+    configuration."""
+    sft_early_steps: int = 10
+    """SFT steps of ``sft_early`` (early-stopped SFT: plain SFT with a smaller budget)."""
+    stability_tol: float = 0.02
+    """Selection rejects a configuration whose mean validation pass@1 moves by more than this when its
+    step sizes are multiplied by 1 + 1e-6 (a float-level perturbation, run on the validation seeds)."""
     gift_betas: tuple[float, ...] = (2.0, 8.0)
     """GIFT's knob: inverse temperature (SFT is beta = inf)."""
     entropy_coefs: tuple[float, ...] = (0.1, 0.3)
@@ -90,13 +122,19 @@ class ReportConfig:
     """PSFT's knob: the clip epsilon (its snapshot is refreshed every 8 SFT steps)."""
     prift_weights: tuple[str, ...] = ("prob", "mass")
     """PriFT's knob: the weight (the base's probability of the token, or its cumulative-mass mask)."""
-    pear_levels: tuple[str, ...] = ("token", "block")
-    """PEAR's knob: the level (blocks of 2 tokens: at the tree's horizon of 4 the default block of 4 is the
-    sequence level); run in the token-MDP settings only."""
+    pear_levels: tuple[str, ...] = ("token",)
+    """PEAR's knob: the level (token, block: blocks of 2 tokens, since at the tree's horizon of 4 the
+    default block of 4 is the sequence level; sequence); run in the token-MDP settings only."""
+    pear_clips: tuple[str, ...] = ("paper", "none")
+    """PEAR's knob, crossed with the level: its clips ('paper': token -0.08:0.3, total -10:5) or none."""
     eval_samples: int = 64
     """Samples per prompt that the exact pass@k stands for; every k of pipeline.pass_k must be <= this."""
-    headline_k: int = 4
-    """The pass@k of claim (d) and of the tables (must be in pipeline.pass_k)."""
+    headline_k: int = 16
+    """The pass@k of claim (d) and of the headline, beside pass@1 and pass@64 (must be in pipeline.pass_k)."""
+    min_effect: float = 0.02
+    """Minimum effect (post-RL pass@1, or pass@k for claim (d)) a claim must show: a reproduction needs an
+    effect significantly above it, a refutation one significantly beyond it the other way, and an
+    equivalence test (TOST) against it says no effect that matters exists."""
     reward_threshold: float = 0.9
     """Comparison (e): RL steps until the per-prompt pass@1 reaches this."""
     error_unit: Literal["prompt", "demo"] = "prompt"
@@ -123,8 +161,9 @@ class ReportConfig:
     """Token MDP: horizon (strategy, H-2 execution tokens, answer)."""
     shared_tree_prompts: int = 16
     """Shared-feature tree: SFT + RL prompts (SFT on the first half, RL on the rest; 8 held-out prompts)."""
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    """SFT budget and RL settings of every SFT -> RL run (rl_steps, sft_lr, rl_lr: see above)."""
+    pipeline: PipelineConfig = field(default_factory=lambda: PipelineConfig(num_iterations=1))
+    """SFT budget and RL settings of every SFT -> RL run (rl_steps, sft_lr, rl_lr, rl_algorithm and
+    num_generations: see above); GRPO runs one update per sampled batch (TRL's default num_iterations)."""
     theorems: TheoremsConfig = field(default_factory=TheoremsConfig)
     """The theorems section (its ``out`` is OUT/theorems, its ``quick`` follows ``--quick``)."""
     tiny: TinyConfig = field(default_factory=TinyConfig)
@@ -139,8 +178,8 @@ QUICK = dict(
     seeds=4,
     val_seeds=3,
     rl_budgets=(6, 16),
-    lr_grid=(0.5, 2.0),
-    knob_lrs=(1.0,),
+    rl_lrs=(2.0, 8.0),
+    sft_early_steps=2,
     bandit_prompts=8,
     tree_prompts=4,
     tree_V=4,
@@ -220,6 +259,16 @@ RULES: dict[str, Rule] = {
     "base_correct_masses": _grid(1e-6, 1 - 1e-6, closed=True),
     "lr_grid": _grid(0.0),
     "knob_lrs": _grid(0.0),
+    "rl_lrs": _grid(0.0),
+    "min_effect": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "stability_tol": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "rl_algorithms": Rule(
+        lambda g: bool(g) and set(g) <= set(RL_ALGORITHMS), f"non-empty values of {tuple(RL_ALGORITHMS)}"
+    ),
+    "num_generations": Rule(lambda g: bool(g) and min(g) >= 2, "non-empty GRPO group sizes >= 2"),
+    "pear_clips": Rule(
+        lambda g: bool(g) and set(g) <= set(PEAR_CLIPS), f"non-empty values of {tuple(PEAR_CLIPS)}"
+    ),
     "gift_betas": _grid(0.0),
     "entropy_coefs": _grid(0.0, closed=True),
     "curio_alphas": _grid(0.0, closed=True),
@@ -251,34 +300,44 @@ def _validate_fields(cfg: ReportConfig) -> None:
 
 
 def _validate_grid(cfg: ReportConfig) -> None:
-    """Every family gets K configurations and every one of them parses as a method."""
+    """Every SFT family gets K SFT configurations (x the RL grid) and every one of them parses."""
+    if "sft_early" in cfg.methods and not 1 <= cfg.sft_early_steps < cfg.pipeline.sft_steps:
+        raise ValueError(
+            f"sft_early_steps must be in [1, pipeline.sft_steps = {cfg.pipeline.sft_steps}), "
+            f"got {cfg.sft_early_steps}"
+        )
+    R = len(cfg.rl_lrs)
     for s in cfg.settings:
         try:
             grid = tuning_grid(cfg, s)
         except ValueError as err:
             raise ValueError(f"methods: {err}") from None
         for fam, configs in grid.items():
-            if len(configs) != len(cfg.lr_grid):
+            if len(configs) != (len(cfg.lr_grid) if fam != "none" else 1) * R:
                 raise ValueError(
-                    f"knob_lrs: {fam} gets {len(configs)} configurations, not K = len(lr_grid) = "
+                    f"knob_lrs: {fam} gets {len(configs) // R} SFT configurations, not K = len(lr_grid) = "
                     f"{len(cfg.lr_grid)} (len(knob_lrs) x the number of knob values must equal K)"
                 )
 
 
 def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[Method, float, float]]]:
-    """family -> its K configurations (the parsed method, SFT lr, RL lr), the same K for every family.
+    """family -> its configurations (the parsed method, SFT lr, RL lr): K SFT configurations x ``rl_lrs``.
 
-    A configuration's learning rate is the step size of both stages (SFT and RL), so every family, ``none``
-    included, tunes the RL step size over the same range. ``none`` (no SFT), ``sft``, ``dft`` and
-    ``chord_phi`` (no knob) get the K values of ``lr_grid``; the others cross ``knob_lrs`` with their
-    knob. Families that need a token MDP (gift_seq, pear) are skipped in the bandits.
+    ``sft``, ``sft_early``, ``dft`` and ``chord_phi`` (no knob) get the K SFT learning rates of
+    ``lr_grid``; the others cross ``knob_lrs`` with their knob; ``none`` (no SFT: its SFT lr is NaN) gets
+    the RL grid alone. Every family crosses its SFT configurations with the same RL step sizes ``rl_lrs``.
+    Families that need a token MDP (gift_seq, pear) are skipped in the bandits.
     """
     knobs = {
         "gift": [f"gift@{b:g}" for b in cfg.gift_betas],
         "gift_seq": [f"gift_seq@{b:g}" for b in cfg.gift_betas],
         "entropy_sft": [f"entropy_sft@{c:g}" for c in cfg.entropy_coefs],
         "curio": [f"curio,alpha={a:g}" for a in cfg.curio_alphas],
-        "pear": [f"pear_{lvl}" + (",block_size=2" if lvl == "block" else "") for lvl in cfg.pear_levels],
+        "pear": [
+            f"pear_{lvl}" + (",block_size=2" if lvl == "block" else "") + PEAR_CLIPS[c]
+            for lvl in cfg.pear_levels
+            for c in cfg.pear_clips
+        ],
         "asft": [f"asft@{x:g}" for x in cfg.asft_lams],
         "sft_kl": [f"sft_kl@{x:g}" for x in cfg.asft_lams],
         "prob": [f"prob@{x:g}" for x in cfg.prob_alphas],
@@ -289,8 +348,19 @@ def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[Method,
     for fam in cfg.methods:
         if fam in TOKEN_FAMILIES and not setting.startswith("tree"):
             continue
-        if fam in NO_KNOB:
-            out[fam] = [(Method.parse(fam), lr, lr) for lr in cfg.lr_grid]
+        if fam == "none":
+            sft = [("none", float("nan"))]
+        elif fam in PLAIN_FAMILIES:
+            sft = [("sft" if fam == "sft_early" else fam, lr) for lr in cfg.lr_grid]
         else:
-            out[fam] = [(m, lr, lr) for m in map(Method.parse, knobs[fam]) for lr in cfg.knob_lrs]
+            sft = [(spec, lr) for spec in knobs[fam] for lr in cfg.knob_lrs]
+        out[fam] = [
+            (m, lr, rl) for m, lr in ((Method.parse(spec), lr) for spec, lr in sft) for rl in cfg.rl_lrs
+        ]
     return out
+
+
+def rl_variants(cfg: ReportConfig) -> list[tuple[str, int]]:
+    """(RL algorithm label, G) of every map of the RL axis: each sampled algorithm at every G of
+    ``num_generations``, exact PG once with G = 0 (no samples)."""
+    return [(a, g) for a in cfg.rl_algorithms for g in (cfg.num_generations if a != "exact_pg" else (0,))]

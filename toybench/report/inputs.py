@@ -20,6 +20,7 @@ from toybench.analysis.map_stats import CELL
 #: Columns of results.csv the analysis always reads, and those of them that must hold numbers.
 RESULT_COLUMNS = (*CELL, "family", "method", "config_id", "sft_lr", "rl_lr", "split", "seed", "stage", "J")
 RESULT_NUMERIC = (
+    "num_generations",
     "wrong_demo_frac",
     "base_correct_mass",
     "rl_steps",
@@ -46,6 +47,8 @@ CONFIG_KEYS = (
 )
 ESCAPE_COLUMNS = (
     "setting",
+    "rl_algorithm",
+    "num_generations",
     "wrong_demo_frac",
     "base_correct_mass",
     "family",

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from toybench import analysis
 from toybench.methods import Method
-from toybench.report.config import ReportConfig, tuning_grid
+from toybench.report.config import RL_ALGORITHMS, ReportConfig, rl_variants, tuning_grid
 from toybench.tabular.bandit import MultiAnswerBandit, SharedBandit
 from toybench.tabular.envs import Scenario
 from toybench.tabular.pipeline import run_method
@@ -100,8 +100,18 @@ def _jobs(cfg: ReportConfig, setting: str) -> list[tuple[str, Method, list[tuple
 _META = ("method", "kind", "value", "seed", "stage", "step", "global_step", "pear_degenerate")
 
 
-def _run_configs(sc, spec, pipe, configs, cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+#: relative float-level perturbation of the step sizes on the stability copies of the validation seeds
+PERTURBATION = 1e-6
+
+
+def _run_configs(
+    sc, spec, pipe, configs, cfg: ReportConfig, streams, scale
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One run of ``spec`` holding every configuration (seed index = config x n + seed of ``sc``).
+
+    ``streams`` ([n] ints): the rollout stream of each seed of ``sc`` (its seed number), the same in every
+    configuration and every method (common random numbers); ``scale`` ([n]): each seed's factor on both
+    step sizes (1, or 1 + PERTURBATION on the stability copies).
 
     A configuration whose learning rate makes the run non-finite (a ValueError from the metrics) is
     DIVERGED: the configurations are then rerun one by one, and a diverged one gets NaN metrics and
@@ -109,7 +119,7 @@ def _run_configs(sc, spec, pipe, configs, cfg: ReportConfig) -> tuple[pd.DataFra
     n, steps = sc.num_seeds, {"sft": {pipe.sft_steps}, "rl": set(cfg.rl_budgets)}
 
     def run(scenario, cs):
-        lrs = torch.tensor([c[1:] for c in cs]).repeat_interleave(n, 0)  # (C * n, 2)
+        lrs = torch.tensor([c[1:] for c in cs]).repeat_interleave(n, 0) * scale.repeat(len(cs))[:, None]
         df = run_method(
             scenario,
             spec,
@@ -118,6 +128,7 @@ def _run_configs(sc, spec, pipe, configs, cfg: ReportConfig) -> tuple[pd.DataFra
             sft_lrs=lrs[:, 0],
             rl_lrs=lrs[:, 1],
             record_steps=steps,
+            rollout_seeds=streams.repeat(len(cs)),
         )
         esc = df.attrs.pop("escape")
         return df.assign(diverged=False), esc
@@ -152,23 +163,43 @@ def _run_configs(sc, spec, pipe, configs, cfg: ReportConfig) -> tuple[pd.DataFra
     return pd.concat(dfs, ignore_index=True), pd.concat(escs, ignore_index=True)
 
 
+def _label(frame: pd.DataFrame, n: int, S: int, n_val: int, seeds, cl, configs, **const) -> None:
+    """Give one run's rows (seed index = config x n + cell x S + seed) their cell, split, seed number and
+    configuration columns, in place; ``const``: columns with one value for the whole run."""
+    idx = frame["seed"].to_numpy()
+    conf, idx = idx // n, idx % n
+    frame["wrong_demo_frac"] = [cl[i // S][0] for i in idx]
+    frame["base_correct_mass"] = [cl[i // S][1] for i in idx]
+    frame["split"] = np.select([idx % S < n_val, idx % S < S - n_val], ["val", "test"], "val_perturbed")
+    frame["seed"] = [seeds[i % S] for i in idx]
+    for k, v in const.items():
+        frame[k] = v
+    frame["config_id"] = [configs[c][0] for c in conf]
+    frame["sft_lr"] = [configs[c][1] for c in conf]
+    frame["rl_lr"] = [configs[c][2] for c in conf]
+
+
 def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every family x configuration on every setting, vectorised over configurations x cells x seeds.
+    """Every family x configuration on every setting and RL stage, vectorised over configurations x cells
+    x seeds.
 
     The configurations of one method spec differ only in their learning rates, so they run as one batch
-    (the scenario repeated once per configuration, each copy with its own step sizes). Returns the map
-    frame (results.csv: one row per setting x cell x RL budget x configuration x seed x stage, stage
-    'sft' = end of SFT, 'rl' = end of the budget) and the per-prompt RL escape times of the longest budget
-    (escape.csv).
+    (the scenario repeated once per configuration, each copy with its own step sizes). The RL axis
+    (``rl_variants``: sampled GRPO at each G, exact PG) runs each spec once per variant; a seed's GRPO
+    rollouts come from its own stream (its seed number), the same for every method and configuration.
+    Returns the map frame (results.csv: one row per setting x RL variant x cell x RL budget x
+    configuration x seed x stage, stage 'sft' = end of SFT, 'rl' = end of the budget, with the budget in
+    samples) and the per-prompt RL escape times of the longest budget (escape.csv).
     """
     torch.manual_seed(cfg.seed)  # nothing below draws from the global generator; set for safety
     n_val = cfg.val_seeds
-    seeds = list(range(cfg.seed, cfg.seed + n_val + cfg.seeds))
+    # validation seeds, test seeds, then the validation seeds again: their stability copies
+    seeds = list(range(cfg.seed, cfg.seed + n_val + cfg.seeds)) + list(range(cfg.seed, cfg.seed + n_val))
     S = len(seeds)
     frames, escapes = [], []
-    jobs = [(s, *job) for s in cfg.settings for job in _jobs(cfg, s)]
+    jobs = [(s, v, *job) for s in cfg.settings for v in rl_variants(cfg) for job in _jobs(cfg, s)]
     scenarios, cells = {}, {}
-    for setting, fam, spec, configs in tqdm(jobs, desc="map", unit="run"):
+    for setting, (algo, G), fam, spec, configs in tqdm(jobs, desc="map", unit="run"):
         if setting not in scenarios:
             cells[setting] = map_cells(cfg, setting)
             scenarios[setting] = concat_scenarios(
@@ -176,8 +207,12 @@ def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
             )
         sc, cl = scenarios[setting], cells[setting]
         n = sc.num_seeds  # cells x seeds
-        pipe = cfg.pipeline
-        df, esc = _run_configs(sc, spec, pipe, configs, cfg)
+        pipe = dataclasses.replace(cfg.pipeline, **RL_ALGORITHMS[algo], num_generations=max(G, 2))
+        if fam == "sft_early":
+            pipe = dataclasses.replace(pipe, sft_steps=cfg.sft_early_steps)
+        streams = torch.tensor([seeds[i % S] for i in range(n)])
+        scale = torch.tensor([1 + PERTURBATION if i % S >= S - n_val else 1.0 for i in range(n)])
+        df, esc = _run_configs(sc, spec, pipe, configs, cfg, streams, scale)
         end_sft = df[(df["stage"] == "sft") & (df["step"] == pipe.sft_steps)]
         parts = []
         for b in cfg.rl_budgets:
@@ -186,24 +221,24 @@ def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 df[(df["stage"] == "rl") & (df["step"] == b)].assign(rl_steps=b),
             ]
         d = held_out_metrics(pd.concat(parts, ignore_index=True))
+        const = dict(
+            setting=setting,
+            rl_algorithm=algo,
+            num_generations=G,
+            family=fam,
+            method=str(spec),
+            sft_steps=pipe.sft_steps,
+        )
         for frame in (d, esc):
-            idx = frame["seed"].to_numpy()
-            conf, idx = idx // n, idx % n
-            frame["wrong_demo_frac"] = [cl[i // S][0] for i in idx]
-            frame["base_correct_mass"] = [cl[i // S][1] for i in idx]
-            frame["split"] = np.where(idx % S < n_val, "val", "test")
-            frame["seed"] = [seeds[i % S] for i in idx]
-            frame["setting"] = setting
-            frame["family"] = fam
-            frame["config_id"] = [configs[c][0] for c in conf]
-            frame["sft_lr"] = [configs[c][1] for c in conf]
-            frame["rl_lr"] = [configs[c][2] for c in conf]
-            frame["method"] = str(spec)
+            _label(frame, n, S, n_val, seeds, cl, configs, **const)
+        P_rl = len(sc.rl_prompts)
+        d["samples"] = d["rl_steps"] * G * P_rl if G else np.inf
         frames.append(d)
         escapes.append(esc.assign(rl_steps=max(cfg.rl_budgets)))
     out, esc = pd.concat(frames, ignore_index=True), pd.concat(escapes, ignore_index=True)
     front = [
         *analysis.CELL,
+        "samples",
         "family",
         "method",
         "config_id",

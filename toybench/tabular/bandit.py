@@ -14,8 +14,9 @@ from toybench.tabular.envs import (
     TreeGeometry,
     builder_data_config,
     demo_data,
-    eval_generator,
+    hidden_directions,
     mean_mass_shift,
+    shared_prompts,
     shared_scenario,
     shift_to_mass,
     stack_seeds,
@@ -127,8 +128,6 @@ class SharedBandit(Scenario):
         if d < 1:
             raise ValueError(f"d must be >= 1, got {d}")
         geom = TreeGeometry(V, 1)
-        sft_idx, rl_idx = torch.arange(sft_prompts), torch.arange(sft_prompts, num_prompts)
-        eval_idx = torch.arange(num_prompts, num_prompts + eval_prompts) if eval_prompts else None
 
         def answers(phi, u, v, theta0, zb_noise):  # correctness, expert answer, mistake on prompts phi
             good = (phi @ u).argsort(-1).argsort(-1) >= V - num_correct  # (P, V)
@@ -138,17 +137,13 @@ class SharedBandit(Scenario):
             w = torch.where(good, -torch.inf, z).argmax(-1)
             return dict(reward=good.float(), base_logits=z[:, None], behavior_logits=zb[:, None]), y_star, w
 
-        cfg.update(sft_prompts=sft_idx, rl_prompts=rl_idx)
-        gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-        ges = [eval_generator(seed) for seed in seeds] if eval_prompts else []
+        eval_idx, gens, ges = shared_prompts(cfg, seeds, num_prompts, sft_prompts, eval_prompts)
         eye = torch.eye(V)
         per_seed, per_seed_eval = [], []
         for gen, ge in zip(gens, ges or [None] * len(gens)):
             P = num_prompts
             phi = torch.randn(P, V, d, generator=gen) / d**0.5  # (P, V, d)
-            u = torch.randn(d, generator=gen)
-            u = u / u.norm() * d**0.5
-            v = torch.randn(d, generator=gen)
+            u, v = hidden_directions(d, gen)
             theta0 = base_align * u / d**0.5 + base_noise * torch.randn(d, generator=gen)
             if base_correct_mass is not None:
                 good = (phi @ u).argsort(-1).argsort(-1) >= V - num_correct

@@ -66,6 +66,8 @@ __all__ = [
     "mean_mass_shift",
     "eval_generator",
     "builder_data_config",
+    "shared_prompts",
+    "hidden_directions",
 ]
 
 
@@ -297,6 +299,24 @@ def sample_heldout(geom, reward, behavior_logits, expert_good, expert_bad, cfg, 
 def eval_generator(seed: int) -> torch.Generator:
     """The second generator of seed ``seed``: draws the held-out eval prompts (module docstring)."""
     return torch.Generator().manual_seed(int(seed) + 1_000_003)
+
+
+def shared_prompts(cfg: dict, seeds, num_prompts: int, sft_prompts: int, eval_prompts: int):
+    """The prompt split and generators of a shared-parameter setting: records the SFT / RL prompt
+    indices in ``cfg`` and returns ``(eval_idx, gens, ges)`` (eval prompts follow the training ones;
+    ``ges`` is empty without eval prompts)."""
+    cfg.update(sft_prompts=torch.arange(sft_prompts), rl_prompts=torch.arange(sft_prompts, num_prompts))
+    eval_idx = torch.arange(num_prompts, num_prompts + eval_prompts) if eval_prompts else None
+    gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    ges = [eval_generator(seed) for seed in seeds] if eval_prompts else []
+    return eval_idx, gens, ges
+
+
+def hidden_directions(k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden correctness direction u (norm sqrt(k)) and the expert's style direction v, drawn
+    in that order from ``gen``."""
+    u = torch.randn(k, generator=gen)
+    return u / u.norm() * k**0.5, torch.randn(k, generator=gen)
 
 
 def stack_seeds(per_seed: list[dict]) -> dict[str, torch.Tensor]:

@@ -14,8 +14,9 @@ Design choices
   is the theorem dynamics' objective (``dynamics.leaf_pg_surrogate``): it enumerates all leaves
   and weights each row by sg[pi(leaf)], so its gradient is exactly -grad J; the exact KL term
   (``dynamics.leaf_kl``) weights the k1 estimator by pi(leaf) WITH gradient, which makes its
-  gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt from a seeded generator
-  and uses ``group_advantages`` + ``toybench.objectives.grpo_per_token`` (clipped surrogate, k3 KL)
+  gradient exactly grad KL(pi || ref). GRPO samples G leaves per prompt from each seed's own
+  rollout stream (``rollouts.RolloutStreams``: independent of the batch) and uses
+  ``group_advantages`` + ``toybench.objectives.grpo_per_token`` (clipped surrogate, k3 KL)
   normalised by ``toybench.objectives.normalise`` with the seeds as independent groups.
 * Per-prompt (tabular) parameters get each prompt's own mean gradient; shared (log-linear)
   parameters get the mean over prompts.
@@ -52,8 +53,9 @@ from toybench.objectives import (
 )
 from toybench.tabular.dynamics import leaf_kl, leaf_pg_surrogate
 from toybench.tabular.envs import Scenario
-from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logits
+from toybench.tabular.policies import Policy, TabularPolicy, make_policy, sequence_logp
 from toybench.tabular.policies import take_prompts as _on
+from toybench.tabular.rollouts import RolloutStreams
 
 __all__ = [
     "PipelineConfig",
@@ -324,25 +326,33 @@ def _step_size(lr: float | torch.Tensor | None, default: float, params: torch.Te
     return torch.as_tensor(lr, dtype=params.dtype).reshape(-1, *[1] * (params.dim() - 1))
 
 
-def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None):
+def _grpo_update(sc, policy, params, ref_params, cfg, gen, lr=None, z=None, logp_leaf=None):
+    """One GRPO step: sample G leaves per prompt from each seed's stream, then ``num_iterations`` clipped
+    updates. ``z`` (the RL prompts' node logits of ``params``, requiring grad through ``params``) and
+    ``logp_leaf`` (its leaf log-probs, detached) spare the caller's forward pass when given."""
     g, rl = sc.geometry, sc.rl_prompts
     S, P_rl, G = sc.num_seeds, len(rl), cfg.num_generations
+    if z is None:
+        params = params.detach().requires_grad_(True)
+        z = policy.prompt_logits(params, rl)
     with torch.no_grad():
-        p = g.leaf_logp(policy.prompt_logits(params, rl)).exp()  # (S, P_rl, L)
-        leaves = torch.multinomial(p.reshape(S * P_rl, -1), G, replacement=True, generator=gen)
-        leaves = leaves.reshape(S, P_rl, G)
+        p = (g.leaf_logp(z.detach()) if logp_leaf is None else logp_leaf).exp()  # (S, P_rl, L)
+        leaves = gen.sample_leaves(p, G)  # (S, P_rl, G): each seed from its own stream
         rewards = torch.gather(_on(sc.reward, rl), 2, leaves)  # (S, P_rl, G)
-        # per seed: "batch" scales by the std of the seed's own P_rl * G rewards, never across seeds
-        adv = torch.cat([group_advantages(r, scale=cfg.adv_scale) for r in rewards]).reshape(-1)
-        zref = policy.prompt_logits(ref_params, rl)
-        ref_logits, targets = sequence_logits(zref, leaves, g)
-        ref_logp = losses.logprobs(ref_logits, targets)
+        # per seed: "batch" scales by the std of the seed's own P_rl * G rewards, never across seeds;
+        # "group" and "none" act group by group, so one call serves every seed
+        if cfg.adv_scale == "batch":
+            adv = torch.cat([group_advantages(r, scale=cfg.adv_scale) for r in rewards]).reshape(-1)
+        else:
+            adv = group_advantages(rewards.reshape(S * P_rl, G), scale=cfg.adv_scale).reshape(-1)
+        ref_logp = sequence_logp(policy.prompt_logits(ref_params, rl), leaves, g) if cfg.kl_coef > 0 else None
         old_logp = None
     scale = 1.0 if isinstance(policy, TabularPolicy) else 1.0 / P_rl
-    for _ in range(cfg.num_iterations):
-        params = params.detach().requires_grad_(True)
-        logits, _ = sequence_logits(policy.prompt_logits(params, rl), leaves, g)  # (S*P_rl*G, H, V)
-        logp = losses.logprobs(logits, targets)  # (B, H)
+    for it in range(cfg.num_iterations):
+        if it > 0:
+            params = params.detach().requires_grad_(True)
+            z = policy.prompt_logits(params, rl)
+        logp = sequence_logp(z, leaves, g)  # (S*P_rl*G, H)
         if old_logp is None:
             old_logp = logp.detach()
         per_token = grpo_per_token(
@@ -373,6 +383,7 @@ def run_method(
     sft_lrs: torch.Tensor | None = None,
     rl_lrs: torch.Tensor | None = None,
     record_steps: dict[str, set[int]] | None = None,
+    rollout_seeds: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """Run base -> SFT(method) -> RL on every seed of ``sc`` and record metrics at every step.
 
@@ -394,6 +405,10 @@ def run_method(
     learning-rate configurations side by side (seeds stay independent). ``record_steps`` (None: every
     step) keeps only the rows of those steps per stage, e.g. ``{"sft": {40}, "rl": {20, 80}}``; the
     dynamics, and the per-prompt J that the escape times need at every RL step, are unchanged.
+    ``rollout_seeds`` ([S] ints, None: 0 .. S-1): GRPO's rollout stream of each seed
+    (``rollouts.RolloutStreams`` under ``cfg.grpo_seed``): a seed's samples depend only on its stream,
+    so giving the seeds' own numbers makes seed s alone equal seed s in any batch, and every method run
+    on those seeds meets the same random numbers.
     """
     cfg.validate()
     name = method if isinstance(method, str) else str(method)
@@ -402,7 +417,7 @@ def run_method(
     params = policy.init()
     rec = _Recorder(sc, policy, cfg, record_steps)
     params = _sft_stage(sc, policy, params, spec, cfg, _step_size(sft_lrs, cfg.sft_lr, params), rec)
-    _rl_stage(sc, policy, params, cfg, rl_lrs, rec)
+    _rl_stage(sc, policy, params, cfg, rl_lrs, rec, rollout_seeds)
     if not rec.records:
         raise ValueError(f"record_steps {record_steps} selects no step of this run")
     df = _to_frame(rec.records, name, spec, sc.num_seeds, list(rec.records[0][2]), cfg.sft_steps)
@@ -467,13 +482,17 @@ def _sft_stage(sc, policy, params, spec: Method, cfg: PipelineConfig, sft_lr, re
     return params
 
 
-def _rl_stage(sc, policy, params, cfg: PipelineConfig, rl_lrs, record: _Recorder) -> torch.Tensor:
-    """``cfg.rl_steps`` steps of exact PG or GRPO from ``params`` (the KL reference); the parameters."""
+def _rl_stage(
+    sc, policy, params, cfg: PipelineConfig, rl_lrs, record: _Recorder, rollout_seeds=None
+) -> torch.Tensor:
+    """``cfg.rl_steps`` steps of exact PG or GRPO from ``params`` (the KL reference); the parameters.
+    ``rollout_seeds``: GRPO's stream of each seed (``run_method``)."""
     rl_lr = _step_size(rl_lrs, cfg.rl_lr, params)
     ref_params = params.detach().clone()
     with torch.no_grad():
         ref_logp = sc.geometry.leaf_logp(policy.prompt_logits(ref_params, sc.rl_prompts))
-    gen = torch.Generator().manual_seed(cfg.grpo_seed)
+    S = sc.num_seeds
+    gen = RolloutStreams(cfg.grpo_seed, torch.arange(S) if rollout_seeds is None else rollout_seeds)
     if cfg.rl_algorithm == "exact_pg":  # one forward pass serves both the record and the gradient
         for step in range(cfg.rl_steps + 1):
             params = params.detach().requires_grad_(step < cfg.rl_steps)
@@ -483,11 +502,14 @@ def _rl_stage(sc, policy, params, cfg: PipelineConfig, rl_lrs, record: _Recorder
                 loss = exact_pg_loss(sc, policy, params, ref_logp, cfg, logp=logp)
                 (grad,) = torch.autograd.grad(loss, params)
                 params = params.detach() - rl_lr * grad
-    else:
-        record("rl", 0, params)
-        for step in range(1, cfg.rl_steps + 1):
-            params = _grpo_update(sc, policy, params, ref_params, cfg, gen, rl_lrs)
-            record("rl", step, params)
+    else:  # one forward pass serves the record, the sampling and the first update
+        for step in range(cfg.rl_steps + 1):
+            params = params.detach().requires_grad_(step < cfg.rl_steps)
+            z = policy.prompt_logits(params, sc.rl_prompts)
+            logp = sc.geometry.leaf_logp(z.detach())  # (S, P_rl, L)
+            record("rl", step, params.detach(), logp)
+            if step < cfg.rl_steps:
+                params = _grpo_update(sc, policy, params, ref_params, cfg, gen, rl_lrs, z, logp)
     return params
 
 

@@ -108,6 +108,15 @@ def make_policy(scenario: Scenario) -> Policy:
     return LogLinearPolicy(scenario) if scenario.features is not None else TabularPolicy(scenario)
 
 
+def _path_nodes_tokens(node_logits: torch.Tensor, leaves: torch.Tensor, geometry: TreeGeometry):
+    """The nodes and tokens ``(S, P, n, H)`` along the paths of ``leaves`` ``[S, P, n]``, checked
+    against ``node_logits`` ``[S, P, N, V]``."""
+    S, P = node_logits.shape[:2]
+    if leaves.shape[:2] != (S, P):
+        raise ValueError(f"leaves must be [S={S}, P={P}, n], got {tuple(leaves.shape)}")
+    return geometry.path_nodes[leaves], geometry.path_tokens[leaves]
+
+
 def sequence_logits(
     node_logits: torch.Tensor, leaves: torch.Tensor, geometry: TreeGeometry
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,11 +129,27 @@ def sequence_logits(
       logits [S*P*n, H, V] and targets [S*P*n, H] (long), the loss-contract layout.
     """
     S, P, N, V = node_logits.shape
-    if leaves.shape[:2] != (S, P):
-        raise ValueError(f"leaves must be [S={S}, P={P}, n], got {tuple(leaves.shape)}")
-    nodes = geometry.path_nodes[leaves]  # (S, P, n, H)
-    targets = geometry.path_tokens[leaves]  # (S, P, n, H)
+    nodes, targets = _path_nodes_tokens(node_logits, leaves, geometry)
     n, H = nodes.shape[2], nodes.shape[3]
     idx = nodes.reshape(S, P, n * H, 1).expand(-1, -1, -1, V)
     logits = torch.gather(node_logits, 2, idx).reshape(S * P * n, H, V)  # (B, T, V)
     return logits, targets.reshape(S * P * n, H)
+
+
+def sequence_logp(node_logits: torch.Tensor, leaves: torch.Tensor, geometry: TreeGeometry) -> torch.Tensor:
+    """log pi(y_t | y_<t) along the paths of ``leaves``: [S*P*n, H], the rows of ``sequence_logits``.
+
+    Equal to ``losses.logprobs(*sequence_logits(node_logits, leaves, geometry))`` (the same log-softmax
+    of each node's V logits), computed the cheaper way round: normalise every node once and gather the
+    taken tokens when the paths visit more (node, sample) pairs than there are nodes (many samples of a
+    small tree: the bandit), else gather the visited nodes first.
+    """
+    S, P, N, V = node_logits.shape
+    nodes, tokens = _path_nodes_tokens(node_logits, leaves, geometry)
+    n, H = nodes.shape[2], nodes.shape[3]
+    if n * H >= N:
+        logp = torch.log_softmax(node_logits, -1)
+        flat = (nodes * V + tokens).reshape(S, P, n * H)
+        return torch.gather(logp.reshape(S, P, N * V), 2, flat).reshape(S * P * n, H)
+    logits, targets = sequence_logits(node_logits, leaves, geometry)
+    return torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]

@@ -15,8 +15,9 @@ from toybench.tabular.envs import (
     TreeGeometry,
     builder_data_config,
     demo_data,
-    eval_generator,
+    hidden_directions,
     mean_mass_shift,
+    shared_prompts,
     shared_scenario,
     shift_to_mass,
     stack_seeds,
@@ -152,6 +153,30 @@ class ReasoningTree(Scenario):
         )
 
 
+def _draw_shared(geom: TreeGeometry, P: int, u, k: int, num_good: int, gen):
+    """Features and ground truth of ``P`` prompts of ``SharedTree`` (working strategies by ``u``)."""
+    V, H, N = geom.V, geom.H, geom.num_nodes
+    r = torch.randn(P, N, V, k, generator=gen) / k**0.5
+    works = (r[:, 0] @ u).argsort(-1).argsort(-1) >= V - num_good  # (P, V)
+    path = torch.randint(0, V, (P, V, H - 2), generator=gen)
+    answer = torch.randint(0, V, (P,), generator=gen)
+    wrong = (answer + torch.randint(1, V, (P,), generator=gen)) % V
+    st = _structure(geom, works, path, answer, wrong)
+    phi = torch.cat([st["exec"][..., None], st["answer"][..., None], r], -1)  # (P, N, V, 2 + k)
+    return phi, works, wrong, st
+
+
+def _shared_instance(geom: TreeGeometry, drawn, theta0, v, noise, behavior_shift: float):
+    """One prompt set's data tensors of ``SharedTree``: rewards, logits, expert good/bad paths."""
+    phi, works, wrong, st = drawn
+    z = phi @ theta0  # (P, N, V)
+    s_exp = torch.where(works, phi[:, 0, :, 2:] @ v, -torch.inf).argmax(-1)
+    s_bad = torch.where(works, -torch.inf, z[:, 0]).argmax(-1)
+    good, bad = _expert(geom, st, s_exp, s_bad, wrong)
+    data = dict(reward=st["reward"], base_logits=z, behavior_logits=z + behavior_shift * noise)
+    return dict(data, features=phi, good=good, bad=bad)
+
+
 class SharedTree(Scenario):
     """The reasoning tree with a log-linear policy shared across prompts: z[x, n, a] = theta . phi[x, n, a].
 
@@ -201,59 +226,31 @@ class SharedTree(Scenario):
             raise ValueError(f"V**H = {V**H} leaves is too many for exact enumeration")
         geom = TreeGeometry(V, H)
         N = geom.num_nodes
-        sft_idx, rl_idx = torch.arange(sft_prompts), torch.arange(sft_prompts, num_prompts)
-        eval_idx = torch.arange(num_prompts, num_prompts + eval_prompts) if eval_prompts else None
-        cfg.update(sft_prompts=sft_idx, rl_prompts=rl_idx)
-
-        def draw(P, u, gen):  # features and ground truth of P prompts
-            r = torch.randn(P, N, V, k, generator=gen) / k**0.5
-            works = (r[:, 0] @ u).argsort(-1).argsort(-1) >= V - num_good  # (P, V)
-            path = torch.randint(0, V, (P, V, H - 2), generator=gen)
-            answer = torch.randint(0, V, (P,), generator=gen)
-            wrong = (answer + torch.randint(1, V, (P,), generator=gen)) % V
-            st = _structure(geom, works, path, answer, wrong)
-            phi = torch.cat([st["exec"][..., None], st["answer"][..., None], r], -1)  # (P, N, V, 2 + k)
-            return phi, works, wrong, st
-
-        def instance(phi, works, wrong, st, theta0, v, noise):  # one prompt set's data tensors
-            z = phi @ theta0  # (P, N, V)
-            s_exp = torch.where(works, phi[:, 0, :, 2:] @ v, -torch.inf).argmax(-1)
-            s_bad = torch.where(works, -torch.inf, z[:, 0]).argmax(-1)
-            good, bad = _expert(geom, st, s_exp, s_bad, wrong)
-            return (
-                dict(reward=st["reward"], base_logits=z, behavior_logits=z + behavior_shift * noise),
-                good,
-                bad,
-            )
-
-        gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-        ges = [eval_generator(seed) for seed in seeds] if eval_prompts else []
+        eval_idx, gens, ges = shared_prompts(cfg, seeds, num_prompts, sft_prompts, eval_prompts)
         per_seed, per_seed_eval = [], []
         for gen, ge in zip(gens, ges or [None] * len(gens)):
-            u = torch.randn(k, generator=gen)
-            u = u / u.norm() * k**0.5
-            v = torch.randn(k, generator=gen)
+            u, v = hidden_directions(k, gen)
             theta0 = torch.cat(
                 [
                     torch.tensor([exec_margin, answer_margin]),
                     base_align * u / k**0.5 + base_noise * torch.randn(k, generator=gen),
                 ]
             )
-            phi, works, wrong, st = draw(num_prompts, u, gen)
+            drawn = _draw_shared(geom, num_prompts, u, k, num_good, gen)
             if base_correct_mass is not None:
+                phi, works = drawn[0], drawn[1]
                 du = torch.cat([torch.zeros(2), u])
                 theta0 = (
                     theta0
                     + mean_mass_shift(phi[:, 0] @ theta0, phi[:, 0] @ du, works, base_correct_mass) * du
                 )
             noise = torch.randn(num_prompts, N, V, generator=gen)
-            d, good, bad = instance(phi, works, wrong, st, theta0, v, noise)
-            per_seed.append(dict(d, features=phi, theta0=theta0, good=good, bad=bad))
+            d = _shared_instance(geom, drawn, theta0, v, noise, behavior_shift)
+            per_seed.append(dict(d, theta0=theta0))
             if eval_prompts:  # second generator: the training prompts' tensors are unchanged
-                phi_e, works_e, wrong_e, st_e = draw(eval_prompts, u, ge)
+                drawn_e = _draw_shared(geom, eval_prompts, u, k, num_good, ge)
                 noise_e = torch.randn(eval_prompts, N, V, generator=ge)
-                e, good_e, bad_e = instance(phi_e, works_e, wrong_e, st_e, theta0, v, noise_e)
-                per_seed_eval.append(dict(e, features=phi_e, good=good_e, bad=bad_e))
+                per_seed_eval.append(_shared_instance(geom, drawn_e, theta0, v, noise_e, behavior_shift))
         super().__init__(
             **shared_scenario(
                 "tree_shared", geom, cfg, per_seed, per_seed_eval, gens, ges, eval_idx, data_source
