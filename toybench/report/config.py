@@ -66,7 +66,7 @@ class ReportConfig:
     its default value."""
     seeds: int = 10
     """Test seeds per cell (every reported number and CI is over these)."""
-    val_seeds: int = 5
+    val_seeds: int = 4
     """Validation seeds per cell (configurations are selected on these only; disjoint from the test seeds)."""
     scale: Literal["toy", "transformer"] = "toy"
     """'transformer' adds the tiny-transformer section to the toy scales."""
@@ -85,7 +85,7 @@ class ReportConfig:
     """Map axis: fraction of prompts whose demonstrations are the teacher's mistake."""
     base_correct_masses: tuple[float, ...] = (1e-4, 0.01)
     """Map axis: pi_base's mass on correct answers (every setting's builder takes it)."""
-    rl_budgets: tuple[int, ...] = (20, 80)
+    rl_budgets: tuple[int, ...] = (20, 60)
     """Map axis: RL steps (each budget is a prefix of the longest run, so budgets cost nothing extra).
     results.csv also records the budget in samples (``samples`` = G x steps x RL prompts)."""
     rl_algorithms: tuple[str, ...] = ("grpo", "exact_pg")
@@ -100,7 +100,7 @@ class ReportConfig:
     """SFT learning rates of the families without a knob: sft, sft_early, dft, chord_phi (K = its length)."""
     knob_lrs: tuple[float, ...] = (1.0,)
     """SFT learning rates crossed with each knob (len(knob_lrs) x len(knob values) must equal K)."""
-    rl_lrs: tuple[float, ...] = (2.0, 8.0, 32.0)
+    rl_lrs: tuple[float, ...] = (4.0, 16.0, 64.0)
     """The RL step-size grid, shared by every family (``none`` included), crossed with each SFT
     configuration."""
     sft_early_steps: int = 10

@@ -122,8 +122,13 @@ def diverged_text(df: pd.DataFrame) -> str:
     share one run); selection never picks them."""
     if "diverged" not in df or not df["diverged"].astype(bool).any():
         return "Diverged configurations (non-finite run): none."
-    d = df[df["diverged"].astype(bool)][["setting", "method", "sft_lr"]].drop_duplicates()
-    listed = "; ".join(f"`{r.setting}` {r.method} at lr {r.sft_lr:g}" for r in d.itertuples())
+    keys = [c for c in ("setting", "rl_algorithm", "num_generations", "method", "sft_lr", "rl_lr") if c in df]
+    d = df[df["diverged"].astype(bool)][keys].drop_duplicates()
+    listed = "; ".join(
+        f"`{r.setting}` {rl_label(r.rl_algorithm, r.num_generations) + ' ' if 'rl_algorithm' in keys else ''}"
+        f"{r.method} at sft_lr {r.sft_lr:g}" + (f", rl_lr {r.rl_lr:g}" if "rl_lr" in keys else "")
+        for r in d.itertuples()
+    )
     return (
         f"Diverged configurations (non-finite run, marked in every cell of their setting since the cells "
         f"share one run, never selected): {listed}."
