@@ -28,10 +28,19 @@ Pairs are written ``low:high``; ``inf`` and ``none`` (an unset optional int) are
                     ``pear_sequence``): gamma=0.999, token_clip=-0.08:0.3, total_clip=-10:5, and
                     for ``pear_block`` block_size=4 (docs/methods.md §1.5). ``@self``: pi_beta is the
                     current policy (no behaviour log-probs needed); the default ``@data`` needs them.
+``asft@lam``        ``asft_loss`` (DFT + lam KL(pi_base || pi)) against a FROZEN base copy: lam=0.1
+                    (docs/methods.md §1.8); ``sft_kl@lam`` is its ablation, ``sft_kl_loss``
+``prob@alpha``      ``prob_loss`` (1 - pi(y)^alpha) / alpha: alpha=1 (§1.9)
+``psft@epsilon``    ``psft_loss`` against a SNAPSHOT of the policy (the teacher slot, replaced by the
+                    model after every ``refresh``-th step): epsilon=0.28, refresh=8 (§1.10)
+``prift@weight``    ``prift_loss`` against a FROZEN base copy: weight=prob (or mass), threshold=0.5
+                    (``mass`` only; §1.11)
+``chord_phi``       ``chord_phi_loss`` (§1.12)
 ==================  ================================================================================
 
 Defaults: one per constant, listed above. ``str(method)`` is the canonical spec: the kind, its
-``@value`` (always for ``gift``, ``gift_seq`` and ``entropy_sft``, whose value names the method; for
+``@value`` (always for ``gift``, ``gift_seq``, ``entropy_sft``, ``prob`` and ``prift``, whose value
+names the method; for
 the others only when it differs from the default) and then every other constant that differs from its
 default, in the order above; it parses back to an equal ``Method``.
 
@@ -103,8 +112,9 @@ class Family:
 
     ``consts``: the constants in canonical order (the first one is ``@value``); ``always_at``: whether
     ``str`` always writes ``@value``. ``needs_base`` / ``needs_teacher`` / ``needs_sequence_target``:
-    the frozen pi_base (GIFT), the EMA teacher (CurioSFT), the exact sequence-level target (tabular
-    only). The methods below receive the resolved :class:`Method`. To add a family: subclass this, set
+    the frozen pi_base (GIFT, ASFT, PriFT), the copy updated during SFT by :meth:`teacher_schedule`
+    (CurioSFT's EMA teacher, PSFT's snapshot), the exact sequence-level target (tabular only). The
+    methods below receive the resolved :class:`Method`. To add a family: subclass this, set
     its constants, write :meth:`token_loss` (and :meth:`fused` if ``llm.fused`` has a kernel for it),
     and register an instance in ``_FAMILIES``.
     """
@@ -134,6 +144,11 @@ class Family:
     def weights(self, m: Method, logp, behavior_logp, mask) -> torch.Tensor | None:
         """Detached per-token weights of the position-wise loss (None: none)."""
         return None
+
+    def teacher_schedule(self, m: Method) -> tuple[int, float]:
+        """``(every, keep)``: the teacher copy is updated to ``keep teacher + (1 - keep) model`` after
+        every ``every``-th step (CurioSFT's EMA: its ema_every and ema_keep)."""
+        return m["ema_every"], m["ema_keep"]
 
     def fused(self, m: Method) -> tuple[str, dict[str, float]]:
         """The ``llm.fused`` kernel that computes :meth:`token_loss` and its constants; ValueError
@@ -287,6 +302,72 @@ class _Pear(Family):
         return "pear", {}  # the NLL; weighted by Method.weights
 
 
+class _KLAnchored(Family):
+    """ASFT (``asft``: DFT + lam KL(pi_base || pi)) and its ablation ``sft_kl`` (SFT + lam KL)."""
+
+    consts = (_c("lam", 0.1, "float", _GE0),)
+    needs_base = True
+
+    def __init__(self, loss):
+        self.loss = loss
+
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        if base_logits is None:
+            raise ValueError(f"method {str(m)!r} needs base_logits")
+        return self.loss(logits, targets, base_logits, lam=m["lam"])
+
+
+class _Prob(Family):
+    """The probability family (1 - pi(y)^alpha) / alpha: 0 is SFT, 1 has DFT's gradient."""
+
+    consts = (_c("alpha", 1.0, "float", _GE0),)
+    always_at = True
+
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        return losses.prob_loss(logits, targets, alpha=m["alpha"])
+
+
+class _PSFT(Family):
+    """PSFT: the clipped surrogate at advantage 1 against a snapshot of the policy, which is the
+    teacher slot updated with keep 0 every ``refresh`` steps."""
+
+    consts = (
+        _c("epsilon", 0.28, "float", (lambda x: x >= 0, "a number >= 0 (inf = no clip)")),
+        _c("refresh", 8, "int", _INT1),
+    )
+    needs_teacher = True
+
+    def teacher_schedule(self, m):
+        return m["refresh"], 0.0
+
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        if teacher_logits is None:
+            raise ValueError(f"method {str(m)!r} needs teacher_logits (the policy snapshot)")
+        old_logp = losses.logprobs(teacher_logits, targets).detach()
+        return losses.psft_loss(logits, targets, old_logp, epsilon=m["epsilon"])
+
+
+class _PriFT(Family):
+    """PriFT: the NLL weighted by the frozen base (``prob``: b(y); ``mass``: a cumulative-mass mask)."""
+
+    consts = (
+        _c("weight", "prob", "choice", (lambda s: True, "prob or mass"), losses.PRIFT_KINDS),
+        _c("threshold", 0.5, "float", (lambda x: _finite(x) and 0 <= x <= 1, "a number in [0, 1]")),
+    )
+    always_at = True
+    needs_base = True
+
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        if base_logits is None:
+            raise ValueError(f"method {str(m)!r} needs base_logits")
+        return losses.prift_loss(logits, targets, base_logits, m["weight"], m["threshold"])
+
+
+class _ChordPhi(Family):
+    def token_loss(self, m, logits, targets, base_logits, teacher_logits, mask):
+        return losses.chord_phi_loss(logits, targets)
+
+
 #: kind -> its family (the one place every method fact lives)
 _FAMILIES: dict[str, Family] = {
     "none": _NoSFT(),
@@ -299,6 +380,12 @@ _FAMILIES: dict[str, Family] = {
     "pear_token": _Pear("token"),
     "pear_block": _Pear("block"),
     "pear_sequence": _Pear("sequence"),
+    "asft": _KLAnchored(losses.asft_loss),
+    "sft_kl": _KLAnchored(losses.sft_kl_loss),
+    "prob": _Prob(),
+    "psft": _PSFT(),
+    "prift": _PriFT(),
+    "chord_phi": _ChordPhi(),
 }
 KINDS = tuple(_FAMILIES)
 
@@ -350,7 +437,8 @@ _NO_SEQUENCE_TARGET = (
 
 @dataclass
 class MethodState:
-    """A method's frozen copies: ``base`` (pi_base, GIFT) and ``teacher`` (EMA, CurioSFT); None if unused."""
+    """A method's frozen copies: ``base`` (pi_base: GIFT, ASFT, PriFT) and ``teacher`` (updated during SFT:
+    CurioSFT's EMA teacher, PSFT's snapshot); None if unused."""
 
     base: Any = None
     teacher: Any = None
@@ -431,8 +519,9 @@ class Method:
 
     @property
     def value(self) -> Any:
-        """The main (``@``) constant, or None for kinds without one (and for PEAR's behaviour source)."""
-        if not self.constants or self.pear_level is not None:
+        """The main (``@``) constant when it is a number, else None: kinds without one, and choices
+        (PEAR's behaviour source, PriFT's weight), so a results frame's ``value`` column stays numeric."""
+        if not self.constants or self.family.consts[0].kind == "choice":
             return None
         return self.constants[0][1]
 
@@ -453,7 +542,8 @@ class Method:
 
     @property
     def needs_teacher(self) -> bool:
-        """Needs an EMA teacher copy, updated by :meth:`ema_update` (CurioSFT)."""
+        """Needs a copy of the model updated during SFT by :meth:`ema_update` (CurioSFT's EMA teacher,
+        PSFT's snapshot)."""
         return self.family.needs_teacher
 
     @property
@@ -501,14 +591,15 @@ class Method:
 
     def ema_due(self, step: int) -> bool:
         """Whether the teacher is updated after optimizer step ``step`` (1-based)."""
-        return self.needs_teacher and step % self["ema_every"] == 0
+        return self.needs_teacher and step % self.family.teacher_schedule(self)[0] == 0
 
     def ema_update(self, teacher, model):
-        """teacher <- keep * teacher + (1 - keep) * model; returns the teacher.
+        """teacher <- keep * teacher + (1 - keep) * model (keep from the family's ``teacher_schedule``:
+        CurioSFT's ema_keep, 0 for PSFT's snapshot); returns the teacher.
 
         Tensors: a new tensor (functional). ``nn.Module``: the teacher's parameters in place.
         """
-        keep = self["ema_keep"]
+        keep = self.family.teacher_schedule(self)[1]
 
         def ema(t, m):
             return keep * t + (1 - keep) * m

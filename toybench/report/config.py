@@ -17,11 +17,17 @@ from toybench.theorems import TheoremsConfig
 from toybench.tiny.config import TinyConfig, quick_config
 
 SETTINGS = ("bandit", "bandit_shared", "tree", "tree_offpolicy", "tree_shared")
-FAMILIES = ("none", "sft", "sft_early", "dft", "curio", "entropy_sft", "gift", "gift_seq", "pear")
+#: the baselines of docs/methods.md §1.8-1.12, run with --methods (not in the default map)
+BASELINE_FAMILIES = ("asft", "sft_kl", "prob", "psft", "prift", "chord_phi")
+#: every family --methods accepts
+FAMILIES = (
+    *("none", "sft", "sft_early", "dft", "curio", "entropy_sft", "gift", "gift_seq", "pear"),
+    *BASELINE_FAMILIES,
+)
 #: the default map: the reference families (none, SFT, early-stopped SFT) and the methods of the claims
 DEFAULT_METHODS = ("none", "sft", "sft_early", "curio", "gift", "pear")
 #: families without a knob: their K configurations are K SFT learning rates (``lr_grid``)
-PLAIN_FAMILIES = ("sft", "sft_early", "dft")
+PLAIN_FAMILIES = ("sft", "sft_early", "dft", "chord_phi")
 #: PEAR's clip knob: the paper's clips, or none at all
 PEAR_CLIPS = {"paper": "", "none": ",token_clip=-1e9:1e9,total_clip=-1e9:1e9"}
 #: the map's RL stages: label -> PipelineConfig fields (GRPO's group size is the num_generations axis)
@@ -73,7 +79,8 @@ class ReportConfig:
     """Settings to run (subset of bandit, bandit_shared, tree, tree_offpolicy, tree_shared)."""
     methods: tuple[str, ...] = DEFAULT_METHODS
     """Method families to run (none, sft, sft_early, dft, curio, entropy_sft, gift, gift_seq, pear; gift_seq
-    and pear only in the trees)."""
+    and pear only in the trees; also the baselines asft, sft_kl, prob, psft, prift, chord_phi of
+    docs/methods.md §1.8-1.12)."""
     wrong_demo_fracs: tuple[float, ...] = (0.0, 0.2, 0.4)
     """Map axis: fraction of prompts whose demonstrations are the teacher's mistake."""
     base_correct_masses: tuple[float, ...] = (1e-4, 0.01)
@@ -90,7 +97,7 @@ class ReportConfig:
     num_generations: tuple[int, ...] = (4, 16)
     """Map axis: GRPO's group size G (samples per prompt per step), one map per value."""
     lr_grid: tuple[float, ...] = (0.5, 2.0)
-    """SFT learning rates of the families without a knob: sft, sft_early, dft (K = its length)."""
+    """SFT learning rates of the families without a knob: sft, sft_early, dft, chord_phi (K = its length)."""
     knob_lrs: tuple[float, ...] = (1.0,)
     """SFT learning rates crossed with each knob (len(knob_lrs) x len(knob values) must equal K)."""
     rl_lrs: tuple[float, ...] = (4.0, 16.0, 64.0)
@@ -107,6 +114,14 @@ class ReportConfig:
     """Entropy-SFT's knob: the entropy coefficient."""
     curio_alphas: tuple[float, ...] = (0.5, 1.0)
     """CurioSFT's knob: alpha."""
+    asft_lams: tuple[float, ...] = (0.1, 1.0)
+    """ASFT's and SFT+KL's knob: the weight lam of KL(pi_base || pi)."""
+    prob_alphas: tuple[float, ...] = (0.5, 2.0)
+    """The probability family's knob: alpha (0 is SFT; 1 has DFT's gradient, so it is not on the grid)."""
+    psft_epsilons: tuple[float, ...] = (0.1, 0.28)
+    """PSFT's knob: the clip epsilon (its snapshot is refreshed every 8 SFT steps)."""
+    prift_weights: tuple[str, ...] = ("prob", "mass")
+    """PriFT's knob: the weight (the base's probability of the token, or its cumulative-mass mask)."""
     pear_levels: tuple[str, ...] = ("token",)
     """PEAR's knob: the level (token, block: blocks of 2 tokens, since at the tree's horizon of 4 the
     default block of 4 is the sequence level; sequence); run in the token-MDP settings only."""
@@ -257,6 +272,9 @@ RULES: dict[str, Rule] = {
     "gift_betas": _grid(0.0),
     "entropy_coefs": _grid(0.0, closed=True),
     "curio_alphas": _grid(0.0, closed=True),
+    "asft_lams": _grid(0.0, closed=True),
+    "prob_alphas": _grid(0.0, closed=True),
+    "psft_epsilons": _grid(0.0, closed=True),
 }
 
 
@@ -272,6 +290,7 @@ def _validate_fields(cfg: ReportConfig) -> None:
         ("settings", SETTINGS, "setting"),
         ("methods", FAMILIES, "method family"),
         ("pear_levels", ("token", "block", "sequence"), "level"),
+        ("prift_weights", ("prob", "mass"), "weight"),
     ):
         for v in getattr(cfg, name):
             if v not in known:
@@ -304,10 +323,10 @@ def _validate_grid(cfg: ReportConfig) -> None:
 def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[Method, float, float]]]:
     """family -> its configurations (the parsed method, SFT lr, RL lr): K SFT configurations x ``rl_lrs``.
 
-    ``sft``, ``sft_early`` and ``dft`` (no knob) get the K SFT learning rates of ``lr_grid``; the others
-    cross ``knob_lrs`` with their knob; ``none`` (no SFT: its SFT lr is NaN) gets the RL grid alone. Every
-    family crosses its SFT configurations with the same RL step sizes ``rl_lrs``. Families that need a
-    token MDP (gift_seq, pear) are skipped in the bandits.
+    ``sft``, ``sft_early``, ``dft`` and ``chord_phi`` (no knob) get the K SFT learning rates of
+    ``lr_grid``; the others cross ``knob_lrs`` with their knob; ``none`` (no SFT: its SFT lr is NaN) gets
+    the RL grid alone. Every family crosses its SFT configurations with the same RL step sizes ``rl_lrs``.
+    Families that need a token MDP (gift_seq, pear) are skipped in the bandits.
     """
     knobs = {
         "gift": [f"gift@{b:g}" for b in cfg.gift_betas],
@@ -319,6 +338,11 @@ def tuning_grid(cfg: ReportConfig, setting: str) -> dict[str, list[tuple[Method,
             for lvl in cfg.pear_levels
             for c in cfg.pear_clips
         ],
+        "asft": [f"asft@{x:g}" for x in cfg.asft_lams],
+        "sft_kl": [f"sft_kl@{x:g}" for x in cfg.asft_lams],
+        "prob": [f"prob@{x:g}" for x in cfg.prob_alphas],
+        "psft": [f"psft@{x:g}" for x in cfg.psft_epsilons],
+        "prift": [f"prift@{w}" for w in cfg.prift_weights],
     }
     out = {}
     for fam in cfg.methods:
