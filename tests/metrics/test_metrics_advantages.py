@@ -116,3 +116,19 @@ def test_group_advantages_default_eps_is_1e_6():
     r = torch.tensor([[1.0, 0.0, 0.0], [2.0, 5.0, 3.0]], dtype=torch.float64)
     for scale in ("group", "batch"):
         assert torch.equal(A.group_advantages(r, scale), A.group_advantages(r, scale, eps=1e-6))
+
+
+def test_pass_at_k_exact_accepts_float32_rounding_above_one_but_not_more():
+    """A float32 probability sum can exceed 1 by a few ulps (the map's batch hit 1 + 1.2e-7);
+    that is rounding, clamped to 1; a value clearly above 1 is still rejected."""
+    import torch
+
+    from toybench.metrics import pass_at_k_exact
+
+    eps = torch.finfo(torch.float32).eps
+    p = torch.tensor([1.0 + eps, 0.5])
+    assert torch.allclose(pass_at_k_exact(p, 4), torch.tensor([1.0, 1 - 0.5**4]))
+    with pytest.raises(ValueError, match="lie in"):
+        pass_at_k_exact(torch.tensor([1.001]), 4)
+    with pytest.raises(ValueError, match="lie in"):
+        pass_at_k_exact(torch.tensor([1.0 + 1e-6], dtype=torch.float64), 4)
