@@ -179,9 +179,9 @@ def test_a_diverged_configuration_gets_nan_rows_and_is_never_selected():
     sc = make_scenario(cfg, "bandit_shared", [0, 1, 2], 0.0, 0.005)
     # an infinite step size makes the parameters non-finite (NaN metrics); step size 1 does not. (Step
     # size 100, used here before, does not diverge: its float32 J was 1 + 1 ulp, which the metrics rejected.)
-    ones = torch.ones(3)
+    ones, inf = torch.ones(3), float("inf")
     df, esc = _run_configs(
-        sc, "entropy_sft@0.1", cfg.pipeline, [(0, 1.0, 1.0), (1, float("inf"), float("inf"))], cfg, torch.arange(3), ones
+        sc, "entropy_sft@0.1", cfg.pipeline, [(0, 1.0, 1.0), (1, inf, inf)], cfg, torch.arange(3), ones
     )
     bad = df[df.seed >= 3]
     assert bad["diverged"].all() and bad["J"].isna().all() and not df[df.seed < 3]["diverged"].any()
