@@ -61,7 +61,7 @@ MUTATE_FILES_losses    = toybench/losses.py toybench/advantages.py toybench/metr
 MUTATE_TESTS_losses    = tests/losses/test_oracle.py tests/losses/test_properties.py tests/losses/test_branches.py \
                          tests/losses/test_contract.py tests/losses/test_bad_inputs.py tests/losses/test_messages_and_edges.py \
                          tests/metrics/test_metrics_advantages.py
-MUTATE_FILES_methods   = toybench/methods.py
+MUTATE_FILES_methods   = toybench/methods.py toybench/families.py
 MUTATE_TESTS_methods   = tests/methods/test_registry.py tests/methods/test_ema.py
 MUTATE_FILES_pipeline  = toybench/tabular/pipeline.py
 MUTATE_TESTS_pipeline  = tests/tabular/test_pipeline.py tests/tabular/test_grpo_update.py \
