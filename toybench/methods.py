@@ -46,8 +46,9 @@ default, in the order above; it parses back to an equal ``Method``.
 
 Every fact about a kind lives in its :class:`Family` (one small class per kind, in
 ``toybench/families.py``, registered in ``_FAMILIES``): its constants and defaults, what it needs
-(``needs_base``, ``needs_teacher``, ``needs_behavior_logp``, ``needs_sequence_target``), whether its loss couples the rows of a batch
-(``couples_rows``), its position-wise loss and weights, and its ``llm.fused`` kernel options.
+(``needs_base``, ``needs_teacher``, ``needs_behavior_logp``, ``needs_sequence_target``), whether its
+loss couples the rows of a batch (``couples_rows``), its position-wise loss and weights, and its
+``llm.fused`` kernel options.
 :meth:`Method.init_state` makes the frozen copies for tensors and ``nn.Module`` alike and
 :meth:`Method.ema_update` is the one EMA update. The per-token SFT loss is assembled from these by
 ``toybench.objectives.sft_per_token`` at every scale. This module only chooses and wires
