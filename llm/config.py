@@ -244,9 +244,11 @@ class GRPOKnobs:
     ckpt_every: int = 25
     """Checkpoint every this many steps."""
     # --- memory, masking, sampling (llmtrain) ---
-    micro_batch_size: int = 8
+    micro_batch_size: int = 0
     """Sequences per forward/backward of the GRPO update (gradients accumulate over the rollout
-    batch; the loss is normalised over the whole batch, so the step does not depend on it)."""
+    batch; the loss is normalised over the whole batch, so the step does not depend on it). 0 = auto:
+    on a GPU as many as fit in 40% of the free memory by :func:`llm.train.training_bytes` (a whole
+    16 x 8 x ~150-token step in one pass on an H200), 8 on CPU (``llm.train.auto_micro_batch``)."""
     generation_batch_size: int = 0
     """Sequences per decoding batch (KV-cache memory ~ this x (prompt + completion) length); 0 = a
     whole step's rollouts in one batch when its cache fits in half the free memory, else the most
@@ -361,10 +363,9 @@ RULES: dict[str, Rule] = {
             "max_completion_length",
             "tiny_pretrain_steps",
             "save_total_limit",
-            "micro_batch_size",
         )
     },
-    "generation_batch_size": at_least(0, "(0 = auto)"),
+    **{n: at_least(0, "(0 = auto)") for n in ("generation_batch_size", "micro_batch_size")},
     **{n: at_least(0) for n in ("warmup", "clip", "weight_decay", "epsilon", "epsilon_high", "kl_coef")},
     **{n: at_least(0) for n in ("n_heldout", "min_new_tokens", "log_completions_every")},
     "stop_after": at_least(-1),

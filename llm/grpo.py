@@ -5,7 +5,8 @@ rank) -> ``num_generations`` KV-cached samples each at ``temperature`` (``top_p`
 rewards from the verifiers (parsed, never executed) -> ``toybench.advantages.group_advantages``
 over the GLOBAL reward matrix (so the ``batch`` scale sees every rank), one advantage per sequence,
 broadcast over its tokens -> ``num_iterations`` passes, each accumulating gradients over
-micro-batches of ``micro_batch_size`` sequences, of TRL's per-token loss
+micro-batches of ``micro_batch_size`` sequences (0 = auto: sized from the free GPU memory,
+:func:`llm.train.auto_micro_batch`), of TRL's per-token loss
 (``toybench.objectives.grpo_per_token``) normalised as TRL's ``loss_type`` says over the global batch
 (``toybench.objectives.normalise`` with its counts summed over micro-batches and ranks) -> gradients
 summed over ranks -> step.
@@ -41,6 +42,7 @@ from llm.scoring import heldout_sft_loss, hidden_states, score
 from llm.train import (
     Normaliser,
     StepLoop,
+    auto_micro_batch,
     batch_indices,
     make_optimizer,
     optimizer_step,
@@ -248,9 +250,12 @@ def run_grpo(cfg: GRPOConfig, model=None, tok=None) -> dict:
         batch["adv"] = sequence_advantages(all_rewards, cfg.adv_scale, di.rank, per_rank).cpu()
         lengths = torch.stack([batch["completion_len"].sum(), batch["truncated"].float().sum()]).to(device)
         loop.timer.tokens["generation"] += int(batch["completion_len"].sum())  # this rank's new tokens
+        size = cfg.micro_batch_size or auto_micro_batch(
+            model, len(batch["input_ids"]), batch["input_ids"].shape[1], prec, cfg.chunk_size
+        )
         upd = grpo_update(
             model,
-            micro_batches(batch, cfg.micro_batch_size, device),
+            micro_batches(batch, size, device),
             ref,
             cfg,
             prec,

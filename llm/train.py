@@ -307,14 +307,50 @@ def training_bytes(model, tokens: int, prec: Precision, chunk_size: int = 1024) 
 def micro_tokens(cfg, tok, data: dict, model, world: int = 1) -> int:
     """The most tokens one training micro-batch can hold: SFT ``batch_size / (grad_accum x world)``
     sequences of ``max_length`` (or the model's context) tokens; GRPO ``micro_batch_size``
-    sequences of the longest prompt (of the first 256) plus ``max_completion_length``."""
+    sequences of the longest prompt (of the first 256) plus ``max_completion_length`` (one sequence
+    for ``micro_batch_size = 0``: :func:`auto_micro_batch` sizes its micro-batches to fit without
+    checkpointing)."""
     if hasattr(cfg, "micro_batch_size"):
         from llm.data import prompt_ids
 
         longest = max((len(prompt_ids(tok, e, cfg.enable_thinking)) for e in data["rl"][:256]), default=0)
-        return cfg.micro_batch_size * (longest + cfg.max_completion_length)
+        return max(cfg.micro_batch_size, 1) * (longest + cfg.max_completion_length)
     length = cfg.max_length or getattr(model.config, "max_position_embeddings", 4096)
     return max(1, cfg.batch_size // (cfg.grad_accum * world)) * length
+
+
+#: ``micro_batch_size = 0`` (auto): the share of the free GPU memory a GRPO micro-batch may plan for
+#: (:func:`training_bytes` underestimates the measured activations by up to ~2x), and the fixed
+#: size used where no free-memory figure exists (CPU)
+AUTO_MICRO_FRACTION, AUTO_MICRO_FALLBACK = 0.4, 8
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can take on ``device``: the driver's free memory plus what PyTorch's
+    caching allocator holds unused; None off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(torch.cuda.mem_get_info(device)[0] + cached)
+
+
+def auto_micro_batch(
+    model, rows: int, row_tokens: int, prec: Precision, chunk_size: int, free: int | None = None
+) -> int:
+    """Sequences per micro-batch for ``micro_batch_size = 0``: the most of ``rows`` sequences of
+    ``row_tokens`` (padded) tokens whose activations (:func:`training_bytes` per token) fit in
+    :data:`AUTO_MICRO_FRACTION` of ``free`` bytes (default: :func:`free_memory` of the model's
+    device) beside the gradients, AdamW state and a loss chunk (counted even when already allocated);
+    at least 1. Without a free-memory figure (CPU): :data:`AUTO_MICRO_FALLBACK`. The update does not
+    depend on it (the loss is normalised over the whole batch; tested), only its speed and memory:
+    on a GPU a few large micro-batches instead of many launch-bound small ones."""
+    free = free_memory(next(model.parameters()).device) if free is None else free
+    if free is None:
+        return max(1, min(rows, AUTO_MICRO_FALLBACK))
+    fixed = training_bytes(model, 0, prec, chunk_size)
+    per_row = max(1, (training_bytes(model, 1, prec, chunk_size) - fixed) * row_tokens)
+    return max(1, min(rows, int((AUTO_MICRO_FRACTION * free - fixed) // per_row)))
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -390,7 +426,10 @@ def setup_run(cfg, model=None, tok=None):
 
 
 __all__ = [
+    "AUTO_MICRO_FRACTION",
+    "auto_micro_batch",
     "batch_indices",
+    "free_memory",
     "compile_layers",
     "decoder_layers",
     "micro_tokens",

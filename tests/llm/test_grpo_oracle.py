@@ -353,6 +353,50 @@ def test_micro_batched_step_equals_full_batch(tiny_dir, run_tiny, monkeypatch, l
         torch.testing.assert_close(p_micro[n], p_full[n], rtol=1e-5, atol=1e-5, msg=n)
 
 
+def test_auto_micro_batch_step_equals_fixed(tiny_dir, run_tiny, monkeypatch):
+    """``micro_batch_size = 0`` (auto) with a free-memory figure that fits the whole batch in one
+    pass (the GPU case) gives the fixed-size step's gradients and weights; without a figure (CPU) it
+    takes the fixed fallback."""
+    import llm.train as train_mod
+
+    monkeypatch.setattr(grpo_mod, "group_rewards", _text_reward)
+    calls, _ = _capture(monkeypatch)
+    sizes = []
+    real_mb = grpo_mod.micro_batches
+    monkeypatch.setattr(grpo_mod, "micro_batches", lambda b, n, d: sizes.append(n) or real_mb(b, n, d))
+    kw = dict(mask_truncated_completions=True, prompts_per_step=4, num_generations=2)
+    fixed = _grpo(run_tiny, "fixed", micro_batch_size=3, **kw)
+    monkeypatch.setattr(train_mod, "free_memory", lambda device: 10**12)
+    auto = _grpo(run_tiny, "auto", micro_batch_size=0, **kw)
+    assert sizes == [3, 8]  # auto: all 8 sequences in one micro-batch
+    (_, g_fixed), (_, g_auto) = calls
+    for n in g_fixed:
+        torch.testing.assert_close(g_auto[n], g_fixed[n], rtol=1e-5, atol=1e-7, msg=n)
+    p_fixed, p_auto = dict(fixed.named_parameters()), dict(auto.named_parameters())
+    for n in p_fixed:  # atol: see test_micro_batched_step_equals_full_batch
+        torch.testing.assert_close(p_auto[n], p_fixed[n], rtol=1e-5, atol=1e-5, msg=n)
+    monkeypatch.setattr(train_mod, "free_memory", lambda device: None)
+    _grpo(run_tiny, "cpu", micro_batch_size=0, **kw)
+    assert sizes[-1] == train_mod.AUTO_MICRO_FALLBACK
+
+
+def test_auto_micro_batch_sizes_from_free_memory(tiny_dir):
+    """The auto size grows with the free memory, shrinks with the sequence length, is at least one
+    sequence and at most the batch, and leaves room for gradients and AdamW state."""
+    from llm.loading import precision
+    from llm.train import AUTO_MICRO_FRACTION, auto_micro_batch, training_bytes
+
+    m, prec = load_model(str(tiny_dir), "cpu"), precision("bf16-mixed", torch.device("cpu"))
+    fixed = training_bytes(m, 0, prec, 64)
+    per_token = training_bytes(m, 1, prec, 64) - fixed
+    free = int((fixed + 10 * 100 * per_token) / AUTO_MICRO_FRACTION) + 1  # room for 10 x 100 tokens
+    assert auto_micro_batch(m, 64, 100, prec, 64, free=free) == 10
+    assert auto_micro_batch(m, 64, 200, prec, 64, free=free) == 5
+    assert auto_micro_batch(m, 6, 100, prec, 64, free=free) == 6
+    assert auto_micro_batch(m, 64, 100, prec, 64, free=fixed) == 1  # nothing left: one at a time
+    assert auto_micro_batch(m, 64, 100, prec, 64, free=None) == 8  # CPU: the fixed fallback
+
+
 def test_sampling_depends_on_the_step(run_tiny, monkeypatch):
     """Zero rewards and no KL: the model does not move, so only the seed can change the samples."""
     monkeypatch.setattr(
