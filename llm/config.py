@@ -97,10 +97,12 @@ class RunConfig:
     """Liger-Kernel's Triton kernels (TRL's name): RMSNorm, SwiGLU and RoPE patched into the model,
     and for the NLL methods (sft, pear_*) its fused linear cross-entropy as the SFT loss (other
     methods keep ``--loss-impl``'s). Needs a CUDA device and the ``gpu`` extra (``pip install
-    'sft-for-rl[gpu]'``). Same loss and gradient up to float rounding."""
+    'sft-for-rl[gpu]'``). Same loss and gradient up to float rounding. The patch touches this run's
+    model only. With ``--torch-compile``: the layers are compiled, and Liger gives the loss only."""
     torch_compile: bool = False
     """``torch.compile`` each decoder layer (the loss and sampling stay eager). Pays on a GPU for
-    long runs (the first steps compile); same loss and gradient up to float rounding."""
+    long runs (the first steps compile); same loss and gradient up to float rounding. Combines with
+    ``--use-liger-kernel`` (compiled layers + Liger's fused linear cross-entropy)."""
     save_optimizer: bool = False
     """Keep the optimizer state (and the EMA teacher) in the checkpoint of the LAST step too, and
     every earlier checkpoint full (the inverse of TRL's ``save_only_model``). Default: checkpoints

@@ -6,10 +6,15 @@ cross-entropy in one chunked kernel, no ``[N, V]`` logits kept). Every other met
 ``--loss-impl``'s path. The package is the ``gpu`` extra (``pip install 'sft-for-rl[gpu]'``),
 imported only here and only when asked: a missing package or an unsupported architecture is one
 clear error. The kernels are Triton, so CUDA only; equality with the plain step (loss, gradient
-norm, parameters) is a ``gpu`` test (tests/llm/test_lean.py).
+norm, parameters) is a ``gpu`` test (tests/llm/test_lean.py). The patch is scoped to the one model
+(:func:`apply_liger`). With ``--torch-compile`` the decoder layers are compiled instead of patched
+(inductor fuses the norms, SwiGLU and RoPE itself) and Liger gives the fused linear cross-entropy
+only (``llm.train.prepare_model``).
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -31,11 +36,22 @@ def _import(name: str):
 
 
 def apply_liger(model) -> None:
-    """Patch Liger-Kernel's RMSNorm, SwiGLU and RoPE into ``model`` (the loss stays ours)."""
+    """Patch Liger-Kernel's RMSNorm, SwiGLU and RoPE into ``model`` (the loss stays ours), and only
+    into ``model``.
+
+    Liger's patch function also rebinds names of the transformers modeling module process-wide: the
+    RMSNorm and MLP classes every later model is built from and ``apply_rotary_pos_emb``, which the
+    attention layers look up at each call. Those names are put back at once, so a model loaded later
+    in the process stays plain (and a later ``torch.compile`` traces no Liger kernel); Liger's RoPE
+    then reaches this model's attention layers only, swapped in for the duration of each of their
+    calls (:func:`_scoped_global`). The RMSNorm and SwiGLU modules are patched on the instance by
+    Liger itself."""
     patches = _import("liger_kernel.transformers.monkey_patch").MODEL_TYPE_TO_APPLY_LIGER_FN
     kind = getattr(model.config, "model_type", "")
     if kind not in patches:
         raise ValueError(f"--use-liger-kernel: Liger-Kernel has no kernels for model type {kind!r}")
+    module = sys.modules[type(model).__module__]  # e.g. transformers.models.qwen3.modeling_qwen3
+    before = dict(vars(module))
     patches[kind](
         model=model,
         rope=True,
@@ -44,6 +60,32 @@ def apply_liger(model) -> None:
         cross_entropy=False,
         fused_linear_cross_entropy=False,
     )
+    changed = {k: v for k, v in vars(module).items() if k not in before or before[k] is not v}
+    for name in changed:  # the process-wide rebinding undone
+        if name in before:
+            setattr(module, name, before[name])
+        else:
+            delattr(module, name)
+    if "apply_rotary_pos_emb" in changed:
+        from llm.train import decoder_layers
+
+        for layer in decoder_layers(model):
+            _scoped_global(layer.self_attn, module, "apply_rotary_pos_emb", changed["apply_rotary_pos_emb"])
+
+
+def _scoped_global(mod: torch.nn.Module, namespace, name: str, value) -> None:
+    """``mod``'s forward sees ``namespace.name = value`` while it runs (restored after, also on error)."""
+    forward = mod.forward
+
+    def scoped(*args, **kwargs):
+        saved = getattr(namespace, name)
+        setattr(namespace, name, value)
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            setattr(namespace, name, saved)
+
+    mod.forward = scoped
 
 
 def nll_method(method: str | Method) -> bool:

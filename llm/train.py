@@ -381,9 +381,11 @@ def prepare_model(
 ):
     """Weights in ``prec.param_dtype`` (fp32 master copy unless bf16-pure); HF layer checkpointing;
     on request Liger kernels (:func:`llm.liger.apply_liger`) and compiled decoder layers
-    (:func:`compile_layers`)."""
+    (:func:`compile_layers`). Both: the layers are compiled, not patched (inductor fuses the norms,
+    SwiGLU and RoPE; Liger's Triton kernels do not trace inside a compiled layer), and Liger gives
+    the NLL methods' fused linear cross-entropy only (the loss, outside the layers)."""
     model = model.to(prec.param_dtype)
-    if liger:
+    if liger and not torch_compile:
         from llm.liger import apply_liger
 
         apply_liger(model)

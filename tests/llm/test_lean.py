@@ -262,6 +262,14 @@ def test_gpu_compiled_layers_step_equals_eager(tiny_dir, tmp_path):
 
 @pytest.mark.gpu
 @needs_cuda
+def test_gpu_liger_with_compiled_layers_step_equals_plain(tiny_dir, tmp_path):
+    """Both options: compiled layers + Liger's fused linear cross-entropy (no layer patch)."""
+    pytest.importorskip("liger_kernel")
+    _assert_same_step(tiny_dir, tmp_path, "plain", "both", use_liger_kernel=True, torch_compile=True)
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_gpu_checkpointing_auto_is_off_when_it_fits_and_logs_memory(tiny_dir, tmp_path):
     """The tiny model fits many times over: auto leaves checkpointing off; the step logs its peak
     memory (and MFU: the device is in the table or --peak-tflops is given); checkpointing on gives
@@ -361,3 +369,50 @@ def test_liger_wiring_with_a_stand_in_module(tiny_dir, monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
     assert (got[batch["loss_mask"] == 0] == 0).all() and (got[batch["loss_mask"] == 1] > 0).all()
+
+
+def test_liger_patch_is_scoped_to_its_model(tiny_dir, monkeypatch):
+    """Liger's patch function rebinds names of the transformers modeling module process-wide (a
+    stand-in doing what the real one does: the RMSNorm class, ``apply_rotary_pos_emb``): apply_liger
+    puts them back, so a model loaded afterwards is plain, while the patched model's attention layers
+    still call the patched RoPE (the stand-in computes the original, so both models agree). With
+    --torch-compile the layers are left to the compiler: Liger patches nothing."""
+    import sys
+    import types
+
+    from transformers.models.qwen3 import modeling_qwen3 as mq
+
+    from llm.train import prepare_model
+
+    orig_rope, orig_norm = mq.apply_rotary_pos_emb, mq.Qwen3RMSNorm
+    for name in ("apply_rotary_pos_emb", "Qwen3RMSNorm"):  # restored at teardown whatever happens
+        monkeypatch.setattr(mq, name, getattr(mq, name))
+    rope_calls, patched = [], []
+
+    def liger_rope(*a, **k):
+        rope_calls.append(1)
+        return orig_rope(*a, **k)
+
+    def patch(model, **kw):
+        patched.append(kw)
+        mq.apply_rotary_pos_emb, mq.Qwen3RMSNorm, mq.LIGER_ONLY = liger_rope, type("N", (orig_norm,), {}), 1
+
+    root, tr, mp = (types.ModuleType(n) for n in ("liger_kernel", "liger_kernel.transformers", "lk_mp"))
+    mp.MODEL_TYPE_TO_APPLY_LIGER_FN = {"qwen3": patch}
+    for name, mod in (("liger_kernel", root), ("liger_kernel.transformers", tr), ("lk_mp", mp)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", mp)
+    fp32 = precision("fp32", "cpu")
+    m = prepare_model(load_model(str(tiny_dir), "cpu"), fp32, False, liger=True)
+    assert len(patched) == 1
+    assert mq.apply_rotary_pos_emb is orig_rope and mq.Qwen3RMSNorm is orig_norm
+    assert not hasattr(mq, "LIGER_ONLY")
+    ids = torch.tensor([[3, 5, 7, 9, 11]])
+    with torch.no_grad():
+        got = m(input_ids=ids).logits
+        assert len(rope_calls) == m.config.num_hidden_layers and mq.apply_rotary_pos_emb is orig_rope
+        plain = load_model(str(tiny_dir), "cpu")(input_ids=ids).logits
+    assert len(rope_calls) == m.config.num_hidden_layers  # the later model is plain
+    torch.testing.assert_close(got, plain, rtol=0, atol=0)
+    prepare_model(load_model(str(tiny_dir), "cpu"), fp32, False, liger=True, torch_compile=True)
+    assert len(patched) == 1  # compiled layers: Liger gives the loss only
