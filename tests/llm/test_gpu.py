@@ -184,3 +184,20 @@ def test_resume_on_cuda_equals_uninterrupted(tiny_dir, tmp_path):
     b = _params(load_model(str(tmp_path / "cut" / "final"), "cpu"))
     assert res["sft/loss"] == full["sft/loss"], (res["sft/loss"], full["sft/loss"])
     assert torch.equal(a, b), f"max |resumed - full| = {(a - b).abs().max():.3g}"
+
+
+def test_fused_adamw_equals_foreach(tiny_dir):
+    """``make_optimizer`` takes torch's fused AdamW on CUDA: three steps give the foreach path's weights."""
+    from llm.train import make_optimizer
+
+    models = [load_model(str(tiny_dir), "cuda") for _ in range(2)]
+    fused, _ = make_optimizer(models[0], 1e-3, 10, 0, 1.0)
+    assert fused.defaults["fused"]
+    plain = torch.optim.AdamW(models[1].parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0, foreach=True)
+    ids = torch.randint(0, models[0].config.vocab_size, (2, 12), device="cuda")
+    for _ in range(3):
+        for m, opt in zip(models, (fused, plain)):
+            m(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    torch.testing.assert_close(_params(models[0]), _params(models[1]), rtol=0, atol=1e-5)
