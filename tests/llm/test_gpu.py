@@ -193,7 +193,8 @@ def test_fused_adamw_equals_foreach(tiny_dir):
     models = [load_model(str(tiny_dir), "cuda") for _ in range(2)]
     fused, _ = make_optimizer(models[0], 1e-3, 10, 0, 1.0)
     assert fused.defaults["fused"]
-    plain = torch.optim.AdamW(models[1].parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0, foreach=True)
+    kw = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0, foreach=True)
+    plain = torch.optim.AdamW(models[1].parameters(), **kw)
     ids = torch.randint(0, models[0].config.vocab_size, (2, 12), device="cuda")
     for _ in range(3):
         for m, opt in zip(models, (fused, plain)):
