@@ -11,12 +11,21 @@ Completions are forced to exactly ``--max-new`` tokens on both sides (``min_new_
 length each side actually produced. TRL is a benchmark-only extra (``pip install -e '.[bench]'``);
 without it the script says so.
 
+What differs between the two sides (the rest is the same: model, dtype, shapes, sampling, no KL,
+one optimizer step per batch): our micro-batches are sized from the free GPU memory
+(``micro_batch_size`` 0 = auto: the whole 128-sequence batch in one forward/backward on an H200, as
+TRL's ``per_device_train_batch_size`` = prompts x G does); we score log-probs with the chunked
+vocabulary loss (TRL: full logits of the completion); our decoding is a CUDA-graph replay of a
+static-KV step (TRL: ``model.generate``); our marginal step is timed as (3 steps - 1 step) / 2 of
+whole runs, TRL's as its warm steps between callbacks.
+
     python benchmarks/grpo_vs_trl.py --prompts 8 --group 8 --max-new 64
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 
@@ -24,9 +33,22 @@ import torch
 
 
 def ours(
-    model_dir: str, prompts: int, group: int, max_new: int, out: str, repeats: int, device: str = "cpu"
+    model_dir: str,
+    prompts: int,
+    group: int,
+    max_new: int,
+    out: str,
+    repeats: int,
+    device: str = "cpu",
+    warm: bool = True,
+    phases: dict | None = None,
+    **overrides,
 ) -> tuple[float, float]:
-    """(samples/s, mean completion length) of our GRPO step, completions forced to ``max_new``."""
+    """(samples/s, mean completion length) of our GRPO step, completions forced to ``max_new``.
+
+    ``warm``: run one untimed step first (CUDA context, kernels, the decode graph); ``phases``, when
+    given, receives the mean ``perf/*`` times of the timed run's steps after the first (generation,
+    train, step); ``overrides``: other ``GRPOConfig`` fields (``micro_batch_size=8``)."""
     import llm.grpo
     from llm.config import GRPOConfig
     from llm.grpo import run_grpo
@@ -42,25 +64,27 @@ def ours(
     gen, llm.grpo.generate = llm.grpo.generate, forced
 
     tok = load_tokenizer(model_dir)
-    cfg = dict(
-        model=model_dir,
-        device=device,
-        gradient_checkpointing="off",
-        n_train=4 * prompts,
-        n_heldout=4,
-        prompts_per_step=prompts,
-        num_generations=group,
-        pass_k=1,
-        max_completion_length=max_new,
-        min_new_tokens=max_new,  # forced length: EOS cannot shorten our side
-        overwrite=True,  # --repeats rerun into the same scratch directories
-        eval_every=10**6,
-        ckpt_every=10**6,
-        prompt_style="compact",
+    cfg = (
+        dict(
+            model=model_dir,
+            device=device,
+            gradient_checkpointing="off",
+            n_train=4 * prompts,
+            n_heldout=4,
+            prompts_per_step=prompts,
+            num_generations=group,
+            pass_k=1,
+            max_completion_length=max_new,
+            min_new_tokens=max_new,  # forced length: EOS cannot shorten our side
+            overwrite=True,  # --repeats rerun into the same scratch directories
+            eval_every=10**6,
+            ckpt_every=10**6,
+            prompt_style="compact",
+        )
+        | overrides
     )
-    run_grpo(
-        GRPOConfig(**cfg, steps=1, out=out + "/w"), model=load_model(model_dir, device), tok=tok
-    )  # warm-up
+    if warm:
+        run_grpo(GRPOConfig(**cfg, steps=1, out=out + "/w"), model=load_model(model_dir, device), tok=tok)
 
     def wall(steps: int) -> float:
         m = load_model(model_dir, device)
@@ -75,6 +99,10 @@ def ours(
         per_step = min((wall(1 + extra) - wall(1)) / extra for _ in range(repeats))
     finally:
         llm.grpo.generate = gen
+    if phases is not None:
+        recs = [json.loads(x) for x in open(out + f"/o{1 + extra}/metrics.jsonl") if x.strip()][1:]
+        for k in ("generation_time", "train_time", "step_time"):
+            phases[k] = sum(r.get(f"perf/{k}", 0.0) for r in recs) / max(len(recs), 1)
     return prompts * group / per_step, sum(lengths) / max(len(lengths), 1)
 
 

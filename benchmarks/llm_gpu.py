@@ -9,30 +9,43 @@ master weights, bf16 autocast). Sections, each printing ``RESULT`` lines (a tabl
   decode    OUR generator, ``llm.rollout.HFGenerator`` (static KV cache, decode step replayed as a
             CUDA graph; and the same loop eager), at batch 16, 128 and 512: ms per decode step and
             completion tokens/s (lengths forced); HF ``model.generate`` beside it at 16 and 128.
-  sft       one SFT step (forward + backward + AdamW) on batch x seq tokens: tokens/s, MFU
-            (6 N + 12 L d T FLOPs per token over --peak-tflops) and peak memory, for sft and gift@5,
-            loss_impl chunked / fused, checkpointing on / off, and every throughput option that
-            ``llm.train.prepare_model`` offers (Liger kernels, torch.compile) when present.
+  sft       one SFT step (forward + backward + AdamW) on batch x seq tokens (no padding, so SDPA
+            takes its causal kernel without a mask): tokens/s, MFU (the PaLM / nanoGPT count,
+            :func:`flops_per_token`, over --peak-tflops) and peak memory, for sft and gift@5,
+            loss_impl chunked / fused, checkpointing on / off, then each option of
+            ``llm.train.prepare_model`` (Liger kernels + its fused linear cross-entropy,
+            torch.compile, both) at --batch and at each --sft-batches size.
+  grpo      one GRPO step, 16 prompts x 8 samples x 128 forced tokens, no KL, no checkpointing:
+            ours (micro-batches auto, and fixed at each --grpo-micro size, with the loop's own
+            generation / train split) vs TRL's GRPOTrainer (``benchmarks/grpo_vs_trl.py``; skipped
+            without trl).
+  defaults  the default ``llm pipeline``'s costs at its default shapes: a few SFT steps (gift@5,
+            batch 16 of the default data, probes and a full checkpoint included), a few GRPO steps
+            (16 x 8 completions up to 512 tokens), one evaluation (16 samples per prompt), and the
+            whole default pipeline's time extrapolated from them (RESULT ``defaults[total]``, with
+            its formula).
   pipeline  ``llm pipeline`` on the stand-in (``gift@5 curio none``, 8 SFT steps of 16, 3 GRPO steps
             of 16 x 8 samples, completions up to 512 tokens as by default; random weights rarely
             emit an EOS, so they run to the limit): wall time, peak GPU memory and disk per stage.
-  grpo      one GRPO step, 16 prompts x 8 samples x 128 forced tokens, no KL, no checkpointing:
-            ours vs TRL's GRPOTrainer (``benchmarks/grpo_vs_trl.py``; skipped without trl).
+            Last, so the default --deadline-s leaves it out on one H200 (``--only pipeline``).
 
-    python benchmarks/llm_gpu.py                       # everything (~6 minutes on an H200)
+    python benchmarks/llm_gpu.py                       # everything in time (~6 minutes on an H200)
     python benchmarks/llm_gpu.py --only decode sft     # some sections
     python benchmarks/llm_gpu.py --cpu-smoke           # every code path on CPU at toy shapes
 
-A section that would start after ``--deadline-s`` seconds is skipped and says so. Without CUDA (and
-without ``--cpu-smoke``) it prints a message and exits 0.
+A section that would start after ``--deadline-s`` seconds, or with less than its rough cost
+(:data:`COST`) left, is skipped and says so. Without CUDA (and without ``--cpu-smoke``) it prints a
+message and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
-import inspect
+import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -60,7 +73,7 @@ QWEN3_06B = dict(
 SMOKE = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16)
 #: rough seconds per section on an H200: --deadline-s skips a section with less time left, and the
 #: sft section skips its remaining variants once it has used its share
-COST = {"decode": 30, "sft": 80, "pipeline": 150, "grpo": 60}
+COST = {"decode": 35, "sft": 100, "grpo": 75, "defaults": 90, "pipeline": 150}
 
 RESULTS: list[str] = []
 
@@ -173,33 +186,43 @@ def bench_decode(model_dir: Path, a) -> None:
 
 
 def flops_per_token(model, seq: int) -> float:
-    """Training FLOPs per token: 6 N (dense) + 12 L d T (attention scores and values, fwd + bwd)."""
+    """Training FLOPs per token, the PaLM / nanoGPT count: 6 N (N = parameters, a tied embedding
+    once: it is the output head's product) + 12 L H d_h T (attention scores and values, forward and
+    backward, at sequence length T; causal masking not halved)."""
     c = model.config
-    n = sum(p.numel() for p in model.parameters())
+    n = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
     return 6 * n + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq
 
 
-def sft_variants(smoke: bool) -> list[tuple[str, str, str, dict]]:
-    """(method, loss_impl, label, prepare_model kwargs): plain ones, then each option the checkout has."""
-    from llm.train import prepare_model
+#: prepare_model keywords of each SFT option (Liger also takes the NLL loss through its fused
+#: linear cross-entropy, as ``llm sft --use-liger-kernel`` does; with compile it gives the loss only)
+OPTIONS = {
+    "liger": dict(liger=True),
+    "compile": dict(torch_compile=True),
+    "liger+compile": dict(liger=True, torch_compile=True),
+}
 
-    plain = [
-        ("sft", "chunked", "checkpointing", dict(checkpointing=True)),
-        ("sft", "chunked", "plain", dict(checkpointing=False)),
-        ("sft", "fused", "plain", dict(checkpointing=False)),
-        ("gift@5", "chunked", "plain", dict(checkpointing=False)),
-        ("gift@5", "fused", "plain", dict(checkpointing=False)),
+
+def sft_variants(a) -> list[tuple[str, str, str, dict, int]]:
+    """(method, loss_impl, label, prepare_model kwargs, sequences per step): the plain paths at
+    ``--batch``, each option of ``llm.train.prepare_model`` at ``--batch``, then the options again at
+    every ``--sft-batches`` size (MFU vs tokens per step)."""
+    B = a.batch
+    out = [
+        ("sft", "chunked", "checkpointing", dict(checkpointing=True), B),
+        ("sft", "chunked", "plain", dict(checkpointing=False), B),
+        ("sft", "fused", "plain", dict(checkpointing=False), B),
+        ("gift@5", "chunked", "plain", dict(checkpointing=False), B),
+        ("gift@5", "fused", "plain", dict(checkpointing=False), B),
     ]
-    params = inspect.signature(prepare_model).parameters
-    extra = []
-    for opt in ("liger", "use_liger_kernel", "compile", "torch_compile"):
-        if opt not in params:
+    have_liger = importlib.util.find_spec("liger_kernel") is not None
+    for label, kw in OPTIONS.items():
+        if a.cpu_smoke or ("liger" in label and not have_liger):
+            print(f"sft: {label!r} skipped (no liger_kernel, or --cpu-smoke: inductor compiles for minutes)")
             continue
-        if smoke or ("liger" in opt and importlib.util.find_spec("liger_kernel") is None):
-            print(f"sft: {opt!r} skipped (no liger_kernel, or --cpu-smoke)")
-            continue
-        extra.append(("sft", "chunked", opt, dict(checkpointing=False, **{opt: True})))
-    return plain + extra
+        impl = "liger" if kw.get("liger") else "chunked"
+        out += [("sft", impl, label, dict(checkpointing=False, **kw), b) for b in [B, *a.sft_batches]]
+    return out
 
 
 def bench_sft(model_dir: Path, a) -> None:
@@ -209,27 +232,26 @@ def bench_sft(model_dir: Path, a) -> None:
     from llm.scoring import sft_token_loss
     from llm.train import make_optimizer, prepare_model
 
+    if not a.cpu_smoke:  # every compiled variant reuses the layer graph (dynamic shapes): no recompiles
+        torch._dynamo.config.cache_size_limit = 64
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     prec = precision("auto", dev)
     V = 4096 if a.cpu_smoke else 151_936
-    seqs = [(torch.randint(0, V, (a.seq,)).tolist(), [0] * 64 + [1] * (a.seq - 64)) for _ in range(a.batch)]
-    batch = {k: v.to(dev) for k, v in collate(seqs, 0).items()}
-    n_tok = batch["loss_mask"].sum()  # token_mean: the timing does not depend on the reduction
-    for method, impl, label, kw in sft_variants(a.cpu_smoke):
+    for method, impl, label, kw, B in sft_variants(a):
         if a.sft_labels and label not in a.sft_labels:
             continue
+        name = f"sft[{method},{impl},{label}] tokens={B}x{a.seq}"
         if time.perf_counter() > a.section_end:
-            result(f"sft[{method},{impl},{label}] skipped: the section's time share is used")
+            result(f"{name} skipped: the section's time share is used")
             continue
+        seqs = [(torch.randint(0, V, (a.seq,)).tolist(), [0] * 64 + [1] * (a.seq - 64)) for _ in range(B)]
+        batch = {k: v.to(dev) for k, v in collate(seqs, 0).items()}  # no padding: SDPA's causal path
+        n_tok = batch["loss_mask"].sum()  # token_mean: the timing does not depend on the reduction
         model = prepare_model(load_model(str(model_dir), dev), prec, **kw)
         opt, _ = make_optimizer(model, 1e-5, 100, 0, 1.0)
-        aux = (
-            [load_model(str(model_dir), dev).eval().requires_grad_(False)]
-            if method.startswith("gift")
-            else []
-        )
+        aux = [load_model(str(model_dir), dev).eval().requires_grad_(False)] if method != "sft" else []
 
-        def step(model=model, opt=opt, aux=aux, method=method, impl=impl):
+        def step(model=model, opt=opt, aux=aux, method=method, impl=impl, batch=batch, n_tok=n_tok):
             model.train()
             with prec.autocast():
                 loss = sft_token_loss(model, batch, method, aux, a.chunk, impl).sum() / n_tok
@@ -242,28 +264,39 @@ def bench_sft(model_dir: Path, a) -> None:
             dt = timed(step, a.reps)
         except Exception as e:  # noqa: BLE001 -- one option failing must not hide the others' numbers
             traceback.print_exc()
-            result(f"sft[{method},{impl},{label}] failed: {type(e).__name__}: {str(e)[:120]}")
+            result(f"{name} failed: {type(e).__name__}: {str(e)[:120]}")
             continue
-        tps = a.batch * a.seq / dt
+        tps = B * a.seq / dt
         mfu = tps * flops_per_token(model, a.seq) / (a.peak_tflops * 1e12)
-        result(
-            f"sft[{method},{impl},{label}] tokens={a.batch}x{a.seq} step_s={dt:.3f} "
-            f"tokens_per_s={tps:.0f} mfu={mfu:.3f} peak_gib={peak_gib():.2f}"
-        )
+        result(f"{name} step_s={dt:.3f} tokens_per_s={tps:.0f} mfu={mfu:.3f} peak_gib={peak_gib():.2f}")
         del model, opt, aux
         _free()
 
 
 def bench_grpo(model_dir: Path, a) -> None:
-    """Ours vs TRL 1.16 on one GRPO step (``benchmarks/grpo_vs_trl.py``)."""
+    """Ours (micro-batches auto, and each ``--grpo-micro`` fixed size) vs TRL 1.16 on one GRPO step
+    (``benchmarks/grpo_vs_trl.py``), with our step's phase split from its ``perf/*`` metrics."""
     spec = importlib.util.spec_from_file_location("grpo_vs_trl", ROOT / "benchmarks" / "grpo_vs_trl.py")
     gvt = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gvt)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     P, G, L = a.grpo_prompts, a.grpo_group, a.grpo_tokens
+    shape = f"prompts={P} G={G} tokens={L}"
     with tempfile.TemporaryDirectory(dir=a.work) as out:
-        r_ours, len_ours = gvt.ours(str(model_dir), P, G, L, out, 1, dev)
-        result(f"grpo[ours] prompts={P} G={G} tokens={L} step_s={P * G / r_ours:.2f} mean_len={len_ours:.0f}")
+        rates = {}
+        for i, mb in enumerate([0, *a.grpo_micro]):
+            if i and time.perf_counter() > a.section_end - 30:
+                result(f"grpo[ours,micro={mb}] skipped: the section's time share is used")
+                continue
+            ph: dict = {}
+            r, n = gvt.ours(str(model_dir), P, G, L, out, 1, dev, warm=i == 0, phases=ph, micro_batch_size=mb)
+            rates[mb] = r
+            label = f"ours,micro={mb}" if mb else "ours"
+            result(
+                f"grpo[{label}] {shape} step_s={P * G / r:.2f} mean_len={n:.0f} "
+                f"(in the loop: generation {ph['generation_time']:.2f} s, train {ph['train_time']:.2f} s, "
+                f"step {ph['step_time']:.2f} s)"
+            )
         if importlib.util.find_spec("trl") is None:
             result("grpo[trl] skipped: trl is not importable")
             return
@@ -272,11 +305,129 @@ def bench_grpo(model_dir: Path, a) -> None:
         except Exception as e:  # noqa: BLE001 -- report TRL API drift instead of a traceback
             result(f"grpo[trl] failed: {type(e).__name__}: {str(e)[:160]}")
             return
-    result(
-        f"grpo[trl] prompts={P} G={G} tokens={L} step_s={P * G / r_trl:.2f} mean_len={len_trl:.0f} "
-        f"ours_speedup={r_ours / r_trl:.2f}x"
-    )
+    vs = " ".join(f"ours_micro_{mb or 'auto'}_speedup={r / r_trl:.2f}x" for mb, r in rates.items())
+    result(f"grpo[trl] {shape} step_s={P * G / r_trl:.2f} mean_len={len_trl:.0f} {vs}")
     _free()
+
+
+def _save_timer():
+    """Wrap ``llm.train.save_checkpoint`` (the step loop's saves): returns the list it appends
+    ``(seconds, full, GB on disk)`` to (full = with optimizer state) and the undo."""
+    import llm.train as tr
+
+    calls, real = [], tr.save_checkpoint
+
+    def wrapped(root, step, model, optimizer, *args, **kw):
+        t0 = time.perf_counter()
+        path = real(root, step, model, optimizer, *args, **kw)
+        sync()
+        calls.append((time.perf_counter() - t0, optimizer is not None, disk_gb(path)))
+        return path
+
+    tr.save_checkpoint = wrapped
+    return calls, lambda: setattr(tr, "save_checkpoint", real)
+
+
+def _stage(run, cfg, calls: list) -> dict:
+    """Run one stage: wall seconds, its ``metrics.jsonl`` records, the saves, disk (GB), peak (GiB)."""
+    calls.clear()
+    peak_gib()
+    t0 = time.perf_counter()
+    run(cfg)
+    sync()
+    wall = time.perf_counter() - t0
+    out = Path(cfg.out)
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    res = dict(wall=wall, recs=recs, saves=list(calls), disk=disk_gb(out), peak=peak_gib())
+    shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+def _costs(r: dict, probe_key: str) -> dict:
+    """Per-step costs of a short stage run: ``step`` (median of the steps after the first without a
+    probe), ``probe`` (what a probe step adds), ``save`` (a full checkpoint), ``once`` (the rest:
+    set-up, the first step's warm-up, the last step's lean save and ``final/``)."""
+    t = [x["perf/step_time"] for x in r["recs"]]
+    plain = [x["perf/step_time"] for x in r["recs"][1:] if probe_key not in x] or t[1:] or t
+    step = statistics.median(plain)
+    probes = [x["perf/step_time"] - step for x in r["recs"] if probe_key in x]
+    full = [s for s, is_full, _ in r["saves"] if is_full]
+    save = statistics.mean(full) if full else 0.0
+    probe = statistics.mean(probes) if probes else 0.0
+    once = r["wall"] - step * len(t) - probe * len(probes) - save * len(full)
+    return dict(step=step, probe=probe, save=save, once=once, n_probe=len(probes), n_save=len(full))
+
+
+def bench_defaults(model_dir: Path, a) -> None:
+    """The default ``llm pipeline`` on the stand-in, measured at its default shapes: SFT steps
+    (gift@5, batch 16 of the default data), GRPO steps (16 prompts x 8, up to 512 tokens), one
+    evaluation (its default prompts x 16 samples), probes and saves; then the whole default
+    pipeline's time extrapolated from them (a RESULT line with the formula)."""
+    from llm.config import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig, resolve, stage_config
+    from llm.evaluate import run_eval
+    from llm.grpo import run_grpo
+    from llm.sft import run_sft
+    from toybench.methods import Method
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    root = Path(a.work) / "defaults"
+    small = dict(max_completion_length=8, n_heldout=16) if a.cpu_smoke else {}
+    cfg = resolve(PipelineConfig(model=str(model_dir), device=dev, out=str(root), **small))
+    S, G, m = a.default_sft_steps, a.default_grpo_steps, "gift@5"
+    calls, undo = _save_timer()
+    try:
+        kw = dict(model=str(model_dir), overwrite=True)
+        sft = stage_config(SFTConfig, cfg, cfg.sft, out=str(root / "sft"), method=m, steps=S, **kw)
+        sft = dataclasses.replace(sft, eval_every=max(1, S // 2), ckpt_every=max(1, S // 2))
+        r_sft = _stage(run_sft, sft, calls)
+        grpo = stage_config(GRPOConfig, cfg, cfg.grpo, out=str(root / "grpo"), steps=G, **kw)
+        r_grpo = _stage(run_grpo, dataclasses.replace(grpo, ckpt_every=max(1, G - 1)), calls)
+        ev = stage_config(EvalConfig, cfg, out=str(root / "eval"), n_samples=cfg.n_samples, ks=cfg.ks, **kw)
+        peak_gib()
+        t0 = time.perf_counter()
+        run_eval(ev)
+        sync()
+        t_eval, eval_peak = time.perf_counter() - t0, peak_gib()
+    finally:
+        undo()
+    _report_defaults(cfg, r_sft, r_grpo, t_eval, eval_peak, calls, Method)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _report_defaults(cfg, r_sft: dict, r_grpo: dict, t_eval: float, eval_peak: float, calls, Method) -> None:
+    """RESULT lines of :func:`bench_defaults` and the extrapolated total of the default pipeline."""
+    cs, cg = _costs(r_sft, "heldout/reward"), _costs(r_grpo, "__none__")
+    tok = statistics.median(x["perf/train_tokens_per_s"] * x["perf/train_time"] for x in r_sft["recs"])
+    full_gb = max((gb for _, is_full, gb in r_sft["saves"] + r_grpo["saves"] if is_full), default=0.0)
+    g = r_grpo["recs"][-1]
+    result(
+        f"defaults[sft] gift@5 batch={cfg.sft.batch_size} tokens_per_step={tok:.0f} step_s={cs['step']:.3f} "
+        f"probe_s={cs['probe']:.1f} full_save_s={cs['save']:.1f} once_s={cs['once']:.1f} "
+        f"peak_gib={r_sft['peak']:.1f} final_disk_gb={r_sft['disk']:.3f} full_ckpt_gb={full_gb:.3f} "
+        f"(measured: {cs['n_save']} full saves)"
+    )
+    result(
+        f"defaults[grpo] {cfg.grpo.prompts_per_step}x{cfg.grpo.num_generations} "
+        f"up_to={cfg.max_completion_length} step_s={cg['step']:.2f} (generation "
+        f"{g.get('perf/generation_time', 0):.2f} s, train {g.get('perf/train_time', 0):.2f} s; mean_len "
+        f"{g.get('grpo/completions/mean_length', 0):.0f}) full_save_s={cg['save']:.1f} "
+        f"once_s={cg['once']:.1f} peak_gib={r_grpo['peak']:.1f} final_disk_gb={r_grpo['disk']:.3f}"
+    )
+    result(f"defaults[eval] n_samples={cfg.n_samples} s={t_eval:.1f} peak_gib={eval_peak:.1f}")
+    S, es, ks = cfg.sft.steps, cfg.sft.eval_every, cfg.sft.ckpt_every
+    Gn, kg = cfg.grpo.steps, cfg.grpo.ckpt_every
+    sft_stage = S * cs["step"] + -(-S // es) * cs["probe"] + (S - 1) // ks * cs["save"] + cs["once"]
+    grpo_stage = Gn * cg["step"] + (Gn - 1) // kg * cg["save"] + cg["once"]
+    n_m = len(cfg.methods)
+    n_sft = sum(Method.parse(x).kind != "none" for x in cfg.methods)
+    total = n_sft * sft_stage + n_m * grpo_stage + (1 + n_sft + n_m) * t_eval
+    result(
+        f"defaults[total] {n_m} methods: {n_sft} x SFT stage ({S} x {cs['step']:.2f} s + {-(-S // es)} probes"
+        f" x {cs['probe']:.1f} + {(S - 1) // ks} saves x {cs['save']:.1f} + {cs['once']:.0f} = "
+        f"{sft_stage / 60:.1f} min) + {n_m} x GRPO stage ({Gn} x {cg['step']:.2f} s + {(Gn - 1) // kg} saves"
+        f" x {cg['save']:.1f} + {cg['once']:.0f} = {grpo_stage / 60:.1f} min) + {1 + n_sft + n_m} evals x "
+        f"{t_eval:.0f} s = {total / 3600:.2f} h"
+    )
 
 
 def bench_pipeline(model_dir: Path, a) -> None:
@@ -338,7 +489,7 @@ def _free() -> None:
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", default=list(COST), choices=list(COST), help="sections to run")
-    ap.add_argument("--deadline-s", type=float, default=480, help="skip sections that would start later")
+    ap.add_argument("--deadline-s", type=float, default=380, help="skip sections that would start later")
     ap.add_argument("--work", default="", help="scratch directory (default: a temporary one)")
     ap.add_argument("--gen-batches", type=int, nargs="+", default=[16, 128, 512], help="decode batch sizes")
     ap.add_argument("--gen-tokens", type=int, default=128, help="completion tokens per sample (forced)")
@@ -347,9 +498,17 @@ def parse(argv=None):
     ap.add_argument("--chunk", type=int, default=4096, help="chunk_size of the SFT losses")
     ap.add_argument("--reps", type=int, default=3, help="timed SFT steps per variant")
     ap.add_argument("--sft-labels", nargs="*", default=[], help="only these SFT variants (e.g. liger plain)")
+    ap.add_argument(
+        "--sft-batches", type=int, nargs="*", default=[16, 32], help="larger SFT batches for the options"
+    )
     ap.add_argument("--grpo-prompts", type=int, default=16, help="GRPO prompts per step")
     ap.add_argument("--grpo-group", type=int, default=8, help="GRPO samples per prompt")
     ap.add_argument("--grpo-tokens", type=int, default=128, help="GRPO completion tokens (forced)")
+    ap.add_argument(
+        "--grpo-micro", type=int, nargs="*", default=[8], help="fixed micro-batch sizes timed beside auto"
+    )
+    ap.add_argument("--default-sft-steps", type=int, default=8, help="defaults: SFT steps measured")
+    ap.add_argument("--default-grpo-steps", type=int, default=3, help="defaults: GRPO steps measured")
     ap.add_argument("--pipeline-tokens", type=int, default=512, help="pipeline max completion (real default)")
     ap.add_argument("--methods", nargs="+", default=["gift@5", "curio", "none"], help="pipeline methods")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H200 SXM: 989)")
@@ -358,6 +517,7 @@ def parse(argv=None):
     if a.cpu_smoke:
         a.gen_batches, a.gen_tokens, a.batch, a.seq, a.chunk, a.reps = [4], 8, 2, 128, 512, 1
         a.grpo_prompts, a.grpo_group, a.grpo_tokens, a.methods = 2, 2, 8, ["gift@5", "none"]
+        a.sft_batches, a.grpo_micro, a.default_sft_steps, a.default_grpo_steps = [4], [1], 4, 2
         a.pipeline_tokens = 8
     return a
 
