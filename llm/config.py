@@ -249,7 +249,7 @@ class GRPOKnobs:
     micro_batch_size: int = 0
     """Sequences per forward/backward of the GRPO update (gradients accumulate over the rollout
     batch; the loss is normalised over the whole batch, so the step does not depend on it). 0 = auto:
-    on a GPU as many as fit in 40% of the free memory by :func:`llm.train.training_bytes` (a whole
+    on a GPU as many as fit in 35% of the free memory by :func:`llm.train.training_bytes` (a whole
     16 x 8 x ~150-token step in one pass on an H200), 8 on CPU (``llm.train.auto_micro_batch``)."""
     generation_batch_size: int = 0
     """Sequences per decoding batch (KV-cache memory ~ this x (prompt + completion) length); 0 = a

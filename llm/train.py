@@ -326,7 +326,7 @@ def micro_tokens(cfg, tok, data: dict, model, world: int = 1) -> int:
 #: ``micro_batch_size = 0`` (auto): the share of the free GPU memory a GRPO micro-batch may plan for
 #: (:func:`training_bytes` underestimates the measured activations by up to ~2x), and the fixed
 #: size used where no free-memory figure exists (CPU)
-AUTO_MICRO_FRACTION, AUTO_MICRO_FALLBACK = 0.4, 8
+AUTO_MICRO_FRACTION, AUTO_MICRO_FALLBACK = 0.35, 8
 
 
 def free_memory(device: torch.device) -> int | None:
