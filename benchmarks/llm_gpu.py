@@ -233,7 +233,7 @@ def bench_sft(model_dir: Path, a) -> None:
     from llm.train import make_optimizer, prepare_model
 
     if not a.cpu_smoke:  # every compiled variant reuses the layer graph (dynamic shapes): no recompiles
-        torch._dynamo.config.cache_size_limit = 64
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     prec = precision("auto", dev)
     V = 4096 if a.cpu_smoke else 151_936
@@ -538,7 +538,12 @@ def main(argv=None) -> int:
                 continue
             s0 = time.perf_counter()
             a.section_end = s0 + COST[name]
-            globals()[f"bench_{name}"](model_dir, a)
+            try:
+                globals()[f"bench_{name}"](model_dir, a)
+            except Exception as e:  # noqa: BLE001 -- one broken section must not hide the others
+                traceback.print_exc()
+                result(f"{name} failed: {type(e).__name__}: {str(e)[:160]}")
+                _free()
             print(f"[{name}: {time.perf_counter() - s0:.0f} s]", flush=True)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke shapes)"
     print(f"\nRESULT table: {gpu}, torch {torch.__version__}, {time.perf_counter() - t0:.0f} s in all")
