@@ -194,12 +194,15 @@ def flops_per_token(model, seq: int) -> float:
     return 6 * n + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * seq
 
 
-#: prepare_model keywords of each SFT option (Liger also takes the NLL loss through its fused
-#: linear cross-entropy, as ``llm sft --use-liger-kernel`` does; with compile it gives the loss only)
+#: (prepare_model keywords, loss_impl) of each SFT option: ``liger`` as ``llm sft --use-liger-kernel``
+#: runs it (Liger's layer kernels and, for the NLL methods, its fused linear cross-entropy as the
+#: loss), ``liger-layers`` its layer kernels with our chunked loss, ``liger+compile`` compiled layers
+#: with Liger's loss (the layers are compiled, not patched: ``llm.train.prepare_model``)
 OPTIONS = {
-    "liger": dict(liger=True),
-    "compile": dict(torch_compile=True),
-    "liger+compile": dict(liger=True, torch_compile=True),
+    "liger": (dict(liger=True), "liger"),
+    "liger-layers": (dict(liger=True), "chunked"),
+    "compile": (dict(torch_compile=True), "chunked"),
+    "liger+compile": (dict(liger=True, torch_compile=True), "liger"),
 }
 
 
@@ -216,11 +219,10 @@ def sft_variants(a) -> list[tuple[str, str, str, dict, int]]:
         ("gift@5", "fused", "plain", dict(checkpointing=False), B),
     ]
     have_liger = importlib.util.find_spec("liger_kernel") is not None
-    for label, kw in OPTIONS.items():
+    for label, (kw, impl) in OPTIONS.items():
         if a.cpu_smoke or ("liger" in label and not have_liger):
             print(f"sft: {label!r} skipped (no liger_kernel, or --cpu-smoke: inductor compiles for minutes)")
             continue
-        impl = "liger" if kw.get("liger") else "chunked"
         out += [("sft", impl, label, dict(checkpointing=False, **kw), b) for b in [B, *a.sft_batches]]
     return out
 
@@ -336,6 +338,7 @@ def _stage(run, cfg, calls: list) -> dict:
     run(cfg)
     sync()
     wall = time.perf_counter() - t0
+    _free()  # the stage's model, optimizer and decode graph, before the next stage sizes its batches
     out = Path(cfg.out)
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     res = dict(wall=wall, recs=recs, saves=list(calls), disk=disk_gb(out), peak=peak_gib())

@@ -11,7 +11,7 @@ import torch
 from llm.checkpoint import prepare_out
 from llm.config import EvalConfig, resolve, save_config
 from llm.data import Example, collate
-from llm.loading import load_model, load_tokenizer, resolve_device
+from llm.loading import load_model, load_tokenizer, precision, resolve_device
 from llm.objectives import entropy_fn
 from llm.rollout import generate
 from llm.scoring import heldout_sft_loss, score
@@ -81,13 +81,28 @@ def evaluate(
 
 
 def run_eval(cfg: EvalConfig, model=None, tok=None) -> dict:
-    """Evaluate ``cfg.model`` on the eval split; writes ``<out>/eval.json``; returns the metrics."""
+    """Evaluate ``cfg.model`` on the eval split; writes ``<out>/eval.json``; returns the metrics.
+
+    Runs in ``--dtype``'s precision as the training loops do (``auto``: bf16 autocast over fp32
+    weights on a GPU, so the KV cache and the decoding are bf16; fp32 on CPU)."""
     cfg = resolve(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    prec = precision(cfg.dtype, device)
     path = model_path(cfg.model, cfg.tiny, cfg.cache_dir, cfg.tiny_pretrain_steps)
     tok = tok or load_tokenizer(path, cfg.trust_remote_code)
-    model = model or load_model(path, device, trust_remote_code=cfg.trust_remote_code)
+    model = model or load_model(path, device, prec.param_dtype, trust_remote_code=cfg.trust_remote_code)
+    with prec.autocast():
+        res = _evaluate_data(cfg, model, tok)
+    out = Path(cfg.out)
+    prepare_out(cfg)
+    save_config(cfg, out)
+    (out / "eval.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+def _evaluate_data(cfg: EvalConfig, model, tok) -> dict:
+    """:func:`evaluate` on ``cfg``'s eval split, plus the held-out expert SFT loss."""
     from llm.data import load_data
 
     data = load_data(cfg)
@@ -115,10 +130,6 @@ def run_eval(cfg: EvalConfig, model=None, tok=None) -> dict:
         res["heldout_sft_loss"] = heldout_sft_loss(
             model, tok, held, cfg.chunk_size, enable_thinking=cfg.enable_thinking
         )
-    out = Path(cfg.out)
-    prepare_out(cfg)
-    save_config(cfg, out)
-    (out / "eval.json").write_text(json.dumps(res, indent=2))
     return res
 
 

@@ -193,15 +193,18 @@ class HFGenerator:
 
 
 def auto_batch_size(model, n: int, max_len: int, frac: float = 0.5) -> int:
-    """The largest batch <= ``n`` whose KV cache (``max_len`` positions, every layer, K and V) and
-    fp32 sampling buffers (~6 ``[B, V]`` tensors) fit in ``frac`` of the free memory of the model's
-    device (CUDA: free plus what torch holds cached; CPU: available RAM)."""
+    """The largest batch <= ``n`` whose KV cache (``max_len`` positions, every layer, K and V, in the
+    compute dtype: the autocast dtype under autocast, else the weights') and fp32 sampling buffers
+    (~6 ``[B, V]`` tensors) fit in ``frac`` of the free memory of the model's device (CUDA: free plus
+    what torch holds cached; CPU: available RAM)."""
     c, p = getattr(model, "config", None), next(model.parameters())
     if c is None:  # not a transformers model: nothing to size the cache by
         return n
     hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    elt = 2 if p.dtype in (torch.float16, torch.bfloat16) or p.device.type == "cuda" else p.element_size()
+    dev = p.device.type
+    cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else p.dtype
+    elt = torch.tensor([], dtype=cdt).element_size()
     per_seq = 2 * c.num_hidden_layers * kv_heads * hd * max_len * elt + 6 * 4 * c.vocab_size
     if p.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(p.device)

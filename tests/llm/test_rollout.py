@@ -344,6 +344,22 @@ def test_auto_batch_size_takes_the_whole_call_when_it_fits(tiny):
     assert 10 * per_seq < free  # plausibly the machine's free memory, not a constant
 
 
+def test_auto_batch_size_counts_the_kv_cache_in_the_compute_dtype(tiny, monkeypatch):
+    """fp32 weights: an fp32 cache (4 bytes) without autocast, a bf16 one (2 bytes) under bf16
+    autocast (an fp32 evaluation once planned a bf16 cache and ran out of GPU memory)."""
+    from llm.rollout import auto_batch_size
+
+    model, _, _ = tiny
+    c = model.config
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 40
+    monkeypatch.setattr("os.sysconf", lambda name: {"SC_AVPHYS_PAGES": 10**6}.get(name, 1))  # 1 MB free
+    fp32 = auto_batch_size(model, 10**9, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = auto_batch_size(model, 10**9, 40)
+    assert fp32 == int(0.5 * 10**6) // (kv * 4 + 24 * c.vocab_size)
+    assert bf16 == int(0.5 * 10**6) // (kv * 2 + 24 * c.vocab_size) > fp32
+
+
 def test_large_decoder_is_released_after_the_call(tiny, monkeypatch):
     import llm.rollout as rollout
 
