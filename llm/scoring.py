@@ -92,7 +92,7 @@ def sft_token_loss(
     if impl == "liger":  # --use-liger-kernel on an NLL method (llm.liger; the sft loop picks it)
         from llm.liger import liger_token_nll
 
-        return liger_token_nll(model, batch)
+        return liger_token_nll(model, batch, chunk_size)
     if impl == "chunked":
         return score(model, batch, sft_token_fn(method), aux_models=aux_models, chunk_size=chunk_size)
     if impl not in LOSS_IMPLS:

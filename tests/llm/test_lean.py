@@ -335,23 +335,20 @@ def test_liger_wiring_with_a_stand_in_module(tiny_dir, monkeypatch):
 
     calls = []
 
-    class FLCE(torch.nn.Module):
-        def __init__(self, ignore_index, reduction):
-            super().__init__()
-            self.ignore_index, self.reduction = ignore_index, reduction
+    def flce(x, weight, target, ignore_index=-100, reduction="mean", chunk_mem_const=1):
+        assert reduction == "none"
+        calls.append(("flce", chunk_mem_const))
+        ce = torch.nn.functional.cross_entropy
+        return ce(x @ weight.T, target, ignore_index=ignore_index, reduction="none")
 
-        def forward(self, weight, x, target):
-            assert self.reduction == "none"
-            calls.append("flce")
-            return torch.nn.functional.cross_entropy(
-                x @ weight.T, target, ignore_index=self.ignore_index, reduction="none"
-            )
-
-    root, tr, mp = (types.ModuleType(n) for n in ("liger_kernel", "liger_kernel.transformers", "lk_mp"))
-    tr.LigerFusedLinearCrossEntropyLoss = FLCE
+    root, tr, fn, mp = (
+        types.ModuleType(n) for n in ("liger_kernel", "liger_kernel.transformers", "lk_fn", "lk_mp")
+    )
+    fn.liger_fused_linear_cross_entropy = flce
     mp.MODEL_TYPE_TO_APPLY_LIGER_FN = {"qwen3": lambda model, **kw: calls.append(kw)}
     monkeypatch.setitem(sys.modules, "liger_kernel", root)
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", tr)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", fn)
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", mp)
     m = prepare_model(load_model(str(tiny_dir), "cpu"), precision("fp32", "cpu"), False, liger=True)
     assert calls == [
@@ -361,8 +358,9 @@ def test_liger_wiring_with_a_stand_in_module(tiny_dir, monkeypatch):
     tok = load_tokenizer(str(tiny_dir))
     seqs = [(tok.encode("12+3=15"), [0] * 4 + [1] * 3), (tok.encode("7*8=56!"), [0] * 3 + [1] * 4)]
     batch = collate(seqs, tok.pad_token_id)
-    got = sft_token_loss(m, batch, "sft", impl="liger")
-    assert calls[-1] == "flce"
+    got = sft_token_loss(m, batch, "sft", impl="liger", chunk_size=4)
+    B, T = batch["targets"].shape  # about chunk_size tokens per Liger chunk: V * 4 / (D * B * T) per H
+    assert calls[-1] == ("flce", -(-m.config.vocab_size * 4 // (m.config.hidden_size * B * T)))
     (g1,) = torch.autograd.grad(got.sum(), [m.lm_head.weight])
     want = sft_token_loss(m, batch, "sft", impl="chunked")
     (g2,) = torch.autograd.grad(want.sum(), [m.lm_head.weight])
