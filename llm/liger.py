@@ -102,8 +102,9 @@ def liger_token_nll(model, batch: dict[str, torch.Tensor], chunk_size: int = 102
 
     About ``chunk_size`` tokens per chunk, like the chunked loss: Liger's own default bounds a
     chunk's logits by the hidden size (``chunk_mem_const`` 1), which at Qwen3-0.6B's V / H = 148 is
-    64 tokens a chunk, each adding into the full fp32 weight gradient (measured on an H200 at 8 x
-    1024 tokens: the step 1.4x slower than with our chunked loss)."""
+    64 tokens a chunk, each adding into the full fp32 weight gradient. Measured on an H200 (stand-in
+    Qwen3-0.6B, 8 x 1024 tokens, Liger's layer kernels on): MFU 11.9% with 64-token chunks, 17.3%
+    with 4096-token ones, 19.9% with our chunked loss instead (which takes ~6 GiB more memory)."""
     flce = _import("liger_kernel.transformers.functional").liger_fused_linear_cross_entropy
     h = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, T-1, D)
     w = output_weight(model)
