@@ -8,7 +8,9 @@ Training options (each equal to the plain step in loss and gradient up to float 
 (:func:`micro_tokens`) against the free GPU memory; ``--torch-compile`` compiles each decoder layer
 for the training forward/backward only (:func:`compile_layers`); ``--use-liger-kernel`` patches in
 Liger-Kernel's kernels (:mod:`llm.liger`: RMSNorm, SwiGLU, RoPE; fused linear cross-entropy for
-the NLL methods; CUDA, the ``gpu`` extra).
+the NLL methods; CUDA, the ``gpu`` extra; with ``--torch-compile`` the layers are compiled and Liger
+gives the loss only). GRPO's ``micro_batch_size`` 0 (auto) is sized by :func:`auto_micro_batch` from
+the free GPU memory; on CUDA AdamW is torch's fused kernel (:func:`make_optimizer`).
 
 Global reduction: a step may be split over micro-batches (gradient accumulation) and ranks. Each
 piece calls ``toybench.objectives.normalise`` (the one normaliser of every scale) with counts over
