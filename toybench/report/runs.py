@@ -305,7 +305,7 @@ def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     done = run_jobs(cfg, jobs)
     for r in range(cfg.rl_lr_extensions):
         df = pd.concat([d for d, _ in done], ignore_index=True)
-        new = extension_jobs(cfg, df[df["split"] != "test"], jobs)  # validation rows only
+        new = extension_jobs(cfg, df, jobs)
         if not new:
             break
         done += run_jobs(cfg, new, desc=f"map: RL grid extension {r + 1}")
@@ -313,13 +313,15 @@ def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     return _assemble([d for d, _ in done], [e for _, e in done])
 
 
-def extension_jobs(cfg: ReportConfig, val: pd.DataFrame, jobs: list[Job]) -> list[Job]:
-    """One round of the RL step-size grid's extension, decided on validation rows alone: in each map
+def extension_jobs(cfg: ReportConfig, df: pd.DataFrame, jobs: list[Job]) -> list[Job]:
+    """One round of the RL step-size grid's extension, decided on validation rows alone (``df``'s test
+    rows are dropped first, so no test seed steers the grid): in each map
     (setting x RL variant) and family whose selection, in any cell, sits on the grid's high (low) edge
     and beats its neighbour inside the grid (``select_configs``' ``rl_edge``), every SFT configuration
     of the family gets the next step size beyond it (the grid's largest x its ratio ``rl_lrs[-1] /
     rl_lrs[-2]``, or its smallest / ``rl_lrs[1] / rl_lrs[0]``), as new configurations (config ids after
     the family's last)."""
+    val = df[df["split"] != "test"]
     if len(cfg.rl_lrs) < 3 or not len(val):
         return []
     sel = analysis.select_configs(val, "J", cfg.stability_tol, cfg.selection_tie)
@@ -336,7 +338,9 @@ def extension_jobs(cfg: ReportConfig, val: pd.DataFrame, jobs: list[Job]) -> lis
         specs: dict = {}  # spec -> its SFT learning rates, in order (NaN for none)
         for j in mine:
             lrs = specs.setdefault(j[4], [])
-            lrs += [c[1] for c in j[5] if not any(c[1] == x or (np.isnan(c[1]) and np.isnan(x)) for x in lrs)]
+            for c in j[5]:
+                if not any(c[1] == x or (np.isnan(c[1]) and np.isnan(x)) for x in lrs):
+                    lrs.append(c[1])
         for spec, sfts in specs.items():
             configs = [
                 (next_id + i, lr, v) for i, (v, lr) in enumerate((v, lr) for v in values for lr in sfts)
