@@ -275,7 +275,11 @@ def run_jobs(
     results: list = [None] * len(jobs)
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that has run torch (OpenMP)
     with ProcessPoolExecutor(W, mp_context=ctx, initializer=_init_worker, initargs=(cfg,)) as ex:
-        futures = {ex.submit(run_job, job): i for i, job in enumerate(jobs)}
+        # the heaviest first (the trees, the most configurations), so no long job starts last
+        order = sorted(
+            range(len(jobs)), key=lambda i: (jobs[i][0].startswith("tree"), len(jobs[i][5])), reverse=True
+        )
+        futures = {ex.submit(run_job, jobs[i]): i for i in order}
         for f in as_completed(futures):
             results[futures[f]] = f.result()
             bar.update()
