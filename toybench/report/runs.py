@@ -196,11 +196,25 @@ Job = tuple[str, str, int, str, Method, list[tuple[int, float, float]]]
 _WORKER: dict = {}
 
 
-def _init_worker(cfg: ReportConfig) -> None:
+def _init_worker(cfg: ReportConfig, child: bool = False) -> None:
+    if child:
+        _exit_with_parent()
     torch.set_num_threads(1)  # see run_report: small tensors, one thread per process
     torch.manual_seed(cfg.seed)  # nothing draws from the global generator; set for safety
     _WORKER.clear()
     _WORKER.update(cfg=cfg, scenarios={})
+
+
+def _exit_with_parent() -> None:
+    """Linux: have the kernel send this worker SIGTERM when the parent process dies (killed, not only
+    interrupted), so that no orphan keeps computing a map nobody reads."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: workers end when the pool is shut down
+        pass
 
 
 def _scenario(cfg: ReportConfig, setting: str) -> tuple[Scenario, list[tuple[float, float]]]:
@@ -274,7 +288,8 @@ def run_jobs(
         return out
     results: list = [None] * len(jobs)
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that has run torch (OpenMP)
-    with ProcessPoolExecutor(W, mp_context=ctx, initializer=_init_worker, initargs=(cfg,)) as ex:
+    ex = ProcessPoolExecutor(W, mp_context=ctx, initializer=_init_worker, initargs=(cfg, True))
+    try:
         # the heaviest first (the trees, the most configurations), so no long job starts last
         order = sorted(
             range(len(jobs)), key=lambda i: (jobs[i][0].startswith("tree"), len(jobs[i][5])), reverse=True
@@ -283,6 +298,12 @@ def run_jobs(
         for f in as_completed(futures):
             results[futures[f]] = f.result()
             bar.update()
+    except BaseException:  # an error or Ctrl-C: drop the queued jobs, end the workers, re-raise
+        ex.shutdown(wait=False, cancel_futures=True)
+        for p in list(getattr(ex, "_processes", {}).values()):
+            p.terminate()
+        raise
+    ex.shutdown()
     bar.close()
     return results
 
