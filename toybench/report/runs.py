@@ -196,18 +196,19 @@ Job = tuple[str, str, int, str, Method, list[tuple[int, float, float]]]
 _WORKER: dict = {}
 
 
-def _init_worker(cfg: ReportConfig, child: bool = False) -> None:
-    if child:
-        _exit_with_parent()
+def _init_worker(cfg: ReportConfig, parent: int | None = None) -> None:
+    if parent is not None:  # a worker process of ``parent``
+        _exit_with_parent(parent)
     torch.set_num_threads(1)  # see run_report: small tensors, one thread per process
     torch.manual_seed(cfg.seed)  # nothing draws from the global generator; set for safety
     _WORKER.clear()
     _WORKER.update(cfg=cfg, scenarios={})
 
 
-def _exit_with_parent() -> None:
-    """Linux: have the kernel send this worker SIGTERM when the parent process dies (killed, not only
-    interrupted), so that no orphan keeps computing a map nobody reads."""
+def _exit_with_parent(parent: int) -> None:
+    """Linux: have the kernel send this worker SIGTERM when its parent process dies (killed, not only
+    interrupted), so that no orphan keeps computing a map nobody reads; a parent already gone (it died
+    while this worker was starting) ends the worker at once."""
     try:
         import ctypes
         import signal
@@ -215,6 +216,8 @@ def _exit_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux/glibc: workers end when the pool is shut down
         pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _scenario(cfg: ReportConfig, setting: str) -> tuple[Scenario, list[tuple[float, float]]]:
@@ -288,7 +291,7 @@ def run_jobs(
         return out
     results: list = [None] * len(jobs)
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that has run torch (OpenMP)
-    ex = ProcessPoolExecutor(W, mp_context=ctx, initializer=_init_worker, initargs=(cfg, True))
+    ex = ProcessPoolExecutor(W, mp_context=ctx, initializer=_init_worker, initargs=(cfg, os.getpid()))
     try:
         # the heaviest first (the trees, the most configurations), so no long job starts last
         order = sorted(
