@@ -410,3 +410,20 @@ def test_exploration_predictor_is_a_within_cell_rank_correlation():
     t = exploration_table(df).set_index("predictor")
     assert t.at["entropy", "rho"] == pytest.approx(-1.0) and t.at["entropy", "cells"] == 2
     assert t.at["coverage", "cells"] == 0
+
+
+def test_a_plateau_at_the_grid_end_is_not_an_edge():
+    """At an end of the grid counts as an edge only when it beats the step size next to it by more than
+    the tie: a flat optimum reaching into the grid says nothing about values beyond it."""
+    out = []
+    for cid, rl in enumerate((1.0, 4.0, 16.0)):
+        # none: flat (every step size the same); sft: rises to the smallest step size
+        out += [dict(r, rl_lr=rl, family="none", method="none") for r in rows("none", cid, "val", "rl", 0.5)]
+        out += [dict(r, rl_lr=rl) for r in rows("sft", cid, "val", "rl", 0.9 - 0.1 * cid)]
+    sel = analysis.select_configs(pd.DataFrame(out)).set_index("family")
+    assert sel.at["none", "rl_lr"] == 1.0 and sel.at["none", "rl_at_end"]
+    assert not sel.at["none", "rl_at_edge"] and sel.at["none", "rl_edge"] == ""
+    assert sel.at["sft", "rl_lr"] == 1.0 and sel.at["sft", "rl_edge"] == "low" and sel.at["sft", "at_edge"]
+    # a tie as wide as the rise makes the rise a plateau, and the smallest step size still wins
+    wide = analysis.select_configs(pd.DataFrame(out), tie=0.15).set_index("family")
+    assert wide.at["sft", "rl_lr"] == 1.0 and wide.at["sft", "rl_at_end"] and not wide.at["sft", "at_edge"]

@@ -1,5 +1,6 @@
 """`toybench report`: bad configs fail at start; a tiny run writes every artefact; replot needs no re-run."""
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -199,3 +200,63 @@ def test_a_diverged_configuration_gets_nan_rows_and_is_never_selected():
     rows["config_id"] = (rows["seed"] >= 3).astype(int)
     rows.loc[rows.config_id == 1, "J"] = rows.loc[rows.config_id == 1, "J"].fillna(2.0).where(rows.seed != 4)
     assert analysis.select_configs(rows)["config_id"].tolist() == [0]  # NaN on one seed is enough
+
+
+def _edge_frame(split: str, scores: dict[float, float], seeds=range(2)) -> pd.DataFrame:
+    cell = dict(setting="bandit", rl_algorithm="grpo", num_generations=4, wrong_demo_frac=0.0)
+    return pd.DataFrame(
+        [
+            dict(cell, base_correct_mass=0.01, rl_steps=2, family="sft", method="sft", config_id=i,
+                 sft_lr=0.5, rl_lr=rl, split=split, seed=s, stage="rl", J=j)
+            for i, (rl, j) in enumerate(scores.items())
+            for s in seeds
+        ]
+    )  # fmt: skip
+
+
+def test_the_rl_grid_is_extended_past_a_rising_edge_on_validation_rows_only():
+    from toybench.methods import Method
+    from toybench.report.runs import extension_jobs
+
+    cfg = resolve(ReportConfig(**dict(TINY, rl_lrs=(1.0, 4.0, 16.0))))
+    jobs = [("bandit", "grpo", 4, "sft", Method.parse("sft"), [(0, 0.5, 1.0), (1, 0.5, 4.0), (2, 0.5, 16.0)])]
+    rising = _edge_frame("val", {1.0: 0.5, 4.0: 0.6, 16.0: 0.7})
+    (new,) = extension_jobs(cfg, rising, jobs)
+    assert new[:4] == ("bandit", "grpo", 4, "sft") and new[5] == [(3, 0.5, 64.0)]  # 16 x 16/4, next id
+    falling = _edge_frame("val", {1.0: 0.7, 4.0: 0.6, 16.0: 0.5})
+    assert extension_jobs(cfg, falling, jobs)[0][5] == [(3, 0.5, 0.25)]
+    flat = _edge_frame("val", {1.0: 0.7, 4.0: 0.7005, 16.0: 0.7})
+    assert extension_jobs(cfg, flat, jobs) == []  # interior (within the tie): nothing to extend
+    # test rows that would put the optimum on the edge change nothing: the grid is fixed on validation
+    leak = pd.concat([flat, _edge_frame("test", {1.0: 0.0, 4.0: 0.0, 16.0: 1.0}, range(2, 6))])
+    assert extension_jobs(cfg, leak, jobs) == []
+    assert extension_jobs(dataclasses.replace(cfg, rl_lrs=(1.0, 4.0)), rising, jobs) == []  # no interior
+
+
+def test_the_map_is_the_same_on_two_worker_processes_and_extends_its_rl_grid():
+    from toybench.report import run_map
+
+    cfg = resolve(
+        ReportConfig(
+            val_seeds=1,
+            settings=("bandit",),
+            methods=("none", "sft"),
+            wrong_demo_fracs=(0.0,),
+            base_correct_masses=(0.01,),
+            rl_budgets=(2,),
+            rl_algorithms=("exact_pg",),
+            pipeline=PipelineConfig(sft_steps=2),
+            bandit_prompts=2,
+            bandit_V=4,
+            bandit_correct=1,
+            **dict(TINY, rl_lrs=(0.25, 0.5, 1.0), seeds=2),
+        )
+    )
+    one, esc1 = run_map(dataclasses.replace(cfg, workers=1))
+    two, esc2 = run_map(dataclasses.replace(cfg, workers=2))
+    pd.testing.assert_frame_equal(one, two)
+    pd.testing.assert_frame_equal(esc1, esc2)
+    # two RL steps of tiny step sizes: larger is better, so the grid grows upward round by round
+    grid = sorted(set(one[one.family == "sft"]["rl_lr"]))
+    assert grid[:3] == [0.25, 0.5, 1.0] and len(grid) > 3 and grid[3] == 2.0
+    assert sorted(set(one[one.family == "none"]["rl_lr"]))[:3] == [0.25, 0.5, 1.0]

@@ -21,8 +21,9 @@ CELL = ["setting", "rl_algorithm", "num_generations", "wrong_demo_frac", "base_c
 MAP = ["setting", "rl_algorithm", "num_generations"]
 
 
-#: validation means within this of a family's best count as tied (the lowest config_id wins), so that
-#: float32 rounding (about 1e-6 in J) cannot decide a near-tie between configurations
+#: default tie of selection: validation means within this of a family's best count as tied (the lowest
+#: config_id wins), so that float32 rounding (about 1e-6 in J) cannot decide a near-tie between
+#: configurations. The report passes its own (``ReportConfig.selection_tie``).
 SELECTION_TIE = 1e-4
 
 
@@ -50,32 +51,61 @@ def config_scores(df: pd.DataFrame, metric: str = "J", stability_tol: float | No
     return score.reset_index()
 
 
-def select_configs(df: pd.DataFrame, metric: str = "J", stability_tol: float | None = None) -> pd.DataFrame:
+def select_configs(
+    df: pd.DataFrame, metric: str = "J", stability_tol: float | None = None, tie: float = SELECTION_TIE
+) -> pd.DataFrame:
     """Per cell and method family, the configuration with the best validation score
     (``config_scores``: mean post-RL ``metric`` on the VALIDATION seeds, unstable and diverged
-    configurations excluded). Means within ``SELECTION_TIE`` of the best are tied and the lowest
-    ``config_id`` among them wins.
+    configurations excluded). Means within ``tie`` of the best are tied and the lowest ``config_id``
+    among them wins (the smallest SFT learning rate, then the smallest RL step size of the base grid).
 
     Returns one row per cell x family: CELL, family, config_id, method, sft_lr, rl_lr, val_score, shift,
-    stable, diverged, and ``rl_at_edge`` / ``sft_at_edge`` / ``at_edge``: whether the chosen RL step size
-    (SFT learning rate) is the smallest or largest of the family's grid in the cell, counted only for a
-    grid of 3 or more values (a smaller grid has no interior).
+    stable, diverged; per step-size column (``rl``, ``sft``) ``<x>_at_end``: the chosen value is the
+    smallest or largest of the family's grid in the cell, counted only for a grid of 3 or more values (a
+    smaller grid has no interior); ``<x>_edge``: 'low' / 'high' where it is at that end AND scores more
+    than ``tie`` above the configuration next to it on the grid (same method, the other step size
+    equal), so the optimum may lie beyond the grid ('' otherwise: interior, or a plateau that reaches
+    into the grid); ``<x>_at_edge`` = ``<x>_edge`` is set; ``at_edge``: either is.
     """
     score = config_scores(df, metric, stability_tol)
     best = score.groupby([*CELL, "family"])["val_score"].transform("max")
-    tied = score["val_score"] >= best - SELECTION_TIE  # -inf - tol is -inf: an all-rejected family ties
+    tied = score["val_score"] >= best - tie  # -inf - tol is -inf: an all-rejected family ties
     sel = score[tied].sort_values([*CELL, "family", "config_id"])
     sel = sel.groupby([*CELL, "family"], sort=False).head(1).reset_index(drop=True)
     for col in ("rl_lr", "sft_lr"):
-        if col not in score:
-            continue
-        g = score.groupby([*CELL, "family"], sort=False)[col]
-        grid = pd.DataFrame({"lo": g.min(), "hi": g.max(), "k": g.nunique()}).reset_index()
-        m = sel.merge(grid, on=[*CELL, "family"], how="left")
-        edge = (m["k"] >= 3) & (np.isclose(m[col], m["lo"]) | np.isclose(m[col], m["hi"]))
-        sel[f"{col.removesuffix('_lr')}_at_edge"] = edge.to_numpy()
+        if col in score:
+            _mark_edges(sel, score, col, tie)
     sel["at_edge"] = sel.get("rl_at_edge", False) | sel.get("sft_at_edge", False)
     return sel
+
+
+def _mark_edges(sel: pd.DataFrame, score: pd.DataFrame, col: str, tie: float) -> None:
+    """Add ``<x>_at_end``, ``<x>_edge`` and ``<x>_at_edge`` for the step-size column ``col`` to ``sel``
+    (in place; see :func:`select_configs`)."""
+    x, fam = col.removesuffix("_lr"), [*CELL, "family"]
+    other = "sft_lr" if col == "rl_lr" else "rl_lr"
+    ends, edge = [], []
+    groups = dict(list(score.groupby(fam, sort=False)))
+    for r in sel.itertuples(index=False):
+        g = groups.get(tuple(getattr(r, c) for c in fam), score.iloc[:0])
+        grid = np.unique(g[col].dropna().to_numpy())
+        v, side = getattr(r, col), ""
+        if len(grid) >= 3 and np.isfinite(v):
+            side = "low" if np.isclose(v, grid[0]) else "high" if np.isclose(v, grid[-1]) else ""
+        ends.append(bool(side))
+        if side:
+            o = getattr(r, other)
+            nb = g[
+                (g["method"] == r.method)
+                & np.isclose(g[col], grid[1] if side == "low" else grid[-2])
+                & ((g[other] == o) | (g[other].isna() & pd.isna(o)))
+            ]
+            if len(nb) and not r.val_score > nb["val_score"].max() + tie:
+                side = ""  # a plateau: the neighbour inside the grid is as good
+        edge.append(side)
+    sel[f"{x}_at_end"] = ends
+    sel[f"{x}_edge"] = edge
+    sel[f"{x}_at_edge"] = [bool(e) for e in edge]
 
 
 def selected_rows(df: pd.DataFrame, sel: pd.DataFrame, split: str = "test") -> pd.DataFrame:
@@ -323,6 +353,7 @@ def analyse_map(
     margin: float = MIN_EFFECT,
     alpha: float = 0.05,
     stability_tol: float | None = None,
+    tie: float = SELECTION_TIE,
 ) -> MapAnalysis:
     """The map's statistics in two stages. Validation stage: only validation rows exist (and their
     stability copies): configurations, claim (a)'s candidates and the settings where (d) applies are fixed
@@ -330,7 +361,7 @@ def analyse_map(
     the best family per cell."""
     val = df[df["split"] != "test"]
     scores = config_scores(val, "J", stability_tol)
-    sel = select_configs(val, "J", stability_tol)
+    sel = select_configs(val, "J", stability_tol, tie)
     picks = reversal_picks(val, sel)
     pears = pear_settings(val)
     test = selected_rows(df[df["split"] == "test"], sel, "test")  # the test stage starts here

@@ -70,6 +70,9 @@ class ReportConfig:
     """Validation seeds per cell (configurations are selected on these only; disjoint from the test seeds)."""
     scale: Literal["toy", "transformer"] = "toy"
     """'transformer' adds the tiny-transformer section to the toy scales."""
+    workers: int = 0
+    """Processes the map's jobs run on (0: one per CPU this process may use). Every job's result depends
+    on the job alone, so the results are the same for any number of workers."""
     skip_theorems: bool = False
     """Do not run the theorems section."""
     seed: int = 0
@@ -100,9 +103,19 @@ class ReportConfig:
     """SFT learning rates of the families without a knob: sft, sft_early, dft, chord_phi (K = its length)."""
     knob_lrs: tuple[float, ...] = (1.0,)
     """SFT learning rates crossed with each knob (len(knob_lrs) x len(knob values) must equal K)."""
-    rl_lrs: tuple[float, ...] = (4.0, 16.0, 64.0)
+    rl_lrs: tuple[float, ...] = (16.0, 64.0, 256.0)
     """The RL step-size grid, shared by every family (``none`` included), crossed with each SFT
-    configuration."""
+    configuration; extended where selection sits on its edge (``rl_lr_extensions``)."""
+    rl_lr_extensions: int = 3
+    """Rounds of the RL grid's extension: after each, in every map (setting x RL stage) and family whose
+    selected step size sits on the grid's high (low) end in some cell and beats its neighbour by more
+    than ``selection_tie`` (on validation seeds), the next value beyond the end (x or / the grid's end
+    ratio) is run for every SFT configuration of the family. 0: the grid as given. Needs 3+ values."""
+    selection_tie: float = 0.002
+    """Validation means within this of a family's best are tied, and the lowest configuration id among
+    them wins (the smallest SFT learning rate, then the smallest RL step size): a tenth of the default
+    ``min_effect``, so that differences far below any effect the report calls real cannot decide a
+    selection or push it onto the grid's edge."""
     sft_early_steps: int = 10
     """SFT steps of ``sft_early`` (early-stopped SFT: plain SFT with a smaller budget)."""
     stability_tol: float = 0.02
@@ -248,6 +261,7 @@ def _grid(lo: float, hi: float = float("inf"), closed: bool = False) -> Rule:
 #: test seeds; selection needs one validation seed.
 RULES: dict[str, Rule] = {
     "seed": at_least(0),
+    "workers": at_least(0),
     **{n: at_least(1) for n in ("val_seeds", "eval_samples", "headline_k", "demos_per_prompt")},
     **{n: at_least(2) for n in ("seeds", "bandit_V", "shared_prompts", "shared_V", "shared_tree_prompts")},
     **{n: at_least(1) for n in ("bandit_prompts", "bandit_correct", "shared_d", "tree_prompts")},
@@ -262,6 +276,8 @@ RULES: dict[str, Rule] = {
     "rl_lrs": _grid(0.0),
     "min_effect": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
     "stability_tol": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "selection_tie": Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "rl_lr_extensions": at_least(0),
     "rl_algorithms": Rule(
         lambda g: bool(g) and set(g) <= set(RL_ALGORITHMS), f"non-empty values of {tuple(RL_ALGORITHMS)}"
     ),

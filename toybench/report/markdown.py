@@ -62,13 +62,24 @@ def grid_text(a: MapAnalysis) -> list[str]:
     rejections (every selection is listed in selections.csv)."""
     sel = a.selected
     e = sel.groupby("family", sort=False).agg(
-        selections=("at_edge", "size"), rl_at_edge=("rl_at_edge", "sum"), sft_at_edge=("sft_at_edge", "sum")
+        selections=("at_edge", "size"),
+        rl_at_edge=("rl_at_edge", "sum"),
+        rl_at_end=("rl_at_end", "sum"),
+        sft_at_edge=("sft_at_edge", "sum"),
+    )
+    grids = a.scores.groupby(["setting", "rl_algorithm", "num_generations"], sort=False)["rl_lr"].agg(
+        lambda v: ", ".join(f"{x:g}" for x in sorted(v.dropna().unique()))
     )
     rej = a.scores[~a.scores["stable"].astype(bool)]
     lines = [
         f"Selections at an edge of their grid: {int(sel['at_edge'].sum())} of {len(sel)} "
-        f"({sel['at_edge'].mean():.0%}; the RL step size at the smallest or largest of `rl_lrs`, or an SFT "
-        "learning rate at an end of a grid of 3 or more values). Every selection: `selections.csv`.",
+        f"({sel['at_edge'].mean():.0%}): the chosen RL step size (or SFT learning rate) is the smallest or "
+        "largest of its family's grid of 3 or more values AND beats the value next to it by more than the "
+        f"selection tie, so the optimum may lie beyond the grid. At an end of the grid at all, plateaus "
+        f"included: {int(sel['rl_at_end'].sum())} ({sel['rl_at_end'].mean():.0%}). The RL grid was "
+        "extended past its edge where selection asked for it (`rl_lr_extensions`); the step sizes run per "
+        "map: " + "; ".join(f"`{k[0]}` {rl_label(k[1], k[2])}: {v}" for k, v in grids.items()) + ". "
+        "Every selection: `selections.csv`.",
         "",
         analysis.markdown_table(e.reset_index()),
         "",
@@ -229,7 +240,8 @@ def write_markdown(
     """Assemble report.md, headline.md and selections.csv from the map frame, the resolved config and
     optional sections."""
     margin = cfg.get("min_effect", analysis.MIN_EFFECT)
-    a = analyse_map(df, cfg["headline_k"], margin, stability_tol=cfg.get("stability_tol"))
+    tie = cfg.get("selection_tie", analysis.SELECTION_TIE)  # runs written before the field: the old tie
+    a = analyse_map(df, cfg["headline_k"], margin, stability_tol=cfg.get("stability_tol"), tie=tie)
     a.selected.to_csv(out / "selections.csv", index=False, float_format="%.6g")
     if esc is not None:
         esc = _escape_selected(esc, a)

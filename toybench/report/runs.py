@@ -4,6 +4,9 @@ run once on it (vectorised), the records of ``results.csv`` and ``escape.csv``."
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 import pandas as pd
@@ -179,9 +182,144 @@ def _label(frame: pd.DataFrame, n: int, S: int, n_val: int, seeds, cl, configs, 
     frame["rl_lr"] = [configs[c][2] for c in conf]
 
 
+def map_seeds(cfg: ReportConfig) -> list[int]:
+    """The seed numbers of every cell, in order: validation seeds, test seeds, then the validation seeds
+    again (their stability copies, run with step sizes x (1 + ``PERTURBATION``))."""
+    n_val = cfg.val_seeds
+    return list(range(cfg.seed, cfg.seed + n_val + cfg.seeds)) + list(range(cfg.seed, cfg.seed + n_val))
+
+
+#: A job of the map: (setting, RL algorithm label, G, family, method, [(config_id, sft_lr, rl_lr), ...]).
+Job = tuple[str, str, int, str, Method, list[tuple[int, float, float]]]
+
+#: per process: the config and the scenarios built so far (one per setting, every cell x seed)
+_WORKER: dict = {}
+
+
+def _init_worker(cfg: ReportConfig, parent: int | None = None) -> None:
+    if parent is not None:  # a worker process of ``parent``
+        _exit_with_parent(parent)
+    torch.set_num_threads(1)  # see run_report: small tensors, one thread per process
+    torch.manual_seed(cfg.seed)  # nothing draws from the global generator; set for safety
+    _WORKER.clear()
+    _WORKER.update(cfg=cfg, scenarios={})
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Linux: have the kernel send this worker SIGTERM when its parent process dies (killed, not only
+    interrupted), so that no orphan keeps computing a map nobody reads; a parent already gone (it died
+    while this worker was starting) ends the worker at once."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: workers end when the pool is shut down
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _scenario(cfg: ReportConfig, setting: str) -> tuple[Scenario, list[tuple[float, float]]]:
+    cache = _WORKER.setdefault("scenarios", {})
+    if setting not in cache:
+        cells = map_cells(cfg, setting)
+        sc = concat_scenarios([make_scenario(cfg, setting, map_seeds(cfg), w, m) for w, m in cells])
+        cache[setting] = (sc, cells)
+    return cache[setting]
+
+
+def run_job(job: Job) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One method spec with its configurations on one setting under one RL stage (the worker's config):
+    its rows of results.csv and escape.csv."""
+    cfg: ReportConfig = _WORKER["cfg"]
+    setting, algo, G, fam, spec, configs = job
+    sc, cl = _scenario(cfg, setting)
+    seeds, n_val = map_seeds(cfg), cfg.val_seeds
+    S, n = len(seeds), sc.num_seeds  # n = cells x S
+    pipe = dataclasses.replace(cfg.pipeline, **RL_ALGORITHMS[algo], num_generations=max(G, 2))
+    if fam == "sft_early":
+        pipe = dataclasses.replace(pipe, sft_steps=cfg.sft_early_steps)
+    streams = torch.tensor([seeds[i % S] for i in range(n)])
+    scale = torch.tensor([1 + PERTURBATION if i % S >= S - n_val else 1.0 for i in range(n)])
+    df, esc = _run_configs(sc, spec, pipe, configs, cfg, streams, scale)
+    end_sft = df[(df["stage"] == "sft") & (df["step"] == pipe.sft_steps)]
+    parts = []
+    for b in cfg.rl_budgets:
+        parts += [
+            end_sft.assign(rl_steps=b),
+            df[(df["stage"] == "rl") & (df["step"] == b)].assign(rl_steps=b),
+        ]
+    d = held_out_metrics(pd.concat(parts, ignore_index=True))
+    const = dict(
+        setting=setting,
+        rl_algorithm=algo,
+        num_generations=G,
+        family=fam,
+        method=str(spec),
+        sft_steps=pipe.sft_steps,
+    )
+    for frame in (d, esc):
+        _label(frame, n, S, n_val, seeds, cl, configs, **const)
+    d["samples"] = d["rl_steps"] * G * len(sc.rl_prompts) if G else np.inf
+    return d, esc.assign(rl_steps=max(cfg.rl_budgets))
+
+
+def map_workers(cfg: ReportConfig, jobs: int) -> int:
+    """Worker processes for ``jobs`` jobs: ``cfg.workers``, or (0) one per CPU this process may use."""
+    n = cfg.workers
+    if n == 0:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(n, jobs))
+
+
+def run_jobs(
+    cfg: ReportConfig, jobs: list[Job], desc: str = "map"
+) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Every job's (rows, escape rows), in the order of ``jobs``, whatever the number of workers: each
+    job's result depends on the job alone (its seeds and rollout streams are fixed by the config), so a
+    run on W processes is byte-identical to a run in this process."""
+    W = map_workers(cfg, len(jobs))
+    bar = tqdm(total=len(jobs), desc=desc, unit="run")
+    if W == 1:
+        _init_worker(cfg)
+        out = []
+        for job in jobs:
+            out.append(run_job(job))
+            bar.update()
+        bar.close()
+        return out
+    results: list = [None] * len(jobs)
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that has run torch (OpenMP)
+    ex = ProcessPoolExecutor(W, mp_context=ctx, initializer=_init_worker, initargs=(cfg, os.getpid()))
+    try:
+        # the heaviest first (the trees, the most configurations), so no long job starts last
+        order = sorted(
+            range(len(jobs)), key=lambda i: (jobs[i][0].startswith("tree"), len(jobs[i][5])), reverse=True
+        )
+        futures = {ex.submit(run_job, jobs[i]): i for i in order}
+        for f in as_completed(futures):
+            results[futures[f]] = f.result()
+            bar.update()
+    except BaseException:  # an error or Ctrl-C: drop the queued jobs, end the workers, re-raise
+        ex.shutdown(wait=False, cancel_futures=True)
+        for p in list(getattr(ex, "_processes", {}).values()):
+            p.terminate()
+        raise
+    ex.shutdown()
+    bar.close()
+    return results
+
+
+def map_jobs(cfg: ReportConfig) -> list[Job]:
+    """Every (setting, RL variant, family, spec) of the map with its configurations."""
+    return [(s, *v, *job) for s in cfg.settings for v in rl_variants(cfg) for job in _jobs(cfg, s)]
+
+
 def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every family x configuration on every setting and RL stage, vectorised over configurations x cells
-    x seeds.
+    x seeds, the jobs spread over ``cfg.workers`` processes; then the RL step-size grid extended where
+    selection sits on its edge (:func:`extension_jobs`, at most ``cfg.rl_lr_extensions`` rounds).
 
     The configurations of one method spec differ only in their learning rates, so they run as one batch
     (the scenario repeated once per configuration, each copy with its own step sizes). The RL axis
@@ -191,50 +329,56 @@ def run_map(cfg: ReportConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     configuration x seed x stage, stage 'sft' = end of SFT, 'rl' = end of the budget, with the budget in
     samples) and the per-prompt RL escape times of the longest budget (escape.csv).
     """
-    torch.manual_seed(cfg.seed)  # nothing below draws from the global generator; set for safety
-    n_val = cfg.val_seeds
-    # validation seeds, test seeds, then the validation seeds again: their stability copies
-    seeds = list(range(cfg.seed, cfg.seed + n_val + cfg.seeds)) + list(range(cfg.seed, cfg.seed + n_val))
-    S = len(seeds)
-    frames, escapes = [], []
-    jobs = [(s, v, *job) for s in cfg.settings for v in rl_variants(cfg) for job in _jobs(cfg, s)]
-    scenarios, cells = {}, {}
-    for setting, (algo, G), fam, spec, configs in tqdm(jobs, desc="map", unit="run"):
-        if setting not in scenarios:
-            cells[setting] = map_cells(cfg, setting)
-            scenarios[setting] = concat_scenarios(
-                [make_scenario(cfg, setting, seeds, w, m) for w, m in cells[setting]]
-            )
-        sc, cl = scenarios[setting], cells[setting]
-        n = sc.num_seeds  # cells x seeds
-        pipe = dataclasses.replace(cfg.pipeline, **RL_ALGORITHMS[algo], num_generations=max(G, 2))
-        if fam == "sft_early":
-            pipe = dataclasses.replace(pipe, sft_steps=cfg.sft_early_steps)
-        streams = torch.tensor([seeds[i % S] for i in range(n)])
-        scale = torch.tensor([1 + PERTURBATION if i % S >= S - n_val else 1.0 for i in range(n)])
-        df, esc = _run_configs(sc, spec, pipe, configs, cfg, streams, scale)
-        end_sft = df[(df["stage"] == "sft") & (df["step"] == pipe.sft_steps)]
-        parts = []
-        for b in cfg.rl_budgets:
-            parts += [
-                end_sft.assign(rl_steps=b),
-                df[(df["stage"] == "rl") & (df["step"] == b)].assign(rl_steps=b),
+    jobs = map_jobs(cfg)
+    done = run_jobs(cfg, jobs)
+    for r in range(cfg.rl_lr_extensions):
+        df = pd.concat([d for d, _ in done], ignore_index=True)
+        new = extension_jobs(cfg, df, jobs)
+        if not new:
+            break
+        done += run_jobs(cfg, new, desc=f"map: RL grid extension {r + 1}")
+        jobs += new
+    return _assemble([d for d, _ in done], [e for _, e in done])
+
+
+def extension_jobs(cfg: ReportConfig, df: pd.DataFrame, jobs: list[Job]) -> list[Job]:
+    """One round of the RL step-size grid's extension, decided on validation rows alone (``df``'s test
+    rows are dropped first, so no test seed steers the grid): in each map
+    (setting x RL variant) and family whose selection, in any cell, sits on the grid's high (low) edge
+    and beats its neighbour inside the grid (``select_configs``' ``rl_edge``), every SFT configuration
+    of the family gets the next step size beyond it (the grid's largest x its ratio ``rl_lrs[-1] /
+    rl_lrs[-2]``, or its smallest / ``rl_lrs[1] / rl_lrs[0]``), as new configurations (config ids after
+    the family's last)."""
+    val = df[df["split"] != "test"]
+    if len(cfg.rl_lrs) < 3 or not len(val):
+        return []
+    sel = analysis.select_configs(val, "J", cfg.stability_tol, cfg.selection_tie)
+    up, down = cfg.rl_lrs[-1] / cfg.rl_lrs[-2], cfg.rl_lrs[1] / cfg.rl_lrs[0]
+    new = []
+    for (setting, algo, G, fam), g in sel.groupby(["setting", "rl_algorithm", "num_generations", "family"]):
+        mine = [j for j in jobs if j[:4] == (setting, algo, G, fam)]
+        grid = sorted({c[2] for j in mine for c in j[5]})
+        edges = set(g["rl_edge"])
+        values = [grid[-1] * up] * ("high" in edges) + [grid[0] / down] * ("low" in edges)
+        if not values:
+            continue
+        next_id = 1 + max(c[0] for j in mine for c in j[5])
+        specs: dict = {}  # spec -> its SFT learning rates, in order (NaN for none)
+        for j in mine:
+            lrs = specs.setdefault(j[4], [])
+            for c in j[5]:
+                if not any(c[1] == x or (np.isnan(c[1]) and np.isnan(x)) for x in lrs):
+                    lrs.append(c[1])
+        for spec, sfts in specs.items():
+            configs = [
+                (next_id + i, lr, v) for i, (v, lr) in enumerate((v, lr) for v in values for lr in sfts)
             ]
-        d = held_out_metrics(pd.concat(parts, ignore_index=True))
-        const = dict(
-            setting=setting,
-            rl_algorithm=algo,
-            num_generations=G,
-            family=fam,
-            method=str(spec),
-            sft_steps=pipe.sft_steps,
-        )
-        for frame in (d, esc):
-            _label(frame, n, S, n_val, seeds, cl, configs, **const)
-        P_rl = len(sc.rl_prompts)
-        d["samples"] = d["rl_steps"] * G * P_rl if G else np.inf
-        frames.append(d)
-        escapes.append(esc.assign(rl_steps=max(cfg.rl_budgets)))
+            next_id += len(configs)
+            new.append((setting, algo, G, fam, spec, configs))
+    return new
+
+
+def _assemble(frames: list[pd.DataFrame], escapes: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
     out, esc = pd.concat(frames, ignore_index=True), pd.concat(escapes, ignore_index=True)
     front = [
         *analysis.CELL,
