@@ -50,7 +50,8 @@ class ReportConfig:
     configurations (``lr_grid`` SFT learning rates, or ``knob_lrs`` x its knob), each crossed with the one
     RL step-size grid ``rl_lrs`` that every family shares (``none``, with no SFT, gets ``rl_lrs`` alone).
     One configuration is selected per cell on the validation seeds (step sizes whose result moves by more
-    than ``stability_tol`` under a float-level perturbation are rejected first), and every reported number
+    than ``stability_tol`` under a float-level perturbation are rejected first; the RL grid is extended
+    past its end wherever a selection sits on its edge, ``rl_lr_extensions``), and every reported number
     comes from the disjoint test seeds. ``sft_early`` (SFT stopped after ``sft_early_steps``) is the
     baseline a soft SFT method must beat. Settings with shared parameters (``bandit_shared``,
     ``tree_shared``) report every metric on held-out prompts that neither SFT nor RL sees. The SFT budget
