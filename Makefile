@@ -57,7 +57,7 @@ bench: venv
 # One group: `make mutate MUTATE_GROUPS=methods`. Run times on 2 busy cores: losses ~10-17 min,
 # methods ~2 min, pipeline ~8 min, dynamics ~3 min.
 MUTATE_GROUPS ?= losses methods pipeline dynamics
-MUTATE_FILES_losses    = toybench/losses.py toybench/advantages.py toybench/metrics.py
+MUTATE_FILES_losses    = toybench/losses/_common.py toybench/losses/sft.py toybench/losses/baselines.py toybench/losses/rl.py toybench/advantages.py toybench/metrics.py
 MUTATE_TESTS_losses    = tests/losses/test_oracle.py tests/losses/test_properties.py tests/losses/test_branches.py \
                          tests/losses/test_contract.py tests/losses/test_bad_inputs.py tests/losses/test_messages_and_edges.py \
                          tests/metrics/test_metrics_advantages.py

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from toybench import losses as L
+from toybench.losses.sft import _entropy_from_logits
 
 Z = torch.zeros(2, 3, 5)
 Y = torch.zeros(2, 3, dtype=torch.long)
@@ -174,7 +175,7 @@ def test_boundary_values_that_are_allowed():
 
 def test_floor_is_inclusive():
     z = torch.tensor([[[10.0, 0.0, 0.0, 0.0]]], dtype=F64)
-    H = float(L._entropy_from_logits(z))
+    H = float(_entropy_from_logits(z))
     assert L.entropy_guided_temperature(z, floor=H).item() == 1.1
 
 
@@ -184,7 +185,7 @@ def test_entropy_sft_rho_bonus_on_the_top_entropy_fraction_by_hand():
     z = torch.tensor([[[4.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]], dtype=F64)
     y = torch.zeros(1, 4, dtype=torch.long)
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    H = L._entropy_from_logits(z)[0]
+    H = _entropy_from_logits(z)[0]
     nll = L.sft_loss(z, y)[0]
     got = L.entropy_sft_loss(z, y, coef=0.5, mask=mask, rho=0.5)[0]
     expect = nll - 0.5 * torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=F64) * H
